@@ -1,0 +1,87 @@
+"""The affinity exception tree.
+
+Every error affinity raises derives from :class:`AffinityError`; errors from
+libraries it uses are wrapped at the boundary (``raise ... from exc``).
+
+* AffinityError
+  * ConfigError           bad or missing setting; names the key and the file (also ValueError)
+  * PluginError           a plugin failed to import, or is invalid
+  * RegistryError         the registry backend failed
+    * RegistryUnavailable cannot reach it (network, timeout)
+    * RegistrationFailed  it refused a register / deregister / report
+  * InvalidToken          an affinity token was rejected (any reason)
+    * ExpiredToken        its ``exp`` has passed (beyond the leeway)
+    * ImmatureToken       its ``iat`` / ``nbf`` is in the future (beyond the leeway)
+    * UnknownKey          its ``kid`` is not in the key ring
+  * NoHealthyServer       no assignable server for the service
+  * ClientError           the client library gave up (see affinity.client)
+
+HTTP status codes for these live in one place, :mod:`affinity.http`.
+"""
+
+from __future__ import annotations
+
+
+class AffinityError(Exception):
+    """Root of every error affinity raises."""
+
+
+class ConfigError(AffinityError, ValueError):
+    """A setting is missing or wrong; the message names the key and the file."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None) -> None:
+        where = ""
+        if key and source:
+            where = f"{source}: {key}: "
+        elif key:
+            where = f"{key}: "
+        elif source:
+            where = f"{source}: "
+        super().__init__(where + message)
+        self.key = key
+        self.source = source
+
+
+class PluginError(AffinityError):
+    """A plugin could not be loaded, or broke the hook contract."""
+
+
+class RegistryError(AffinityError):
+    """The registry backend failed."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry backend cannot be reached."""
+
+
+class RegistrationFailed(RegistryError):
+    """The registry refused a register, deregister or report."""
+
+
+class InvalidToken(AffinityError):
+    """An affinity token was rejected; the message says why (never the key)."""
+
+
+class ExpiredToken(InvalidToken):
+    """The token's ``exp`` has passed."""
+
+
+class ImmatureToken(InvalidToken):
+    """The token was issued in the future (clock skew beyond the leeway)."""
+
+
+class UnknownKey(InvalidToken):
+    """The token's ``kid`` is not in the key ring."""
+
+
+class NoHealthyServer(AffinityError):
+    """No server of the service can be assigned."""
+
+    def __init__(self, service: str, retry_after: float = 1.0) -> None:
+        super().__init__(f"no healthy server for service {service!r}")
+        self.service = service
+        self.retry_after = retry_after
+
+
+class ClientError(AffinityError):
+    """The client library gave up; the message says what was tried."""

@@ -1,0 +1,201 @@
+"""Value objects shared by the referral, the app servers, the client and plugins.
+
+They are frozen, slotted, keyword-only dataclasses so that they can be shared
+between tasks without copies and serialised by orjson as they are. Statuses use
+Consul's words.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class HealthStatus(enum.StrEnum):
+    """A server's health, in Consul's words, from best to worst."""
+
+    PASSING = "passing"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    MAINTENANCE = "maintenance"
+
+    @property
+    def rank(self) -> int:
+        """Order used when several sources report: the worst wins."""
+        return _RANK[self]
+
+
+_RANK = {
+    HealthStatus.PASSING: 0,
+    HealthStatus.WARNING: 1,
+    HealthStatus.CRITICAL: 2,
+    HealthStatus.MAINTENANCE: 3,
+}
+
+
+def worst(*statuses: HealthStatus) -> HealthStatus:
+    """The worst of several statuses (maintenance > critical > warning > passing)."""
+    return max(statuses, key=_RANK.__getitem__, default=HealthStatus.PASSING)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Load:
+    """Load a server reports in its health answer.
+
+    ``active_clients`` counts distinct client ids seen in a sliding window;
+    ``inflight`` the requests being served now; ``capacity`` the number of
+    active clients the server is configured to take (0: unknown, no limit).
+    ``extra`` holds figures contributed by plugins.
+    """
+
+    active_clients: int = 0
+    inflight: int = 0
+    capacity: int = 0
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def utilisation(self) -> float:
+        """Active clients over capacity; 0.0 when the capacity is unknown."""
+        return self.active_clients / self.capacity if self.capacity > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Server:
+    """One app server of a service, as the referral sees it.
+
+    ``since`` is the time (``time.time()``) of the last health change, used for
+    slow start; ``load_version`` increases with every load report so a policy
+    can tell a fresh report from the one it already counted.
+    """
+
+    id: str
+    service: str
+    url: str
+    weight: int = 1
+    meta: Mapping[str, str] = field(default_factory=dict)
+    health: HealthStatus = HealthStatus.PASSING
+    load: Load = field(default_factory=Load)
+    draining: bool = False
+    since: float = 0.0
+    load_version: int = 0
+
+    @property
+    def assignable(self) -> bool:
+        """True when new clients may be sent here."""
+        return self.health is HealthStatus.PASSING and not self.draining and self.weight > 0
+
+    @property
+    def at_capacity(self) -> bool:
+        """True when the server reports as many active clients as it can take."""
+        cap = self.load.capacity
+        return cap > 0 and self.load.active_clients >= cap
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pool:
+    """The servers of one service, and the subset that may take new clients.
+
+    Built once per change of the view, so the request path never scans the
+    whole pool: ``assignable`` is precomputed.
+    """
+
+    service: str
+    servers: Mapping[str, Server]
+    assignable: tuple[Server, ...]
+    version: int = 0
+
+    @classmethod
+    def build(cls, service: str, servers: Mapping[str, Server], version: int = 0) -> Pool:
+        """Make a pool, computing the assignable subset in a stable order."""
+        ordered = sorted(servers.values(), key=lambda s: s.id)
+        assignable = tuple(s for s in ordered if s.assignable and not s.at_capacity)
+        return cls(
+            service=service,
+            servers=MappingProxyType(dict(servers)),
+            assignable=assignable,
+            version=version,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claims:
+    """The verified claims of an affinity token."""
+
+    sid: str
+    cid: str
+    svc: str
+    iat: int
+    exp: int
+    iss: str
+    kid: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssignRequest:
+    """What a policy sees of one ``/v1/assign`` call (no Sanic objects, no I/O).
+
+    ``client_id`` is the id from a valid token or a freshly drawn one;
+    ``previous`` is the server id of a valid token, if any.
+    """
+
+    service: str
+    client_id: str
+    avoid: frozenset[str] = frozenset()
+    previous: str | None = None
+    client_ip: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assignment:
+    """A referral that was just made: the server, the token, and whether it was sticky."""
+
+    request: AssignRequest
+    server: Server
+    token: str
+    expires_in: int
+    sticky: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestInfo:
+    """What a request filter sees of an incoming HTTP request.
+
+    ``role`` is ``"referral"`` or ``"server"``. ``path`` is normalised the way
+    the router sees it (percent-decoded, dot segments and repeated slashes
+    removed). ``client_ip`` is the socket peer unless a trusted proxy is
+    configured. ``client_id`` is the ``cid`` of a valid token, if any.
+    """
+
+    role: str
+    method: str
+    path: str
+    client_ip: str
+    client_id: str | None = None
+    server_id: str | None = None
+    headers: Mapping[str, str] = _EMPTY
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejection:
+    """A filter's refusal: the HTTP status (403 or 429), an error code and a sentence."""
+
+    status: int
+    error: str
+    detail: str
+    retry_after: float | None = None
+    headers: Mapping[str, str] = _EMPTY
+    rule: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedSettings:
+    """A versioned document of settings shared through the registry (for example firewall rules)."""
+
+    name: str
+    version: int
+    value: Mapping[str, Any]
