@@ -13,6 +13,7 @@ libraries it uses are wrapped at the boundary (``raise ... from exc``).
     * ExpiredToken        its ``exp`` has passed (beyond the leeway)
     * ImmatureToken       its ``iat`` / ``nbf`` is in the future (beyond the leeway)
     * UnknownKey          its ``kid`` is not in the key ring
+  * KeyFetchError         the verifying keys could not be fetched (JWKS); the old keys stay
   * NoHealthyServer       no assignable server for the service
   * ClientError           the client library gave up (see affinity.client)
 
@@ -38,6 +39,7 @@ class ConfigError(AffinityError, ValueError):
         elif source:
             where = f"{source}: "
         super().__init__(where + message)
+        self.message = message
         self.key = key
         self.source = source
 
@@ -72,6 +74,14 @@ class ImmatureToken(InvalidToken):
 
 class UnknownKey(InvalidToken):
     """The token's ``kid`` is not in the key ring."""
+
+
+class KeyFetchError(AffinityError):
+    """Fetching the referral's public keys (its JWKS) failed; the old keys stay in use.
+
+    Not an :class:`InvalidToken`: it says nothing about any one token, and an
+    app server may want to alert on it rather than answer ``401``.
+    """
 
 
 class NoHealthyServer(AffinityError):

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
 class HealthStatus(enum.StrEnum):
@@ -177,7 +176,7 @@ class RequestInfo:
     client_ip: str
     client_id: str | None = None
     server_id: str | None = None
-    headers: Mapping[str, str] = _EMPTY
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,7 +187,7 @@ class Rejection:
     error: str
     detail: str
     retry_after: float | None = None
-    headers: Mapping[str, str] = _EMPTY
+    headers: Mapping[str, str] = field(default_factory=dict)
     rule: str = ""
 
 

@@ -1,0 +1,9 @@
+"""``python -m affinity``."""
+
+from __future__ import annotations
+
+import sys
+
+from affinity.cli import main
+
+sys.exit(main())

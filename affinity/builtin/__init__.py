@@ -1,0 +1,1 @@
+"""Built-in behaviour, written as plugins through the public hooks."""

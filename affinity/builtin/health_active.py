@@ -1,0 +1,211 @@
+"""Active health checks: the referral polls each server's health endpoint.
+
+Each server gets one checking task, so there is never more than one check in
+flight per server. Checks run every ``interval`` seconds with ``±jitter`` so
+the checks of many servers do not beat in step, and every ``fast_interval``
+while a server is changing state. A server goes critical after ``fall``
+failed checks in a row and passing again after ``rise`` good ones (HAProxy's
+hysteresis, with faster defaults: 1 s, fall 2, rise 2, so a dead server is
+noticed in about 2 s instead of HAProxy's 6 s). A draining or warning answer
+from a live server applies at once. A client's ``avoid`` only wakes the
+server's checker early (at most once per ``recheck_interval``): a client can
+lie, so only a failed check ejects a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from affinity import hookimpl
+from affinity.config import Config, HealthSettings
+from affinity.health import HealthSink, HealthSource
+from affinity.models import HealthStatus, Load, Server
+from affinity.tls import client_context
+
+log = logging.getLogger("affinity.health")
+
+HEALTH_PATH = "/.well-known/affinity/health"
+MAX_BODY = 64 * 1024
+SYNC_INTERVAL = 0.2
+
+
+@dataclass(slots=True)
+class CheckResult:
+    """One check's outcome: ``ok`` False means the server did not answer properly."""
+
+    ok: bool
+    status: HealthStatus = HealthStatus.CRITICAL
+    draining: bool = False
+    load: Load | None = None
+    reason: str = ""
+    latency: float | None = None
+
+
+@dataclass(slots=True)
+class _State:
+    server: Server
+    task: asyncio.Task[None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    up: bool = True
+    streak: int = 0
+    last_recheck: float = float("-inf")
+
+
+def parse_answer(code: int, body: bytes) -> CheckResult:
+    """Map a health answer (HTTP code and JSON body) to a check result."""
+    try:
+        data: Any = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    draining = data.get("draining") is True
+    if code == 200 or (code == 429 and draining):
+        status = HealthStatus.PASSING if code == 200 else _status(data, HealthStatus.PASSING)
+        return CheckResult(ok=True, status=status, draining=draining, load=_load(data),
+                           reason="draining" if draining else "")
+    if code == 429:
+        return CheckResult(ok=True, status=HealthStatus.WARNING, load=_load(data),
+                           reason="server reports warning")
+    return CheckResult(ok=False, reason=f"health answered HTTP {code}")
+
+
+def _status(data: dict[str, Any], default: HealthStatus) -> HealthStatus:
+    try:
+        return HealthStatus(data.get("status", default))
+    except ValueError:
+        return default
+
+
+def _load(data: dict[str, Any]) -> Load | None:
+    raw = data.get("load")
+    if not isinstance(raw, dict):
+        return None
+
+    def count(key: str) -> int:
+        value = raw.get(key, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+    extra = {k: float(v) for k, v in raw.items()
+             if k not in ("active_clients", "inflight", "capacity")
+             and isinstance(v, int | float) and not isinstance(v, bool)}
+    return Load(active_clients=count("active_clients"), inflight=count("inflight"),
+                capacity=count("capacity"), extra=extra)
+
+
+class ActiveHealthChecker(HealthSource):
+    """Polls every server's health endpoint with rise/fall hysteresis."""
+
+    name = "active"
+
+    def __init__(self, settings: HealthSettings, client: httpx.AsyncClient | None = None) -> None:
+        self.settings = settings
+        self._client = client or httpx.AsyncClient(
+            verify=client_context(settings.ca_file),
+            timeout=httpx.Timeout(settings.timeout),
+            limits=httpx.Limits(max_keepalive_connections=1000, max_connections=None),
+        )
+        self._states: dict[str, _State] = {}
+        self._sink: HealthSink | None = None
+
+    async def run(self, sink: HealthSink) -> None:
+        self._sink = sink
+        try:
+            while True:
+                self._sync(sink)
+                await asyncio.sleep(SYNC_INTERVAL)
+        finally:
+            for state in self._states.values():
+                if state.task is not None:
+                    state.task.cancel()
+
+    def _sync(self, sink: HealthSink) -> None:
+        current = {s.id: s for s in sink.servers()}
+        for sid in list(self._states):
+            if sid not in current or current[sid].url != self._states[sid].server.url:
+                state = self._states.pop(sid)
+                if state.task is not None:
+                    state.task.cancel()
+        for sid, server in current.items():
+            if sid not in self._states:
+                state = _State(server=server)
+                self._states[sid] = state
+                state.task = asyncio.get_running_loop().create_task(
+                    self._watch(state, sink), name=f"affinity.check.{sid}")
+
+    def recheck(self, server_id: str) -> None:
+        state = self._states.get(server_id)
+        now = time.monotonic()
+        if state is None or now - state.last_recheck < self.settings.recheck_interval:
+            return
+        state.last_recheck = now
+        state.wake.set()
+
+    async def _watch(self, state: _State, sink: HealthSink) -> None:
+        first = True
+        while True:
+            if not first:
+                await self._pause(state)
+            first = False
+            result = await self.check(state.server)
+            self._record(state, result, sink)
+
+    async def _pause(self, state: _State) -> None:
+        s = self.settings
+        base = s.fast_interval if state.streak else s.interval
+        delay = base * random.uniform(1 - s.jitter, 1 + s.jitter)
+        state.wake.clear()
+        try:
+            await asyncio.wait_for(state.wake.wait(), delay)
+        except TimeoutError:
+            pass
+
+    async def check(self, server: Server) -> CheckResult:
+        """One health request, bounded by the timeout."""
+        started = time.monotonic()
+        try:
+            response = await self._client.get(server.url + HEALTH_PATH)
+        except httpx.TimeoutException:
+            return CheckResult(ok=False, reason=f"timed out after {self.settings.timeout}s")
+        except httpx.HTTPError as exc:
+            return CheckResult(ok=False, reason=f"{type(exc).__name__}: {exc}"[:200])
+        result = parse_answer(response.status_code, response.content[:MAX_BODY])
+        result.latency = time.monotonic() - started
+        return result
+
+    def _record(self, state: _State, result: CheckResult, sink: HealthSink) -> None:
+        s = self.settings
+        if result.ok == state.up:
+            state.streak = 0
+        else:
+            state.streak += 1
+            if state.streak >= (s.rise if result.ok else s.fall):
+                state.up = result.ok
+                state.streak = 0
+                log.warning("server %s is %s: %s", state.server.id,
+                            "up" if result.ok else "down", result.reason or "answering")
+        if state.up and result.ok:
+            status = result.status
+        elif state.up:
+            status = HealthStatus.PASSING
+        else:
+            status = HealthStatus.CRITICAL
+        sink.set_health(state.server.id, status, load=result.load,
+                        draining=result.draining if result.ok else None,
+                        reason=result.reason, latency=result.latency)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+@hookimpl(trylast=True)
+def affinity_make_health_source(name: str, config: Config) -> HealthSource | None:
+    """Provide the active checker for ``health.sources = ["active"]``."""
+    return ActiveHealthChecker(config.health) if name == "active" else None

@@ -1,0 +1,423 @@
+"""The built-in assignment policies, offered through ``affinity_make_policy`` like any plugin's.
+
+``round_robin``, ``random`` and ``load_weighted`` keep a per-pool structure
+rebuilt in O(n) when the pool object changes (the referral's table builds a
+new pool per change of its view, load-only changes batched) and pick in O(1)
+(``random`` and ``load_weighted`` in O(log n) for unequal weights, a C
+``bisect``), so a pick costs about the same at 100 servers as at 100,000.
+``consistent`` scores every assignable server per pick (O(n)): that is what
+makes its answer the same in every process. Every policy skips
+``request.avoid`` and returns None when nothing is left. One policy object
+lives per service per worker process; nothing here is shared between them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from itertools import accumulate
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from affinity import hashing, hookimpl
+from affinity.errors import ConfigError
+from affinity.models import AssignRequest, Pool, Server
+from affinity.policy import Policy
+
+__all__ = [
+    "POLICIES",
+    "ConsistentPolicy",
+    "LoadWeightedPolicy",
+    "RandomPolicy",
+    "RoundRobinPolicy",
+    "affinity_make_policy",
+]
+
+_REDRAWS = 8
+"""Draws that may land on an avoided server before a policy filters the pool (O(n))."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    kind: type[int] | type[float]
+    default: float
+    low: float
+    high: float
+
+
+def _read_options(
+    policy: str, options: Mapping[str, Any] | None, spec: Mapping[str, _Option]
+) -> dict[str, float]:
+    """Validated option values, defaults filled in; ConfigError naming the bad key."""
+    options = {} if options is None else options
+    if not isinstance(options, Mapping):
+        got = type(options).__name__
+        raise ConfigError(f"must be a table, got {got}", key="policy_options")
+    for key in options:
+        if key not in spec:
+            expected = ", ".join(sorted(spec)) or "none"
+            msg = f"unknown option of policy {policy!r}; expected: {expected}"
+            raise ConfigError(msg, key=str(key))
+    values: dict[str, float] = {}
+    for key, opt in spec.items():
+        value = options.get(key, opt.default)
+        kinds = (int,) if opt.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            what = "an integer" if opt.kind is int else "a number"
+            raise ConfigError(f"must be {what}, got {value!r}", key=key)
+        if not opt.low <= value <= opt.high:  # NaN fails this too
+            low, high = opt.kind(opt.low), opt.kind(opt.high)
+            raise ConfigError(f"must be between {low} and {high}, got {value!r}", key=key)
+        values[key] = opt.kind(value)
+    return values
+
+
+def _fallback(
+    servers: tuple[Server, ...], avoid: frozenset[str], rng: random.Random
+) -> Server | None:
+    """Weighted pick among the non-avoided servers, by scanning: only after redraws failed."""
+    left = [s for s in servers if s.id not in avoid]
+    return rng.choices(left, weights=[s.weight for s in left])[0] if left else None
+
+
+class _BuiltinPolicy(Policy):
+    """Validates options against ``option_spec`` and owns the random generator."""
+
+    option_spec: ClassVar[Mapping[str, _Option]] = MappingProxyType({})
+
+    def __init__(
+        self, options: Mapping[str, Any] | None = None, *, rng: random.Random | None = None
+    ) -> None:
+        self._values = _read_options(self.name, options, self.option_spec)
+        super().__init__(options)
+        self._rng = rng if rng is not None else random.Random()
+        self._setup()
+
+    def _setup(self) -> None:
+        """Initialise per-policy state once the options are read (``self._values``)."""
+
+
+# -- round robin --------------------------------------------------------------
+
+
+class _Rotation:
+    """Interleaved weighted round robin (as in LVS) over one pool's assignable servers.
+
+    Servers are ordered by weight, heaviest first; round ``r`` visits the
+    prefix of servers whose weight is at least ``r``, so over a cycle each
+    server is visited ``weight`` times. ``levels`` groups consecutive rounds that
+    visit the same prefix: ``(rounds, count)`` pairs, one per distinct weight.
+    """
+
+    __slots__ = ("levels", "order", "source")
+
+    def __init__(self, servers: tuple[Server, ...]) -> None:
+        self.source = servers
+        self.order = sorted(servers, key=lambda s: -s.weight)  # stable: ids ascending within
+        weights = sorted({s.weight for s in servers})
+        unit = math.gcd(*weights) if weights else 1
+        count, previous = len(self.order), 0
+        self.levels: list[tuple[int, int]] = []
+        for weight in weights:
+            while count and self.order[count - 1].weight < weight:
+                count -= 1
+            self.levels.append(((weight - previous) // unit, count))
+            previous = weight
+
+
+class RoundRobinPolicy(_BuiltinPolicy):
+    """Weighted rotation over the assignable servers: weight 3 gets three picks per cycle."""
+
+    name = "round_robin"
+    guarantee = (
+        "Rotation is per worker process, starting at a random place: N workers and R "
+        "replicas run N x R interleaved rotations, even overall but with no order across them."
+    )
+
+    def _setup(self) -> None:
+        self._rotation: _Rotation | None = None
+        self._level = self._round = self._index = 0
+
+    def choose(self, pool: Pool, request: AssignRequest) -> Server | None:
+        rotation = self._rotation_for(pool)
+        if not rotation.order:
+            return None
+        avoid = request.avoid
+        for _ in range(2 * len(avoid) + 1 if avoid else 1):
+            server = self._advance(rotation)
+            if server.id not in avoid:
+                return server
+        return _fallback(pool.assignable, avoid, self._rng)
+
+    def _rotation_for(self, pool: Pool) -> _Rotation:
+        rotation = self._rotation
+        if rotation is not None and rotation.source is pool.assignable:
+            return rotation
+        fresh = _Rotation(pool.assignable)
+        if fresh.levels and (rotation is None or not rotation.order or not self._fits(fresh)):
+            # First use: start at a random place so workers do not move in step.
+            self._level, self._round = 0, 0
+            self._index = self._rng.randrange(fresh.levels[0][1])
+        self._rotation = fresh
+        return fresh
+
+    def _fits(self, rotation: _Rotation) -> bool:
+        """True when the position carries over to a rebuilt rotation (same shape, usually)."""
+        if self._level >= len(rotation.levels):
+            return False
+        rounds, count = rotation.levels[self._level]
+        return self._round < rounds and self._index < count
+
+    def _advance(self, rotation: _Rotation) -> Server:
+        server = rotation.order[self._index]
+        rounds, count = rotation.levels[self._level]
+        self._index += 1
+        if self._index == count:
+            self._index = 0
+            self._round += 1
+            if self._round == rounds:
+                self._round = 0
+                self._level = (self._level + 1) % len(rotation.levels)
+        return server
+
+
+# -- weighted random ------------------------------------------------------------
+
+
+class _Sampler:
+    """Weighted draws over one pool's assignable servers: uniform index or cumulative + bisect."""
+
+    __slots__ = ("cumulative", "servers", "source", "total")
+
+    def __init__(self, servers: tuple[Server, ...]) -> None:
+        self.source = self.servers = servers
+        weights = [s.weight for s in servers]
+        uniform = len(set(weights)) <= 1
+        self.cumulative: list[int] | None = None if uniform else list(accumulate(weights))
+        self.total = sum(weights)
+
+    def draw(self, uniform: Callable[[], float]) -> Server:
+        if self.cumulative is None:
+            return self.servers[int(uniform() * len(self.servers))]
+        return self.servers[bisect_right(self.cumulative, uniform() * self.total)]
+
+
+class _SamplingPolicy(_BuiltinPolicy):
+    def _setup(self) -> None:
+        super()._setup()
+        self._sampler = _Sampler(())
+
+    def _sampler_for(self, pool: Pool) -> _Sampler:
+        if self._sampler.source is not pool.assignable:
+            self._sampler = _Sampler(pool.assignable)
+            self._pool_changed(pool)
+        return self._sampler
+
+    def _pool_changed(self, pool: Pool) -> None:
+        """Hook for subclasses: the pool object changed (called in O(n) rebuild time)."""
+
+    def _draw(self, pool: Pool, sampler: _Sampler, avoid: frozenset[str]) -> Server | None:
+        """A weighted draw that is not in ``avoid``: redraw a few times, then filter."""
+        for _ in range(_REDRAWS if avoid else 1):
+            server = sampler.draw(self._rng.random)
+            if server.id not in avoid:
+                return server
+        return _fallback(pool.assignable, avoid, self._rng)
+
+
+class RandomPolicy(_SamplingPolicy):
+    """Weighted random: each pick draws a server with probability proportional to its weight."""
+
+    name = "random"
+    guarantee = (
+        "Stateless draws: every worker and replica draws independently with the same "
+        "weights, so shares converge to the weights whatever the number of processes."
+    )
+
+    def choose(self, pool: Pool, request: AssignRequest) -> Server | None:
+        sampler = self._sampler_for(pool)
+        if not sampler.servers:
+            return None
+        return self._draw(pool, sampler, request.avoid)
+
+
+# -- load weighted (power of d choices) -----------------------------------------
+
+
+class LoadWeightedPolicy(_SamplingPolicy):
+    """Power of two (or three) choices on weight-normalised load, counting its own assignments.
+
+    The load of a candidate is ``(active_clients + assignments this object made
+    since the server's last load report) / (capacity or default_capacity) /
+    weight``. Comparing two random candidates instead of taking the arg-min keeps
+    a burst of re-referrals (a server died, its clients all come back before the
+    next report) spread over the survivors instead of piled on one.
+    """
+
+    name = "load_weighted"
+    guarantee = (
+        "Each worker and replica counts only its own assignments since the last load "
+        "report, so between reports they do not see each other's, but random candidates "
+        "keep their bursts spread instead of all landing on the least-loaded server."
+    )
+    option_spec = MappingProxyType(
+        {
+            "choices": _Option(int, 2, 2, 3),
+            "default_capacity": _Option(int, 100, 1, 2**31),
+        }
+    )
+
+    def _setup(self) -> None:
+        super()._setup()
+        self._choices = int(self._values["choices"])
+        self._default_capacity = int(self._values["default_capacity"])
+        # server id -> [load_version the counts belong to, assignments since that report]
+        self._since: dict[str, list[int]] = {}
+
+    def choose(self, pool: Pool, request: AssignRequest) -> Server | None:
+        sampler = self._sampler_for(pool)
+        if not sampler.servers:
+            return None
+        avoid = request.avoid
+        first = self._draw(pool, sampler, avoid)
+        if first is None:
+            return None
+        candidates, ids = [first], [first.id]
+        for _ in range(self._choices - 1):
+            for _ in range(_REDRAWS):
+                other = sampler.draw(self._rng.random)
+                if other.id not in avoid and other.id not in ids:
+                    candidates.append(other)
+                    ids.append(other.id)
+                    break
+        best = self._least_loaded(candidates)
+        self._record(best)
+        return best
+
+    def load(self, server: Server) -> float:
+        """The weight-normalised load this policy sees for ``server`` now."""
+        entry = self._since.get(server.id)
+        extra = entry[1] if entry is not None and entry[0] == server.load_version else 0
+        capacity = server.load.capacity or self._default_capacity
+        return (server.load.active_clients + extra) / (capacity * server.weight)
+
+    def _least_loaded(self, candidates: list[Server]) -> Server:
+        best, best_load, ties = candidates[0], math.inf, 0
+        for server in candidates:
+            load = self.load(server)
+            if load < best_load:
+                best, best_load, ties = server, load, 1
+            elif load == best_load:
+                ties += 1
+                if self._rng.random() * ties < 1.0:  # uniform among the tied
+                    best = server
+        return best
+
+    def _record(self, server: Server) -> None:
+        entry = self._since.get(server.id)
+        if entry is None or entry[0] != server.load_version:
+            self._since[server.id] = [server.load_version, 1]
+        else:
+            entry[1] += 1
+
+    def _pool_changed(self, pool: Pool) -> None:
+        # Forget servers that left the pool, so the counts do not grow forever.
+        self._since = {k: v for k, v in self._since.items() if k in pool.servers}
+
+
+# -- consistent (rendezvous hashing with bounded load) ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """Per pool: each assignable server with its encoded id, weight and overload flag."""
+
+    source: tuple[Server, ...]
+    entries: tuple[tuple[Server, bytes, float, bool], ...]
+
+
+class ConsistentPolicy(_BuiltinPolicy):
+    """Weighted rendezvous hashing of the client id, with bounded load.
+
+    The server with the highest score ``-weight / ln(u)`` (``u`` = BLAKE2b of the
+    client id and server id, in (0, 1)) wins, unless its reported normalised
+    load exceeds ``load_factor`` x the pool's mean plus ``slack_clients``; then
+    the next in score order that does not. Only reported load is used, never
+    counts local to this process, so every process answers alike. Scans the
+    pool: O(n) per pick.
+    """
+
+    name = "consistent"
+    guarantee = (
+        "Deterministic: every worker and replica with the same view of the pool "
+        "(servers, weights, health, reported load) gives the same server for a client id."
+    )
+    option_spec = MappingProxyType(
+        {
+            "load_factor": _Option(float, 1.25, 1.0, 1e6),
+            "default_capacity": _Option(int, 100, 1, 2**31),
+        }
+    )
+    slack_clients: ClassVar[int] = 4
+    """Clients allowed above the bound, so tiny loads (1 vs 0) do not count as overload."""
+
+    def _setup(self) -> None:
+        self._load_factor = self._values["load_factor"]
+        self._default_capacity = int(self._values["default_capacity"])
+        self._table = _Table((), ())
+
+    def choose(self, pool: Pool, request: AssignRequest) -> Server | None:
+        table = self._table_for(pool)
+        prefix = hashing.key_prefix(request.client_id)
+        avoid = request.avoid
+        best_any = best_ok = None
+        score_any = score_ok = 0.0  # scores are > 0
+        for server, member, weight, overloaded in table.entries:
+            if avoid and server.id in avoid:
+                continue
+            score = hashing.score_prefixed(prefix, member, weight)
+            if score > score_any:
+                best_any, score_any = server, score
+            if score > score_ok and not overloaded:
+                best_ok, score_ok = server, score
+        return best_ok if best_ok is not None else best_any
+
+    def _table_for(self, pool: Pool) -> _Table:
+        if self._table.source is pool.assignable:
+            return self._table
+        servers = pool.assignable
+        capacities = [(s.load.capacity or self._default_capacity) * s.weight for s in servers]
+        loads = [s.load.active_clients / c for s, c in zip(servers, capacities, strict=True)]
+        mean = sum(loads) / len(loads) if loads else 0.0
+        slack = self.slack_clients
+        bound = self._load_factor * mean
+        entries = tuple(
+            (s, s.id.encode("utf-8", "surrogatepass"), float(s.weight), load > bound + slack / c)
+            for s, load, c in zip(servers, loads, capacities, strict=True)
+        )
+        self._table = _Table(servers, entries)
+        return self._table
+
+
+# -- the hook -------------------------------------------------------------------
+
+POLICIES: Mapping[str, type[Policy]] = MappingProxyType(
+    {
+        cls.name: cls
+        for cls in (RoundRobinPolicy, RandomPolicy, LoadWeightedPolicy, ConsistentPolicy)
+    }
+)
+"""The built-in policies by configuration name."""
+
+
+@hookimpl(trylast=True)
+def affinity_make_policy(name: str, options: Mapping[str, Any]) -> Policy | None:
+    """A new built-in policy for ``name`` with validated ``options``; None for other names.
+
+    :raises ConfigError: naming the option (``key``) when an option is unknown or wrong.
+    """
+    cls = POLICIES.get(name)
+    return None if cls is None else cls(options)

@@ -1,0 +1,98 @@
+"""App servers register with the referral's admin API (the embedded registry's registrar).
+
+On start the server PUTs its registration; every heartbeat it asks whether
+the referral still knows it and registers again if not (a referral restarted
+without a state file); on shutdown it deregisters. With several referral
+instances it registers with each of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Sequence
+
+import httpx
+
+from affinity import hookimpl
+from affinity.config import Config
+from affinity.errors import ConfigError, RegistrationFailed, RegistryUnavailable
+from affinity.models import Server
+from affinity.registry import Registrar
+from affinity.tls import client_context
+
+log = logging.getLogger("affinity.server")
+
+
+class AdminApiRegistrar(Registrar):
+    """Registers an app server with one or more referrals through their admin API."""
+
+    name = "embedded"
+
+    def __init__(self, referrals: Sequence[str], admin_token: str,
+                 verify: ssl.SSLContext | bool = True, timeout: float = 5.0) -> None:
+        self._referrals = [r.rstrip("/") for r in referrals]
+        self._client = httpx.AsyncClient(
+            verify=verify, timeout=timeout,
+            headers={"Authorization": f"Bearer {admin_token}"},
+        )
+
+    async def _call(self, method: str, url: str, **kwargs: object) -> httpx.Response:
+        try:
+            return await self._client.request(method, url, **kwargs)  # type: ignore[arg-type]
+        except httpx.HTTPError as exc:
+            msg = f"referral at {url.split('/v1/')[0]} is unreachable: {exc!r}"
+            raise RegistryUnavailable(msg) from exc
+
+    async def register(self, server: Server) -> None:
+        body = {"service": server.service, "url": server.url, "weight": server.weight,
+                "meta": dict(server.meta)}
+        for base in self._referrals:
+            response = await self._call("PUT", f"{base}/v1/servers/{server.id}", json=body)
+            if response.status_code != 200:
+                msg = f"referral {base} refused registration: {response.status_code} {response.text}"
+                raise RegistrationFailed(msg)
+
+    async def heartbeat(self, server: Server) -> None:
+        for base in self._referrals:
+            response = await self._call("GET", f"{base}/v1/servers/{server.id}")
+            if response.status_code == 404:
+                log.warning("referral %s forgot server %s; registering again", base, server.id)
+                await self.register(server)
+            elif response.status_code != 200:
+                msg = f"referral {base} answered {response.status_code} to a heartbeat"
+                raise RegistrationFailed(msg)
+
+    async def deregister(self, server: Server) -> None:
+        for base in self._referrals:
+            response = await self._call("DELETE", f"{base}/v1/servers/{server.id}")
+            if response.status_code not in (200, 404):
+                msg = f"referral {base} refused deregistration: {response.status_code}"
+                raise RegistrationFailed(msg)
+
+    async def set_maintenance(self, server: Server, enabled: bool, reason: str = "") -> None:
+        action = "drain" if enabled else "resume"
+        for base in self._referrals:
+            await self._call("POST", f"{base}/v1/servers/{server.id}/{action}")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+@hookimpl(trylast=True)
+def affinity_make_registrar(config: Config) -> Registrar | None:
+    """Provide the admin-API registrar for ``registry.backend = "embedded"``."""
+    if config.registry.backend != "embedded":
+        return None
+    settings = config.server
+    referrals = [u.strip() for u in settings.referral_url.split(",") if u.strip()]
+    if not referrals:
+        msg = "app servers register with the referral: set server.referral_url"
+        raise ConfigError(msg, key="server.referral_url", source=config.source)
+    token = config.read_secret(settings.admin_token_file, "AFFINITY_ADMIN_TOKEN",
+                               "server.admin_token_file")
+    if token is None:
+        msg = ("registering with the referral needs its admin token: set "
+               "server.admin_token_file or AFFINITY_ADMIN_TOKEN")
+        raise ConfigError(msg, key="server.admin_token_file", source=config.source)
+    return AdminApiRegistrar(referrals, token, verify=client_context(settings.referral_ca))

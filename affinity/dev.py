@@ -1,0 +1,200 @@
+"""``affinity dev``: a referral and three app servers with TLS on this host, in one command.
+
+Makes a dev CA and wildcard certificate, a key ring and an admin token if
+missing (all under ``--dir``, keys 0600), writes a config, starts the referral
+and the servers of ``examples/hello`` as child processes on loopback, prints
+how to use them, and on Ctrl-C drains and stops them all (a second Ctrl-C
+kills them at once), leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from affinity.certs import ensure_dev_certs
+from affinity.errors import AffinityError, ConfigError
+from affinity.tls import client_context
+from affinity.tokens import generate_keyfile
+
+DEFAULT_APP = "examples/hello/app.py:Hello"
+CONFIG = """\
+# Written by 'affinity dev'; every key can be overridden by AFFINITY_<SECTION>_<KEY>.
+[referral]
+listen = "127.0.0.1:{port}"
+tls_cert = "certs/cert.pem"
+tls_key = "certs/key.pem"
+state_file = "state.json"
+admin_token_file = "admin-token"
+default_service = "web"
+
+[tokens]
+keys_file = "keys.json"
+ttl = 600
+
+[health]
+interval = 1.0
+timeout = 0.5
+ca_file = "certs/ca.pem"
+
+[services.web]
+policy = "load_weighted"
+
+[server]
+service = "web"
+tls_cert = "certs/cert.pem"
+tls_key = "certs/key.pem"
+referral_url = "https://127.0.0.1:{port}"
+referral_ca = "certs/ca.pem"
+admin_token_file = "admin-token"
+capacity = 1000
+drain_grace = 1.0
+drain_timeout = 5.0
+heartbeat_interval = 2.0
+"""
+
+
+def prepare(directory: Path, port: int) -> Path:
+    """Certificates, keys, admin token and config in ``directory``; existing ones are kept."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ensure_dev_certs(directory / "certs", "affinity.test")
+    if not (directory / "keys.json").exists():
+        generate_keyfile(directory / "keys.json", "HS256", False)
+    token_file = directory / "admin-token"
+    if not token_file.exists():
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    config = directory / "affinity.toml"
+    config.write_text(CONFIG.format(port=port), encoding="utf-8")
+    return config
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    try:
+        # A session of their own: Ctrl-C reaches only this supervisor, which stops them in order.
+        return subprocess.Popen([sys.executable, "-m", "affinity", *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    finally:
+        out.close()
+
+
+def _wait_ready(url: str, ca: Path, procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(verify=client_context(ca), timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise AffinityError(f"a child process exited early (code {proc.returncode})")
+            try:
+                if client.get(url).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+    raise AffinityError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def run(directory: Path, port: int, servers: int, app: str, python_path: str) -> int:
+    config = prepare(directory, port)
+    ca = directory / "certs" / "ca.pem"
+    logs = directory / "logs"
+    logs.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [python_path,
+                                                                    os.environ.get("PYTHONPATH")]))}
+    referral_url = f"https://127.0.0.1:{port}"
+    procs = [_spawn(["referral", "--config", str(config)], logs / "referral.log", env)]
+    try:
+        _wait_ready(f"{referral_url}/healthz", ca, procs, 30)
+        rows = []
+        for i in range(1, servers + 1):
+            sid, sport = f"s{i}", port + 40 + i
+            env_i = {**env, "AFFINITY_SERVER_ID": sid,
+                     "AFFINITY_SERVER_LISTEN": f"127.0.0.1:{sport}",
+                     "AFFINITY_SERVER_URL": f"https://127.0.0.1:{sport}"}
+            procs.append(_spawn(["serve", app, "--config", str(config)], logs / f"{sid}.log",
+                                env_i))
+            rows.append((sid, sport, procs[-1].pid))
+        for sid, sport, _ in rows:
+            _wait_ready(f"https://127.0.0.1:{sport}/.well-known/affinity/health", ca, procs, 30)
+        _print_banner(directory, referral_url, ca, rows)
+        while True:
+            if procs[0].poll() is not None:
+                raise AffinityError("the referral exited; see " + str(logs / "referral.log"))
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping: draining the servers (Ctrl-C again to kill at once)...", flush=True)
+        try:
+            _stop(procs[1:], 10.0)
+            _stop(procs[:1], 5.0)
+        except KeyboardInterrupt:
+            _stop(procs, 0.0)
+        print("stopped; no process left.", flush=True)
+        return 0
+    finally:
+        _stop(procs, 0.0)
+
+
+def _print_banner(directory: Path, referral: str, ca: Path,
+                  rows: list[tuple[str, int, int]]) -> None:
+    d = directory
+    lines = [
+        "",
+        f"affinity dev is running (logs in {d / 'logs'})",
+        f"  referral   {referral}   (pid {os.getpid()} supervises)",
+        *(f"  server {sid}  https://127.0.0.1:{sport}   pid {pid}" for sid, sport, pid in rows),
+        "",
+        "Ask for a server and a token:",
+        f"  curl --cacert {ca} {referral}/v1/assign",
+        "Follow the redirect like a browser (the token travels as a cookie):",
+        f"  curl -L -b '' --cacert {ca} {referral}/go/",
+        "Send requests with failover through the client library:",
+        f"  affinity request --referral {referral} --cacert {ca} GET /",
+        "",
+        "Try next:",
+        f"  kill -9 {rows[0][2]}      # kill {rows[0][0]}; clients move, the referral stops assigning it",
+        f"  curl --cacert {ca} -X POST -H \"Authorization: Bearer $(cat {d / 'admin-token'})\" "
+        f"{referral}/v1/servers/{rows[-1][0]}/drain",
+        f"  curl --cacert {ca} -H \"Authorization: Bearer $(cat {d / 'admin-token'})\" "
+        f"{referral}/v1/servers",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def dev_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="affinity dev", description=__doc__.split("\n")[0])
+    p.add_argument("--dir", default=".affinity-dev", help="where certs, keys and logs go")
+    p.add_argument("--port", type=int, default=8400, help="referral port; servers use port+41...")
+    p.add_argument("--servers", type=int, default=3, help="how many app servers (default 3)")
+    p.add_argument("--app", default=DEFAULT_APP, help="the AppServer to run, module:Class")
+    args = p.parse_args(argv)
+    if not 1 <= args.servers <= 20:
+        raise ConfigError("expected 1 to 20 servers", key="--servers")
+    return run(Path(args.dir).resolve(), args.port, args.servers, args.app, str(Path.cwd()))

@@ -1,0 +1,107 @@
+"""HTTP helpers shared by the referral and the app servers.
+
+This is the one place that maps errors to status codes and renders them as
+``{"error": "<code>", "detail": "<sentence>"}``: no traceback ever reaches a
+client, and malformed input never produces a 5xx.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from sanic import HTTPResponse, Request
+from sanic.exceptions import SanicException
+
+from affinity.models import Rejection
+
+log = logging.getLogger("affinity.http")
+
+JSON = "application/json"
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+_SANIC_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    416: "range_not_satisfiable",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    503: "service_unavailable",
+}
+
+
+def json_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> HTTPResponse:
+    """A JSON answer serialised with orjson, with ``nosniff``."""
+    merged = {**NOSNIFF, **headers} if headers else NOSNIFF
+    return HTTPResponse(orjson.dumps(body), status=status, headers=merged, content_type=JSON)
+
+
+def error_response(
+    status: int,
+    error: str,
+    detail: str,
+    *,
+    retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> HTTPResponse:
+    """The error shape of the wire protocol, with ``Retry-After`` in whole seconds if given."""
+    extra = dict(headers or {})
+    if retry_after is not None:
+        extra["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    extra.setdefault("Cache-Control", "no-store")
+    return json_response({"error": error, "detail": detail}, status, extra)
+
+
+def rejection_response(rejection: Rejection) -> HTTPResponse:
+    """Render a request filter's refusal."""
+    return error_response(
+        rejection.status,
+        rejection.error,
+        rejection.detail,
+        retry_after=rejection.retry_after,
+        headers=rejection.headers,
+    )
+
+
+def exception_response(request: Request, exc: Exception) -> HTTPResponse:
+    """Sanic's error handler: known HTTP errors keep their status, anything else is a bare 500."""
+    if isinstance(exc, SanicException):
+        status = int(exc.status_code)
+        code = _SANIC_CODES.get(status, "bad_request" if status < 500 else "internal_error")
+        detail = str(exc) if status < 500 else "the server failed to answer; this is logged"
+        headers = dict(getattr(exc, "headers", None) or {})
+        return error_response(status, code, detail, headers=headers)
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal_error", "the server failed to answer; this is logged")
+
+
+def normalise_path(raw: str) -> str:
+    """The path the router would see: percent-decoded, dot segments and repeated slashes removed.
+
+    Firewall rules match on this, so ``/x/../admin``, ``/%61dmin`` and
+    ``//admin`` are all ``/admin``.
+    """
+    path = urllib.parse.unquote(raw.split("?", 1)[0], errors="replace")
+    trailing = path.endswith("/") and len(path) > 1
+    path = posixpath.normpath("/" + path.lstrip("/"))
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    return path + "/" if trailing and path != "/" else path
+
+
+def client_ip(request: Request) -> str:
+    """The client's address: from proxy headers only when a trusted proxy is configured."""
+    return request.remote_addr or request.ip or ""

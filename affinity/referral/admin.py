@@ -1,0 +1,207 @@
+"""The admin API: list, register, deregister, drain and resume servers; shared settings.
+
+Every call needs ``Authorization: Bearer <admin token>``, compared in
+constant time. Without an admin token configured the API is closed.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sanic import Blueprint, HTTPResponse, Request
+
+from affinity.errors import ConfigError, RegistryError
+from affinity.http import error_response, json_response
+from affinity.models import Server, SharedSettings
+from affinity.names import check_id, check_origin, is_valid_id
+
+if TYPE_CHECKING:
+    from affinity.referral.app import ReferralContext
+
+Handler = Callable[..., Awaitable[HTTPResponse]]
+admin = Blueprint("affinity_admin", url_prefix="/v1")
+
+
+def authorized(handler: Handler) -> Handler:
+    """Refuse the call with 401 unless it carries the admin bearer token."""
+
+    @wraps(handler)
+    async def check(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
+        ctx: ReferralContext = request.app.ctx.affinity
+        expected = ctx.admin_token
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        ok = (
+            expected is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(token.strip().encode(), expected.encode())
+        )
+        if not ok:
+            detail = ("the admin API is closed: no admin token is configured" if expected is None
+                      else "a valid 'Authorization: Bearer <admin token>' header is required")
+            return error_response(401, "unauthorized", detail,
+                                  headers={"WWW-Authenticate": 'Bearer realm="affinity"'})
+        return await handler(request, *args, **kwargs)
+
+    return check
+
+
+def _ctx(request: Request) -> ReferralContext:
+    ctx: ReferralContext = request.app.ctx.affinity
+    return ctx
+
+
+def _unknown(server_id: str) -> HTTPResponse:
+    return error_response(404, "unknown_server", f"no server with id {server_id!r}")
+
+
+def _registry_failed(exc: RegistryError) -> HTTPResponse:
+    return error_response(503, "registry_unavailable", str(exc), retry_after=1)
+
+
+@admin.get("/servers")
+@authorized
+async def list_servers(request: Request) -> HTTPResponse:
+    ctx = _ctx(request)
+    servers = [ctx.table.describe(s) for s in sorted(ctx.table.servers(), key=lambda s: s.id)]
+    return json_response({
+        "servers": servers,
+        "services": ctx.service_summary(),
+        "index": ctx.table.view_index,
+        "stale": ctx.table.stale,
+        "stale_reason": ctx.table.stale_reason,
+    })
+
+
+@admin.get("/servers/<server_id>")
+@authorized
+async def get_server(request: Request, server_id: str) -> HTTPResponse:
+    ctx = _ctx(request)
+    server = ctx.table.get(server_id)
+    return _unknown(server_id) if server is None else json_response(ctx.table.describe(server))
+
+
+@admin.put("/servers/<server_id>")
+@authorized
+async def put_server(request: Request, server_id: str) -> HTTPResponse:
+    ctx = _ctx(request)
+    try:
+        server = _parse_server(server_id, request.body, ctx.config.referral.default_service)
+    except ValueError as exc:
+        return error_response(400, "invalid_server", str(exc))
+    try:
+        await ctx.registry.register(server)
+    except RegistryError as exc:
+        return _registry_failed(exc)
+    await ctx.refresh_view()
+    current = ctx.table.get(server_id)
+    return json_response(ctx.table.describe(current) if current else {"id": server_id})
+
+
+@admin.delete("/servers/<server_id>")
+@authorized
+async def delete_server(request: Request, server_id: str) -> HTTPResponse:
+    ctx = _ctx(request)
+    try:
+        known = await ctx.registry.deregister(server_id)
+    except RegistryError as exc:
+        return _registry_failed(exc)
+    if not known:
+        return _unknown(server_id)
+    await ctx.refresh_view()
+    return json_response({"id": server_id, "deregistered": True})
+
+
+async def _set_draining(request: Request, server_id: str, draining: bool) -> HTTPResponse:
+    ctx = _ctx(request)
+    try:
+        known = await ctx.registry.set_draining(server_id, draining)
+    except RegistryError as exc:
+        return _registry_failed(exc)
+    if not known:
+        return _unknown(server_id)
+    await ctx.refresh_view()
+    return json_response({"id": server_id, "draining": draining})
+
+
+@admin.post("/servers/<server_id>/drain")
+@authorized
+async def drain(request: Request, server_id: str) -> HTTPResponse:
+    return await _set_draining(request, server_id, True)
+
+
+@admin.post("/servers/<server_id>/resume")
+@authorized
+async def resume(request: Request, server_id: str) -> HTTPResponse:
+    return await _set_draining(request, server_id, False)
+
+
+@admin.get("/settings/<name>")
+@authorized
+async def get_settings(request: Request, name: str) -> HTTPResponse:
+    ctx = _ctx(request)
+    current = ctx.settings.get(name)
+    if current is None:
+        return error_response(404, "unknown_settings", f"no shared settings named {name!r}")
+    return json_response({"name": name, "version": current.version, "value": current.value})
+
+
+@admin.put("/settings/<name>")
+@authorized
+async def put_settings(request: Request, name: str) -> HTTPResponse:
+    ctx = _ctx(request)
+    if not is_valid_id(name):
+        return error_response(400, "invalid_settings", f"settings name {name!r} is not valid")
+    value = _parse_object(request.body)
+    if value is None:
+        return error_response(400, "invalid_json", "the body must be a JSON object")
+    current = ctx.settings.get(name)
+    proposed = SharedSettings(name=name, version=(current.version if current else 0) + 1,
+                              value=value)
+    try:
+        ctx.manager.check_settings(proposed)
+    except ConfigError as exc:
+        return error_response(400, "invalid_settings", f"rejected whole, previous kept: {exc}")
+    try:
+        stored = await ctx.registry.put_settings(name, value)
+    except RegistryError as exc:
+        return _registry_failed(exc)
+    await ctx.refresh_view()
+    return json_response({"name": name, "version": stored.version})
+
+
+def _parse_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(body or b"null")
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _parse_server(server_id: str, body: bytes, default_service: str) -> Server:
+    data = _parse_object(body)
+    if data is None:
+        raise ValueError("the body must be a JSON object with at least 'url'")
+    unknown = set(data) - {"url", "service", "weight", "meta"}
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}; expected url, service, weight, meta")
+    weight = data.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 10_000:
+        raise ValueError(f"weight {weight!r} is not valid; expected an integer from 0 to 10000")
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict) or len(meta) > 64 or not all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 512
+        for k, v in meta.items()
+    ):
+        raise ValueError("meta must be an object of up to 64 string keys and string values")
+    return Server(
+        id=check_id(server_id),
+        service=check_id(data.get("service", default_service), "service"),
+        url=check_origin(data.get("url")),
+        weight=weight,
+        meta=meta,
+    )

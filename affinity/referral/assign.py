@@ -1,0 +1,136 @@
+"""``GET /v1/assign`` and the redirect mount: choose a server, keep a client on it, sign a token."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import TYPE_CHECKING
+
+from sanic import HTTPResponse, Request
+
+from affinity.errors import InvalidToken
+from affinity.http import NO_STORE, error_response, json_response
+from affinity.models import AssignRequest, Assignment, Claims, Server
+from affinity.names import is_valid_id
+
+if TYPE_CHECKING:
+    from affinity.referral.app import ReferralContext
+
+TOKEN_HEADER = "affinity-token"
+COOKIE = "affinity"
+MAX_AVOID = 16
+# Characters kept as they are when a path or query is copied into a Location header.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+def read_claims(ctx: ReferralContext, request: Request) -> Claims | None:
+    """The claims of the client's token (header first, then cookie), or None if absent or invalid."""
+    token = request.headers.get(TOKEN_HEADER) or request.cookies.get(COOKIE)
+    if not token:
+        return None
+    try:
+        return ctx.verifier.verify(token)
+    except InvalidToken:
+        return None
+
+
+def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment | HTTPResponse:
+    """Pick the server for this client, or answer why not."""
+    avoid_list = request.args.getlist("avoid", [])
+    if len(avoid_list) > MAX_AVOID or not all(is_valid_id(a) for a in avoid_list):
+        return error_response(
+            400, "invalid_avoid", f"avoid takes up to {MAX_AVOID} server ids of letters, digits, '.', '_' or '-'"
+        )
+    if service not in ctx.services and service not in ctx.table.services():
+        return error_response(404, "unknown_service", f"no service named {service!r}")
+    claims = read_claims(ctx, request)
+    avoid = frozenset(avoid_list)
+    address = request.ip or ""
+    for server_id in avoid:
+        if ctx.table.get(server_id) is not None:
+            for source in ctx.health_sources:
+                source.recheck(server_id)
+            ctx.manager.server_avoided(service, server_id, address)
+    previous = claims.sid if claims is not None and claims.svc == service else None
+    areq = AssignRequest(
+        service=service,
+        client_id=claims.cid if claims is not None else ctx.issuer.new_client_id(),
+        avoid=avoid,
+        previous=previous,
+        client_ip=address,
+    )
+    server, sticky = _pick(ctx, areq)
+    if server is None:
+        ctx.metrics.no_server(service)
+        return error_response(
+            503, "no_healthy_server", f"no healthy server for service {service!r}",
+            retry_after=ctx.config.referral.retry_after,
+        )
+    token, expires_in = ctx.issuer.issue(server.id, areq.client_id, service)
+    ctx.table.note_assigned(server.id)
+    assignment = Assignment(
+        request=areq, server=server, token=token, expires_in=expires_in, sticky=sticky
+    )
+    ctx.metrics.assigned(service, sticky)
+    ctx.manager.assigned(assignment)
+    return assignment
+
+
+def _pick(ctx: ReferralContext, areq: AssignRequest) -> tuple[Server | None, bool]:
+    if areq.previous is not None and areq.previous not in areq.avoid:
+        current = ctx.table.get(areq.previous)
+        if current is not None and current.service == areq.service and current.assignable:
+            return current, True
+    pool = ctx.table.pool(areq.service)
+    return ctx.policies[areq.service].choose(pool, areq), False
+
+
+async def assign(request: Request) -> HTTPResponse:
+    """``GET /v1/assign``: JSON with the server, the token and whether it was sticky."""
+    ctx: ReferralContext = request.app.ctx.affinity
+    service = request.args.get("service") or ctx.config.referral.default_service
+    if not is_valid_id(service):
+        return error_response(400, "invalid_service", "service must be 1-64 letters, digits, '.', '_' or '-'")
+    result = refer(ctx, request, service)
+    if isinstance(result, HTTPResponse):
+        return result
+    body = {
+        "server": {"id": result.server.id, "url": result.server.url},
+        "token": result.token,
+        "expires_in": result.expires_in,
+        "sticky": result.sticky,
+    }
+    return json_response(body, headers=NO_STORE)
+
+
+async def redirect(request: Request, path: str = "") -> HTTPResponse:  # noqa: ARG001
+    """The redirect mount: 307 to the chosen server with the same path and query, token as cookie.
+
+    The Location origin is always a registered server's URL (validated when it
+    was registered); the request contributes only the percent-encoded path and
+    query, appended after that origin, so it cannot change the host.
+    """
+    ctx: ReferralContext = request.app.ctx.affinity
+    result = refer(ctx, request, ctx.config.referral.default_service)
+    if isinstance(result, HTTPResponse):
+        return result
+    # The raw (still percent-encoded) path after the mount, never a decoded one.
+    rest = request.path[len(ctx.config.referral.redirect_prefix.rstrip("/")) :]
+    location = result.server.url.rstrip("/") + "/" + urllib.parse.quote(
+        rest.lstrip("/"), safe=_PATH_SAFE
+    )
+    if request.query_string:
+        location += "?" + urllib.parse.quote(request.query_string, safe=_QUERY_SAFE)
+    response = HTTPResponse(status=307, headers={"Location": location, **NO_STORE})
+    cookie_domain = ctx.config.referral.cookie_domain
+    response.add_cookie(
+        COOKIE,
+        result.token,
+        path="/",
+        max_age=result.expires_in,
+        secure=True,
+        httponly=True,
+        samesite="Lax",
+        domain=cookie_domain or None,
+    )
+    return response

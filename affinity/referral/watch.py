@@ -1,0 +1,55 @@
+"""The registry watch loop: blocking queries feeding the server table, with back-off on errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from affinity.errors import RegistryError
+from affinity.registry import Registry, RegistryView
+
+log = logging.getLogger("affinity.referral")
+
+
+async def watch_registry(
+    registry: Registry,
+    apply: Callable[[RegistryView], None],
+    mark_stale: Callable[[str], None],
+    *,
+    wait: float = 30.0,
+    min_interval: float = 0.05,
+    backoff_cap: float = 10.0,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Apply every new registry view until cancelled.
+
+    The index is compared as an integer and reset to 0 when it goes backwards
+    (a registry that lost its state); the loop never spins faster than
+    ``min_interval`` and backs off with full jitter while the registry fails,
+    keeping the last view (marked stale) meanwhile.
+    """
+    index = 0
+    failures = 0
+    while True:
+        try:
+            view = await registry.watch(index, wait)
+        except RegistryError as exc:
+            failures += 1
+            mark_stale(str(exc))
+            delay = random.uniform(0, min(backoff_cap, 0.1 * 2**failures))
+            log.warning("registry %s failed (%s); keeping the last view, retry in %.2fs",
+                        registry.name, exc, delay)
+            await sleep(delay)
+            continue
+        if failures:
+            log.info("registry %s answers again", registry.name)
+            failures = 0
+        if view.index < index:
+            log.warning("registry index went backwards (%d < %d); starting over", view.index, index)
+            index = 0
+        if view.index != index or view.stale:
+            apply(view)
+        index = max(view.index, 1)
+        await sleep(min_interval)

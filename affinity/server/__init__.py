@@ -1,0 +1,1 @@
+"""The app-server side: the base class developers subclass."""

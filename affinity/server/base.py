@@ -1,0 +1,162 @@
+"""The app-server base class developers subclass to write their app.
+
+Write routes as methods decorated with :func:`route` (they receive ``self``
+and the Sanic request), or add blueprints and anything else in
+:meth:`AppServer.setup`; the Sanic app stays reachable as ``self.app``.
+affinity wraps every request with the request filters, the token check and
+drain handling, answers ``/.well-known/affinity/health`` with status and load,
+registers the server and drains it gracefully on shutdown::
+
+    class Hello(AppServer):
+        @route("/")
+        async def index(self, request):
+            return text(f"hello from {self.server_id}, client {request.ctx.client_id}")
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+from sanic import HTTPResponse, Request, Sanic
+
+from affinity.config import Config
+from affinity.errors import ConfigError
+from affinity.http import exception_response
+from affinity.manager import PluginManager
+from affinity.models import HealthStatus, Load, Server, worst
+from affinity.names import check_id, check_origin
+from affinity.server import guard, lifecycle
+from affinity.server.activity import ActiveClients
+
+HEALTH_PATH = "/.well-known/affinity/health"
+F = TypeVar("F", bound=Callable[..., Awaitable[HTTPResponse]])
+_names = itertools.count(1)
+
+
+def route(uri: str, methods: Iterable[str] = ("GET",), **options: Any) -> Callable[[F], F]:
+    """Mark an ``async def handler(self, request, ...)`` method as a Sanic route."""
+
+    def mark(handler: F) -> F:
+        routes = getattr(handler, "__affinity_routes__", [])
+        routes.append((uri, tuple(methods), options))
+        handler.__affinity_routes__ = routes  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+class AppServer:
+    """Base class of an affinity app server; one instance per process."""
+
+    name: ClassVar[str] = "app"
+    role: ClassVar[str] = "server"
+
+    def __init__(self, config: Config, *, plugins: Iterable[object] = (),
+                 manager: PluginManager | None = None) -> None:
+        self.config = config
+        settings = config.server
+        self.server_id = _checked(check_id, settings.id, "server.id", config)
+        self.service = _checked(lambda v: check_id(v, "service"), settings.service,
+                                "server.service", config)
+        self.url = _checked(check_origin, settings.url or _default_url(config), "server.url",
+                            config)
+        self.manager = manager or PluginManager(plugins=plugins)
+        self.manager.configure(config)
+        self.status = HealthStatus.PASSING
+        self.status_reason = ""
+        self.draining = False
+        self.drain_started: float | None = None
+        self.inflight = 0
+        self.active = ActiveClients(settings.active_window, settings.active_max)
+        self.tokens = guard.TokenCheck(config)
+        self.lifecycle = lifecycle.Lifecycle(self)
+        self.app = self.create_app()
+
+    # -- what developers override ---------------------------------------------
+
+    def setup(self, app: Sanic[Any, Any]) -> None:
+        """Add blueprints, listeners or routes that are not methods; called once."""
+
+    def health(self) -> HealthStatus | None:
+        """Report the app's own status (for example WARNING when a dependency is down)."""
+        return None
+
+    def load_figures(self) -> Mapping[str, float]:
+        """Extra load figures for the health answer (merged with plugins' figures)."""
+        return {}
+
+    # -- the model of this server ------------------------------------------------
+
+    @property
+    def server(self) -> Server:
+        """This server as the registry sees it."""
+        settings = self.config.server
+        return Server(id=self.server_id, service=self.service, url=self.url,
+                      weight=settings.weight, meta=dict(settings.meta))
+
+    def current_status(self) -> HealthStatus:
+        """The worst of the status set on the object and the one ``health()`` reports."""
+        return worst(self.status, self.health() or HealthStatus.PASSING)
+
+    def load(self) -> Load:
+        extra = {**self.manager.report_load(self.server_id), **self.load_figures()}
+        return Load(active_clients=self.active.count(), inflight=self.inflight,
+                    capacity=self.config.server.capacity, extra=extra)
+
+    def reassigning(self) -> bool:
+        """True once draining has lasted past the drain grace: clients are sent elsewhere."""
+        started = self.drain_started
+        return started is not None and time.monotonic() - started >= self.config.server.drain_grace
+
+    # -- building ---------------------------------------------------------------------
+
+    def create_app(self) -> Sanic[Any, Any]:
+        app: Sanic[Any, Any] = Sanic(f"affinity-{self.name}-{next(_names)}")
+        app.config.ACCESS_LOG = False
+        app.config.FALLBACK_ERROR_FORMAT = "json"
+        app.config.PROXIES_COUNT = self.config.server.proxies_count or None
+        app.config.REAL_IP_HEADER = self.config.server.real_ip_header or None
+        app.ctx.affinity = self
+        app.error_handler.add(Exception, exception_response)
+        app.register_middleware(guard.on_request, "request")
+        app.register_middleware(guard.on_response, "response")
+        app.add_route(guard.health, HEALTH_PATH, methods=["GET"], name="affinity_health")
+        app.add_route(lifecycle.admin_drain, "/.well-known/affinity/drain", methods=["POST"],
+                      name="affinity_drain")
+        app.add_route(lifecycle.admin_resume, "/.well-known/affinity/resume", methods=["POST"],
+                      name="affinity_resume")
+        self._add_method_routes(app)
+        self.lifecycle.install(app)
+        self.manager.register_routes(app, self.role)
+        self.setup(app)
+        return app
+
+    def _add_method_routes(self, app: Sanic[Any, Any]) -> None:
+        for attr in dir(type(self)):
+            func = getattr(type(self), attr, None)
+            for uri, methods, options in getattr(func, "__affinity_routes__", ()):
+                handler = getattr(self, attr)
+                name = options.pop("name", f"{attr}_{'_'.join(methods).lower()}")
+                app.add_route(handler, uri, methods=list(methods), name=name, **options)
+
+    def run(self) -> None:
+        """Serve until SIGTERM (graceful drain) or a second SIGINT (at once)."""
+        from affinity.serving import serve
+
+        serve(lambda: self.app, self.config.server, section="server", source=self.config.source)
+
+
+def _default_url(config: Config) -> str:
+    listen = config.server.listen
+    scheme = "http" if config.server.insecure_http and config.server.tls_cert is None else "https"
+    return f"{scheme}://{listen}"
+
+
+def _checked(check: Callable[[Any], str], value: Any, key: str, config: Config) -> str:
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key, source=config.source) from exc

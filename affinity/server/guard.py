@@ -1,0 +1,156 @@
+"""What runs around every app-server request: filters, token check, drain, ``Affinity-Server``.
+
+Order: the token is verified first (silently, so a rate limiter can key on the
+client id), then the request filters decide (403 / 429), then the token's
+verdict applies (421 for another server, 401 for an invalid, expired or
+missing-but-required token), then drain (503 + ``Affinity-Reassign``).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from sanic import HTTPResponse, Request
+
+from affinity.config import Config
+from affinity.errors import ExpiredToken, InvalidToken, UnknownKey
+from affinity.http import client_ip, error_response, json_response, normalise_path, rejection_response
+from affinity.keys import load_keyring
+from affinity.models import Claims, HealthStatus, RequestInfo
+from affinity.tokens import TokenVerifier
+
+if TYPE_CHECKING:
+    from affinity.jwks import JwksVerifier
+    from affinity.server.base import AppServer
+
+TOKEN_HEADER = "affinity-token"
+COOKIE = "affinity"
+HEALTH_CODES = {HealthStatus.PASSING: 200, HealthStatus.WARNING: 429}
+_AFFINITY_PATHS = "/.well-known/affinity/"
+
+
+class TokenCheck:
+    """Verifies tokens with the shared key ring, or with the referral's JWKS when configured."""
+
+    def __init__(self, config: Config) -> None:
+        tokens = config.tokens
+        self.jwks: JwksVerifier | None = None
+        if tokens.jwks_url:
+            from affinity.jwks import JwksKeySource, JwksVerifier
+
+            source = JwksKeySource(tokens.jwks_url, verify=_ca(config))
+            self.jwks = JwksVerifier(source, issuer=tokens.issuer, leeway=tokens.leeway,
+                                     cache_size=tokens.cache_size)
+            self.verifier: TokenVerifier | None = None
+        else:
+            self.verifier = TokenVerifier(load_keyring(config), issuer=tokens.issuer,
+                                          leeway=tokens.leeway, cache_size=tokens.cache_size)
+
+    async def verify(self, token: str) -> Claims:
+        """Verify a token; with JWKS, an unknown ``kid`` triggers one bounded refresh."""
+        if self.verifier is not None:
+            return self.verifier.verify(token)
+        assert self.jwks is not None
+        return await self.jwks.verify(token)
+
+    async def start(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.start()
+
+    async def aclose(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.aclose()
+
+
+def _ca(config: Config) -> Any:
+    from affinity.tls import client_context
+
+    return client_context(config.server.referral_ca)
+
+
+async def on_request(request: Request) -> HTTPResponse | None:
+    server: AppServer = request.app.ctx.affinity
+    request.ctx.client_id = None
+    request.ctx.claims = None
+    request.ctx.counted = False
+    if request.path.startswith(_AFFINITY_PATHS):
+        return None
+    token = request.headers.get(TOKEN_HEADER) or request.cookies.get(COOKIE)
+    claims, problem = await _check_token(server, token)
+    if server.manager.has_request_filters():
+        rejection = server.manager.reject_request(RequestInfo(
+            role="server", method=request.method, path=normalise_path(request.path),
+            client_ip=client_ip(request), client_id=claims.cid if claims else None,
+            server_id=server.server_id, headers=request.headers,
+        ))
+        if rejection is not None:
+            return rejection_response(rejection)
+    if problem is not None:
+        return problem
+    if claims is not None:
+        request.ctx.claims = claims
+        request.ctx.client_id = claims.cid
+        server.active.touch(claims.cid)
+    if server.draining and server.reassigning():
+        return _reassign(server)
+    server.inflight += 1
+    request.ctx.counted = True
+    return None
+
+
+async def on_response(request: Request, response: HTTPResponse) -> None:
+    server: AppServer = request.app.ctx.affinity
+    if getattr(request.ctx, "counted", False):
+        request.ctx.counted = False
+        server.inflight -= 1
+    response.headers["Affinity-Server"] = server.server_id
+
+
+async def _check_token(server: AppServer, token: str | None) -> tuple[Claims | None, HTTPResponse | None]:
+    if not token:
+        if server.config.server.require_token:
+            return None, error_response(401, "token_required",
+                                        "this server needs an affinity token from the referral")
+        return None, None
+    try:
+        claims = await server.tokens.verify(token)
+    except ExpiredToken:
+        return None, error_response(401, "token_expired",
+                                    "the affinity token has expired; ask the referral again")
+    except UnknownKey:
+        return None, error_response(401, "invalid_token", "the token's key is not known here")
+    except InvalidToken:
+        return None, error_response(401, "invalid_token", "the affinity token is not valid")
+    if claims.sid != server.server_id or claims.svc != server.service:
+        return claims, error_response(
+            421, "misdirected", "this token names another server; ask the referral again"
+        )
+    return claims, None
+
+
+def _reassign(server: AppServer) -> HTTPResponse:
+    spread = max(1.0, server.config.server.drain_grace)
+    return error_response(
+        503, "draining", "this server is draining; ask the referral for another",
+        retry_after=random.uniform(1.0, spread),
+        headers={"Affinity-Reassign": "1"},
+    )
+
+
+async def health(request: Request) -> HTTPResponse:
+    """``GET /.well-known/affinity/health``: status, draining and load, with Consul's codes."""
+    server: AppServer = request.app.ctx.affinity
+    status = server.current_status()
+    load = server.load()
+    code = 429 if server.draining and status is HealthStatus.PASSING else HEALTH_CODES.get(status, 503)
+    body = {
+        "status": status.value,
+        "draining": server.draining,
+        "server": server.server_id,
+        "load": {"active_clients": load.active_clients, "inflight": load.inflight,
+                 "capacity": load.capacity, **load.extra},
+    }
+    if server.status_reason:
+        body["reason"] = server.status_reason
+    return json_response(body, code, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,51 @@
+"""Running a Sanic app of affinity: TLS (or explicit plain HTTP), one or several workers."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sanic import Sanic
+
+from affinity.config import Listen
+from affinity.errors import ConfigError
+from affinity.tls import server_context
+
+
+class ListenSettings(Protocol):
+    """The parts of ``[referral]`` / ``[server]`` that say how to listen."""
+
+    listen: Listen
+    tls_cert: Any
+    tls_key: Any
+    insecure_http: bool
+
+
+def ssl_for(settings: ListenSettings, section: str, source: str) -> ssl.SSLContext | None:
+    """The TLS context to serve with; plain HTTP only when ``insecure_http`` says so."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        if settings.insecure_http:
+            return None
+        msg = ("TLS is required: set tls_cert and tls_key (make a dev pair with 'affinity certs'), "
+               "or set insecure_http = true to serve plain HTTP")
+        raise ConfigError(msg, key=f"{section}.tls_cert", source=source)
+    return server_context(settings.tls_cert, settings.tls_key, source=source, key_prefix=section)
+
+
+def serve(factory: Callable[[], Sanic[Any, Any]], settings: ListenSettings, *, section: str,
+          source: str, workers: int = 1) -> None:
+    """Build the app and serve it until SIGINT or SIGTERM."""
+    context = ssl_for(settings, section, source)
+    app = factory()
+    if workers > 1:
+        msg = "several workers are started with a process manager (one 'affinity' per worker)"
+        raise ConfigError(msg, key=f"{section}.workers", source=source)
+    app.run(
+        host=settings.listen.host,
+        port=settings.listen.port,
+        ssl=context,
+        single_process=True,
+        access_log=False,
+        motd=False,
+    )

@@ -1,0 +1,216 @@
+"""Test helpers for affinity and for plugin authors: real processes, real sockets, real TLS.
+
+``Deployment`` makes a directory with a dev CA and certificate (the
+project's own cert tool), a key ring, an admin token and a config file, then
+starts a referral and app servers as child processes on loopback ports and
+stops every one of them at the end::
+
+    with Deployment(tmp_path) as d:
+        d.start_referral()
+        d.start_server("s1")
+        r = d.client().get(d.referral_url + "/v1/assign")
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from affinity.certs import make_dev_certs
+from affinity.tls import client_context
+from affinity.tokens import generate_keyfile
+
+HELLO_APP = str(Path(__file__).resolve().parent.parent / "examples" / "hello" / "app.py") + ":Hello"
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02,
+               what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout}s")
+        time.sleep(interval)
+
+
+class Process:
+    """A child ``affinity`` process with its log file."""
+
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "affinity", *args], env=dict(env),
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.popen.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.alive():
+            self.popen.kill()
+        self.popen.wait()
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Deployment:
+    """A referral and app servers on loopback with TLS, for tests."""
+
+    def __init__(self, directory: Path, *, services: str = "[services.web]\npolicy = \"round_robin\"\n",
+                 extra_config: str = "", env: Mapping[str, str] | None = None) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.certs = make_dev_certs(directory / "certs", "affinity.test")
+        self.ca = self.certs.ca
+        generate_keyfile(directory / "keys.json", "HS256", False)
+        self.admin_token = secrets.token_urlsafe(24)
+        (directory / "admin-token").write_text(self.admin_token)
+        self.referral_port = free_port()
+        self.referral_url = f"https://127.0.0.1:{self.referral_port}"
+        self.config = directory / "affinity.toml"
+        self.config.write_text(self._config_text(services, extra_config))
+        self.env = {**os.environ, **(env or {})}
+        self.env.pop("AFFINITY_ADMIN_TOKEN", None)
+        self.env.pop("AFFINITY_TOKEN_KEYS", None)
+        self.referrals: list[Process] = []
+        self.servers: dict[str, Process] = {}
+        self.server_urls: dict[str, str] = {}
+
+    def _config_text(self, services: str, extra: str) -> str:
+        return f"""
+[referral]
+listen = "127.0.0.1:{self.referral_port}"
+tls_cert = "certs/cert.pem"
+tls_key = "certs/key.pem"
+admin_token_file = "admin-token"
+state_file = "state.json"
+
+[tokens]
+keys_file = "keys.json"
+
+[health]
+ca_file = "certs/ca.pem"
+interval = 0.5
+timeout = 0.5
+
+[server]
+service = "web"
+tls_cert = "certs/cert.pem"
+tls_key = "certs/key.pem"
+referral_url = "{self.referral_url}"
+referral_ca = "certs/ca.pem"
+admin_token_file = "admin-token"
+drain_grace = 0.5
+drain_timeout = 5.0
+heartbeat_interval = 0.5
+{services}
+{extra}
+"""
+
+    # -- processes --------------------------------------------------------------------
+
+    def start_referral(self, *, wait: bool = True, env: Mapping[str, str] | None = None) -> Process:
+        proc = Process("referral", ["referral", "--config", str(self.config)],
+                       {**self.env, **(env or {})}, self.dir / f"referral-{len(self.referrals)}.log")
+        self.referrals.append(proc)
+        if wait:
+            self.wait_http(f"{self.referral_url}/healthz", proc)
+        return proc
+
+    def start_server(self, server_id: str, *, app: str = HELLO_APP, wait: bool = True,
+                     env: Mapping[str, str] | None = None, port: int | None = None) -> Process:
+        port = port or free_port()
+        url = f"https://127.0.0.1:{port}"
+        server_env = {**self.env, "AFFINITY_SERVER_ID": server_id,
+                      "AFFINITY_SERVER_LISTEN": f"127.0.0.1:{port}", "AFFINITY_SERVER_URL": url,
+                      **(env or {})}
+        proc = Process(server_id, ["serve", app, "--config", str(self.config)], server_env,
+                       self.dir / f"{server_id}-{port}.log")
+        self.servers[server_id] = proc
+        self.server_urls[server_id] = url
+        if wait:
+            self.wait_http(f"{url}/.well-known/affinity/health", proc)
+        return proc
+
+    def wait_http(self, url: str, proc: Process, timeout: float = 20.0) -> None:
+        def answers() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.output()}")
+            try:
+                with self.client(timeout=1.0) as c:
+                    return c.get(url).status_code < 500
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, timeout, 0.05, f"{url} answering")
+
+    # -- clients ------------------------------------------------------------------------
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An httpx client that trusts the deployment's CA."""
+        kwargs.setdefault("timeout", 5.0)
+        return httpx.Client(verify=client_context(self.ca), **kwargs)
+
+    def admin(self) -> httpx.Client:
+        """A client for the referral's admin API."""
+        return self.client(base_url=self.referral_url,
+                           headers={"Authorization": f"Bearer {self.admin_token}"})
+
+    def registered(self) -> set[str]:
+        with self.admin() as c:
+            return {s["id"] for s in c.get("/v1/servers").json()["servers"]}
+
+    def assignable(self) -> set[str]:
+        with self.admin() as c:
+            return {s["id"] for s in c.get("/v1/servers").json()["servers"] if s["assignable"]}
+
+    # -- teardown ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        procs = [*self.servers.values(), *self.referrals]
+        for proc in procs:
+            proc.signal(signal.SIGKILL)
+        for proc in procs:
+            proc.kill()
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

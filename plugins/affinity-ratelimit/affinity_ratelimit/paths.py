@@ -1,0 +1,82 @@
+"""Path normalisation for choosing a limit by path prefix (the same code as affinity-ipfilter's).
+
+The core hands filters a path it has already normalised (percent-decoded once,
+dot segments and repeated slashes removed); :func:`normalise_path` does it
+again defensively, so ``/x/../admin``, ``/%61dmin`` and ``//admin`` choose
+the ``/admin`` limit. :func:`path_variants` lists every reading a server might
+make of a path; the limiter uses it to grant an exemption only when *all*
+readings are exempt, so an odd spelling can never turn a limited path into an
+unlimited one. Each plugin carries its own copy so that it depends on nothing
+but the core's public contract.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+MAX_DECODE_ROUNDS = 3
+"""Percent-decoding stops after this many rounds (``%25252e`` needs three)."""
+
+
+def normalise_path(
+    path: str, *, decode: int = 1, params: bool = False, backslash: bool = False
+) -> str:
+    """The comparison form of a path: rooted, dot segments resolved, no empty segments, casefolded.
+
+    ``/x/../admin``, ``/%61dmin``, ``//admin`` and ``/ADMIN/`` all give ``/admin``.
+
+    :param path: A request path (no query string).
+    :param decode: How many rounds of percent-decoding to apply first (0: none).
+    :param params: Also cut each segment at ``;`` (path parameters, as Tomcat reads ``..;``).
+    :param backslash: Also read ``\\`` as a separator (as IIS and some proxies do).
+    """
+    for _ in range(decode):
+        decoded = urllib.parse.unquote(path, errors="replace")
+        if decoded == path:
+            break
+        path = decoded
+    if backslash:
+        path = path.replace("\\", "/")
+    segments: list[str] = []
+    for raw in path.split("/"):
+        segment = raw.split(";", 1)[0] if params else raw
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return ("/" + "/".join(segments)).casefold()
+
+
+def path_variants(path: str) -> frozenset[str]:
+    """Every comparison form of ``path`` a router, proxy or app framework might see.
+
+    Combines: the path as given or decoded once more or decoded to a fixed
+    point; path parameters kept or cut; backslash literal or a separator. A
+    path without ``%``, ``;`` or ``\\`` has exactly one form.
+    """
+    rounds = (0, 1, MAX_DECODE_ROUNDS) if "%" in path else (0,)
+    param_modes = (False, True) if ";" in path else (False,)
+    slash_modes = (False, True) if "\\" in path else (False,)
+    return frozenset(
+        normalise_path(path, decode=r, params=p, backslash=b)
+        for r in rounds
+        for p in param_modes
+        for b in slash_modes
+    )
+
+
+def ancestors(path: str) -> list[str]:
+    """``/a/b`` → ``["/a/b", "/a", "/"]``: the prefixes a normalised path falls under, longest first."""
+    out = [path]
+    while path != "/":
+        path = path.rsplit("/", 1)[0] or "/"
+        out.append(path)
+    return out
+
+
+def normalise_prefix(prefix: str) -> str:
+    """A configured prefix in comparison form (decoded once, so ``/%61dmin`` means ``/admin``)."""
+    return normalise_path(prefix, decode=1)

@@ -1,0 +1,497 @@
+"""The built-in assignment policies: balance, weights, avoid, failover bursts, options.
+
+Every random generator is seeded and every client id is fixed, so the
+statistical bounds below are checked against one known outcome each; the
+bounds are still loose enough (several standard deviations) to survive a
+change of seed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pluggy
+import pytest
+
+from affinity import hashing, hookimpl, hookspecs
+from affinity.builtin import policies
+from affinity.builtin.policies import (
+    POLICIES,
+    ConsistentPolicy,
+    LoadWeightedPolicy,
+    RandomPolicy,
+    RoundRobinPolicy,
+    affinity_make_policy,
+)
+from affinity.errors import ConfigError
+from affinity.models import AssignRequest, HealthStatus, Load, Pool, Server
+from affinity.policy import Policy
+
+CLASSES: dict[str, type[RoundRobinPolicy | RandomPolicy | LoadWeightedPolicy | ConsistentPolicy]] = {
+    "round_robin": RoundRobinPolicy,
+    "random": RandomPolicy,
+    "load_weighted": LoadWeightedPolicy,
+    "consistent": ConsistentPolicy,
+}
+NAMES = sorted(CLASSES)
+
+
+def server(
+    sid: str,
+    *,
+    weight: int = 1,
+    active: int = 0,
+    capacity: int = 0,
+    health: HealthStatus = HealthStatus.PASSING,
+    draining: bool = False,
+    load_version: int = 0,
+) -> Server:
+    return Server(
+        id=sid,
+        service="web",
+        url=f"https://{sid}.example.com",
+        weight=weight,
+        load=Load(active_clients=active, capacity=capacity),
+        health=health,
+        draining=draining,
+        load_version=load_version,
+    )
+
+
+def pool(servers: Iterable[Server], version: int = 0) -> Pool:
+    return Pool.build("web", {s.id: s for s in servers}, version=version)
+
+
+def request(client_id: str, avoid: Iterable[str] = ()) -> AssignRequest:
+    return AssignRequest(service="web", client_id=client_id, avoid=frozenset(avoid))
+
+
+def make(name: str, seed: int = 1, **options: Any) -> Policy:
+    return CLASSES[name](options, rng=random.Random(seed))
+
+
+def picks(policy: Policy, p: Pool, n: int, avoid: Iterable[str] = ()) -> Counter[str]:
+    avoid = frozenset(avoid)
+    counts: Counter[str] = Counter()
+    for i in range(n):
+        chosen = policy.choose(p, request(f"client-{i}", avoid))
+        assert chosen is not None
+        counts[chosen.id] += 1
+    return counts
+
+
+def chi_square(counts: Mapping[str, int], expected: Mapping[str, float]) -> float:
+    return sum((counts.get(k, 0) - e) ** 2 / e for k, e in expected.items())
+
+
+def even_pool(n: int) -> Pool:
+    return pool(server(f"s{i:02d}") for i in range(n))
+
+
+# -- the registry and the hook -------------------------------------------------
+
+
+def test_policies_are_named_and_state_their_guarantee() -> None:
+    assert set(POLICIES) == set(NAMES)
+    for name, cls in POLICIES.items():
+        assert cls.name == name
+        assert cls.guarantee.endswith(".") and len(cls.guarantee) > 40
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_make_policy_returns_a_new_instance(name: str) -> None:
+    first = affinity_make_policy(name=name, options={})
+    second = affinity_make_policy(name=name, options={})
+    assert isinstance(first, CLASSES[name])
+    assert first is not second
+
+
+def test_make_policy_returns_none_for_other_names() -> None:
+    assert affinity_make_policy(name="least_conn", options={}) is None
+    assert affinity_make_policy(name="", options={"choices": "junk"}) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "key"),
+    [
+        ("round_robin", {"choices": 2}, "choices"),
+        ("random", {"seed": 1}, "seed"),
+        ("load_weighted", {"choices": "2"}, "choices"),
+        ("load_weighted", {"choices": True}, "choices"),
+        ("load_weighted", {"choices": 2.0}, "choices"),
+        ("load_weighted", {"choices": 4}, "choices"),
+        ("load_weighted", {"choices": 1}, "choices"),
+        ("load_weighted", {"default_capacity": 0}, "default_capacity"),
+        ("load_weighted", {"load_factor": 1.5}, "load_factor"),
+        ("consistent", {"load_factor": "1.5"}, "load_factor"),
+        ("consistent", {"load_factor": 0.5}, "load_factor"),
+        ("consistent", {"load_factor": float("nan")}, "load_factor"),
+        ("consistent", {"load_factor": float("inf")}, "load_factor"),
+        ("consistent", {"default_capacity": 12.5}, "default_capacity"),
+    ],
+)
+def test_bad_options_raise_config_error_naming_the_key(
+    name: str, options: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        affinity_make_policy(name=name, options=options)
+    assert info.value.key == key
+    assert isinstance(info.value, ValueError)
+
+
+def test_options_that_are_not_a_table_are_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        affinity_make_policy(name="random", options=["choices"])  # type: ignore[arg-type]
+    assert info.value.key == "policy_options"
+
+
+def test_good_options_are_accepted() -> None:
+    assert isinstance(
+        affinity_make_policy(name="load_weighted", options={"choices": 3, "default_capacity": 50}),
+        LoadWeightedPolicy,
+    )
+    policy = affinity_make_policy(name="consistent", options={"load_factor": 2})
+    assert isinstance(policy, ConsistentPolicy)
+
+
+def test_builtins_answer_last_through_pluggy() -> None:
+    class Mine(Policy):
+        name = "random"
+
+        def choose(self, pool: Pool, request: AssignRequest) -> Server | None:
+            return None
+
+    class Override:
+        @hookimpl
+        def affinity_make_policy(self, name: str, options: Mapping[str, Any]) -> Policy | None:
+            return Mine(options) if name == "random" else None
+
+    pm = pluggy.PluginManager("affinity")
+    pm.add_hookspecs(hookspecs)
+    pm.register(policies)
+    assert isinstance(pm.hook.affinity_make_policy(name="random", options={}), RandomPolicy)
+    pm.register(Override())
+    assert isinstance(pm.hook.affinity_make_policy(name="random", options={}), Mine)
+    made = pm.hook.affinity_make_policy(name="consistent", options={})
+    assert isinstance(made, ConsistentPolicy)
+    assert pm.hook.affinity_make_policy(name="nope", options={}) is None
+
+
+# -- what every policy must do ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_only_assignable_servers_are_chosen(name: str) -> None:
+    p = pool(
+        [
+            *(server(f"ok{i}") for i in range(4)),
+            server("warn", health=HealthStatus.WARNING),
+            server("crit", health=HealthStatus.CRITICAL),
+            server("maint", health=HealthStatus.MAINTENANCE),
+            server("drain", draining=True),
+            server("zero", weight=0),
+            server("full", active=10, capacity=10),
+        ]
+    )
+    assert set(picks(make(name), p, 2000)) == {"ok0", "ok1", "ok2", "ok3"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_avoided_servers_are_never_chosen(name: str) -> None:
+    avoid = {f"s{i:02d}" for i in range(5)}
+    counts = picks(make(name), even_pool(10), 2000, avoid)
+    assert set(counts) == {f"s{i:02d}" for i in range(5, 10)}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_avoiding_a_heavy_server_falls_back_to_the_rest(name: str) -> None:
+    p = pool([server("heavy", weight=1000), server("light1"), server("light2")])
+    counts = picks(make(name), p, 500, avoid={"heavy"})
+    assert set(counts) == {"light1", "light2"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nothing_left_gives_none(name: str) -> None:
+    policy = make(name)
+    assert policy.choose(pool([]), request("c")) is None
+    sick = pool([server("a", health=HealthStatus.CRITICAL), server("b", draining=True)])
+    assert policy.choose(sick, request("c")) is None
+    two = even_pool(2)
+    assert policy.choose(two, request("c", avoid={"s00", "s01"})) is None
+    assert policy.choose(two, request("c", avoid={"gone"})) is not None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_distribution_is_even(name: str) -> None:
+    counts = picks(make(name), even_pool(20), 20_000)
+    expected = {f"s{i:02d}": 1000.0 for i in range(20)}
+    # 19 degrees of freedom: 43.8 is the 0.1 % critical value.
+    assert chi_square(counts, expected) < 43.8
+    assert max(counts.values()) / 1000 < 1.1
+
+
+def test_deterministic_policies_are_exactly_even() -> None:
+    counts = picks(make("round_robin"), even_pool(20), 20_000)
+    assert set(counts.values()) == {1000}
+    counts = picks(make("load_weighted"), even_pool(20), 20_000)
+    assert max(counts.values()) - min(counts.values()) <= 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weight_three_gets_three_times_the_picks(name: str) -> None:
+    counts = picks(make(name), pool([server("big", weight=3), server("small")]), 40_000)
+    assert 2.85 < counts["big"] / counts["small"] < 3.15
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shares_follow_weights_within_one_point(name: str) -> None:
+    p = pool(server(f"w{w}", weight=w) for w in (1, 2, 3, 4))
+    counts = picks(make(name), p, 100_000)
+    for w in (1, 2, 3, 4):
+        assert abs(counts[f"w{w}"] / 100_000 - w / 10) < 0.01
+
+
+# -- round_robin ---------------------------------------------------------------
+
+
+def test_round_robin_visits_every_server_once_per_cycle() -> None:
+    policy, p = make("round_robin"), even_pool(7)
+    for _ in range(5):
+        cycle = [policy.choose(p, request("c")) for _ in range(7)]
+        assert len({s.id for s in cycle if s is not None}) == 7
+
+
+def test_round_robin_keeps_its_place_when_the_pool_is_rebuilt() -> None:
+    policy = make("round_robin")
+    counts: Counter[str] = Counter()
+    for version in range(4000):  # a new pool object (a load report) before every pick
+        p = pool([server("big", weight=3, load_version=version), server("small")], version)
+        chosen = policy.choose(p, request("c"))
+        assert chosen is not None
+        counts[chosen.id] += 1
+    assert counts == {"big": 3000, "small": 1000}
+
+
+def test_round_robin_follows_membership_changes() -> None:
+    policy = make("round_robin")
+    assert set(picks(policy, even_pool(3), 30)) == {"s00", "s01", "s02"}
+    assert set(picks(policy, even_pool(5), 50)) == {f"s{i:02d}" for i in range(5)}
+    assert set(picks(policy, even_pool(2), 20)) == {"s00", "s01"}
+
+
+def test_round_robin_workers_start_at_different_places() -> None:
+    p = even_pool(100)
+    firsts = {make("round_robin", seed=seed).choose(p, request("c")) for seed in range(20)}
+    assert len(firsts) > 10
+
+
+# -- random --------------------------------------------------------------------
+
+
+def test_random_is_reproducible_with_a_seed() -> None:
+    p = pool(server(f"s{i}", weight=1 + i % 3) for i in range(30))
+    a, b = make("random", seed=5), make("random", seed=5)
+    first = [a.choose(p, request("c")) for _ in range(200)]
+    assert first == [b.choose(p, request("c")) for _ in range(200)]
+    assert len({s.id for s in first if s is not None}) > 20
+
+
+# -- load_weighted ---------------------------------------------------------------
+
+
+def test_load_weighted_fills_the_less_loaded_server() -> None:
+    p = pool([server("a", active=10, capacity=100), server("b", active=50, capacity=100)])
+    counts = picks(make("load_weighted"), p, 100)
+    # Reported plus counted load evens out: 10 + 70 == 50 + 30.
+    assert abs(counts["a"] - 70) <= 2
+
+
+def test_load_weighted_normalises_by_capacity_and_weight() -> None:
+    p = pool(
+        [
+            server("big", capacity=200),
+            server("heavy", capacity=100, weight=2),
+            server("small", capacity=100),
+        ]
+    )
+    counts = picks(make("load_weighted"), p, 5000)
+    assert abs(counts["big"] - 2000) < 50
+    assert abs(counts["heavy"] - 2000) < 50
+    assert abs(counts["small"] - 1000) < 50
+
+
+def test_load_weighted_forgets_its_counts_on_a_new_report() -> None:
+    policy = make("load_weighted")
+    picks(policy, pool([server("a"), server("b")]), 50)  # 25 each, counted locally
+    assert policy.load(server("b")) == pytest.approx(0.25)
+    # a reports (its clients left: 0 active); b has not reported since.
+    fresh = pool([server("a", load_version=1), server("b")], version=1)
+    assert policy.load(fresh.servers["a"]) == 0.0
+    assert picks(policy, fresh, 20) == {"a": 20}
+
+
+@pytest.mark.parametrize("choices", [2, 3])
+def test_load_weighted_failover_burst_stays_spread(choices: int) -> None:
+    rng = random.Random(7)
+    reported = {f"s{i}": 1000 + rng.randint(-30, 30) for i in range(10)}
+    dead = "s3"
+    survivors = [sid for sid in reported if sid != dead]
+    # The view every worker holds: the survivors' reports from before the failure.
+    stale = pool(
+        [server(sid, active=reported[sid], capacity=2000, load_version=1) for sid in survivors]
+        + [server(dead, health=HealthStatus.CRITICAL)]
+    )
+    orphans = [request(f"orphan-{i}", avoid={dead}) for i in range(reported[dead])]
+
+    def ratio(added: Counter[str]) -> float:
+        final = [reported[sid] + added[sid] for sid in survivors]
+        return max(final) / (sum(final) / len(final))
+
+    policy = make("load_weighted", seed=11, choices=choices)
+    p2c: Counter[str] = Counter()
+    for req in orphans:
+        chosen = policy.choose(stale, req)
+        assert chosen is not None and chosen.id != dead
+        p2c[chosen.id] += 1
+    assert ratio(p2c) <= 1.15
+
+    # Four workers, each with its own counts and a quarter of the burst.
+    workers = [make("load_weighted", seed=s, choices=choices) for s in range(4)]
+    spread: Counter[str] = Counter()
+    for i, req in enumerate(orphans):
+        chosen = workers[i % 4].choose(stale, req)
+        assert chosen is not None
+        spread[chosen.id] += 1
+    assert ratio(spread) <= 1.15
+
+    # The arg-min of the same stale view sends every orphan to one survivor.
+    naive: Counter[str] = Counter()
+    for _req in orphans:
+        least = min(stale.assignable, key=lambda s: s.load.active_clients)
+        naive[least.id] += 1
+    assert len(naive) == 1
+    assert ratio(naive) > 1.6
+
+
+def test_load_weighted_counts_only_for_the_current_servers() -> None:
+    policy = make("load_weighted")
+    picks(policy, even_pool(10), 100)
+    picks(policy, even_pool(3), 30)
+    assert set(policy._since) <= {"s00", "s01", "s02"}
+
+
+# -- consistent -------------------------------------------------------------------
+
+
+def assignments(policy: Policy, p: Pool, clients: Iterable[str]) -> dict[str, str]:
+    result = {}
+    for cid in clients:
+        chosen = policy.choose(p, request(cid))
+        assert chosen is not None
+        result[cid] = chosen.id
+    return result
+
+
+def test_consistent_same_client_same_server_in_independent_instances() -> None:
+    clients = [f"client-{i}" for i in range(2000)]
+    servers = [server(f"s{i}", weight=1 + i % 3) for i in range(25)]
+    first = assignments(make("consistent", seed=1), pool(servers), clients)
+    second = assignments(make("consistent", seed=2), pool(list(reversed(servers))), clients)
+    assert first == second
+    members = [(s.id, s.weight) for s in servers]
+    assert all(first[c] == hashing.choose(c, members) for c in clients[:200])
+
+
+def test_consistent_same_answer_in_another_process() -> None:
+    script = textwrap.dedent(
+        """
+        from affinity.builtin.policies import ConsistentPolicy
+        from affinity.models import AssignRequest, Pool, Server
+        servers = {f"s{i}": Server(id=f"s{i}", service="web", url="https://x", weight=1 + i % 4)
+                   for i in range(20)}
+        p = Pool.build("web", servers)
+        policy = ConsistentPolicy()
+        print(",".join(policy.choose(p, AssignRequest(service="web", client_id=f"c{i}")).id
+                       for i in range(300)))
+        """
+    )
+    outputs = set()
+    for seed in ("0", "4242"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        outputs.add(done.stdout.strip())
+    p = pool(server(f"s{i}", weight=1 + i % 4) for i in range(20))
+    here = assignments(make("consistent"), p, [f"c{i}" for i in range(300)])
+    assert outputs == {",".join(here.values())}
+
+
+def test_consistent_removing_one_of_fifty_moves_only_its_clients() -> None:
+    clients = [f"client-{i}" for i in range(10_000)]
+    servers = [server(f"s{i:02d}") for i in range(50)]
+    before = assignments(make("consistent"), pool(servers), clients)
+    gone = "s17"
+    after = assignments(make("consistent"), pool(s for s in servers if s.id != gone), clients)
+    moved = [c for c in clients if before[c] != after[c]]
+    assert all(before[c] == gone for c in moved)
+    assert len(moved) == sum(1 for c in clients if before[c] == gone)
+    assert 0.5 / 50 * 10_000 <= len(moved) <= 1.5 / 50 * 10_000
+
+
+def test_consistent_adding_a_server_moves_clients_only_to_it() -> None:
+    clients = [f"client-{i}" for i in range(5000)]
+    servers = [server(f"s{i:02d}") for i in range(20)]
+    before = assignments(make("consistent"), pool(servers), clients)
+    after = assignments(make("consistent"), pool([*servers, server("new")]), clients)
+    moved = [c for c in clients if before[c] != after[c]]
+    assert moved and all(after[c] == "new" for c in moved)
+
+
+def test_consistent_avoid_takes_the_next_in_score_order() -> None:
+    servers = [server(f"s{i}") for i in range(10)]
+    ranked = hashing.rank("alice", [(s.id, 1) for s in servers])
+    policy = make("consistent")
+    chosen = policy.choose(pool(servers), request("alice", avoid=ranked[:2]))
+    assert chosen is not None and chosen.id == ranked[2]
+
+
+def test_consistent_bounded_load_skips_an_overloaded_server() -> None:
+    ids = [f"s{i}" for i in range(10)]
+    top, second = hashing.rank("alice", [(sid, 1) for sid in ids])[:2]
+
+    def view(top_load: int) -> Pool:
+        return pool(
+            server(sid, active=top_load if sid == top else 50, capacity=100) for sid in ids
+        )
+
+    # Mean 0.51; bound 1.25 x 0.51 + 4 / 100 = 0.6775: 60 clients is within it.
+    chosen = make("consistent").choose(view(60), request("alice"))
+    assert chosen is not None and chosen.id == top
+    # Mean 0.54; bound 0.715: 90 is over it, so every instance moves alice to the second.
+    for seed in (1, 2):
+        chosen = make("consistent", seed=seed).choose(view(90), request("alice"))
+        assert chosen is not None and chosen.id == second
+    # A looser factor keeps alice where she was.
+    chosen = make("consistent", load_factor=2.0).choose(view(90), request("alice"))
+    assert chosen is not None and chosen.id == top
+
+
+def test_consistent_bounded_load_spreads_a_hot_server() -> None:
+    ids = [f"s{i:02d}" for i in range(20)]
+    p = pool(server(sid, active=95 if sid == "s05" else 20, capacity=100) for sid in ids)
+    counts = picks(make("consistent"), p, 4000)
+    assert "s05" not in counts
+    assert len(counts) == 19
+
+
+def test_consistent_with_every_server_loaded_still_answers() -> None:
+    p = pool(server(f"s{i}", active=90, capacity=100) for i in range(5))
+    assert len(picks(make("consistent"), p, 500)) == 5

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from affinity.config import Listen, load
+from affinity.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "affinity.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    config = load(None, env={})
+    assert config.referral.listen == Listen(host="127.0.0.1", port=8400)
+    assert config.health.fall == 2
+    assert config.registry.backend == "embedded"
+
+
+def test_file_values_and_relative_paths(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[referral]
+listen = "[::1]:9000"
+tls_cert = "certs/cert.pem"
+[services.web]
+policy = "consistent"
+servers = [{id = "s1", url = "https://s1.example.test:8443", weight = 3}]
+[plugins.ratelimit]
+rate = 5
+""")
+    config = load(path, env={})
+    assert config.referral.listen == Listen(host="::1", port=9000)
+    assert config.referral.tls_cert == tmp_path / "certs" / "cert.pem"
+    assert config.services["web"].policy == "consistent"
+    assert config.services["web"].servers[0].weight == 3
+    assert config.plugin_options("ratelimit") == {"rate": 5}
+    assert config.plugin_options("absent") == {}
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nid = "s1"\ncapacity = 10\n')
+    config = load(path, env={"AFFINITY_SERVER_ID": "s9", "AFFINITY_SERVER_CAPACITY": "20",
+                             "AFFINITY_SERVER_REQUIRE_TOKEN": "true"})
+    assert config.server.id == "s9"
+    assert config.server.capacity == 20
+    assert config.server.require_token is True
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[referral]\nlisten = 'nowhere'\n", "referral.listen"),
+        ("[referral]\nlisten = '127.0.0.1:99999'\n", "referral.listen"),
+        ("[referral]\nlisen = '127.0.0.1:1'\n", "referral.lisen"),
+        ("[health]\ninterval = 'fast'\n", "health.interval"),
+        ("[health]\nfall = -1\n", "health.fall"),
+        ("[server]\nrequire_token = 'yes'\n", "server.require_token"),
+        ("[bogus]\n", "bogus"),
+        ("[services.web]\nservers = [{url = 'https://a'}]\n", "services.web.servers[0].id"),
+        ("[services.web]\nservers = 'x'\n", "services.web.servers"),
+        ("[plugins]\nratelimit = 3\n", "plugins.ratelimit"),
+    ],
+)
+def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    assert info.value.key == key
+    assert str(path) in str(info.value)
+    assert key in str(info.value)
+
+
+def test_environment_errors_name_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    with pytest.raises(ConfigError, match="health.rise"):
+        load(path, env={"AFFINITY_HEALTH_RISE": "many"})
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(write(tmp_path, "[referral\n"), env={})
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "absent.toml", env={})
+
+
+def test_secrets_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    config = load(write(tmp_path, f"[referral]\nadmin_token_file = '{secret}'\n"), env={})
+    monkeypatch.delenv("AFFINITY_ADMIN_TOKEN", raising=False)
+    key = "referral.admin_token_file"
+    assert config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key) == "s3cret"
+    monkeypatch.setenv("AFFINITY_ADMIN_TOKEN", "from-env")
+    assert config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key) == "from-env"
+    monkeypatch.delenv("AFFINITY_ADMIN_TOKEN")
+    secret.unlink()
+    with pytest.raises(ConfigError, match=key):
+        config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key)
