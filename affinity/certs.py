@@ -58,6 +58,10 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _CN_MAX = 64
 _LOOPBACK_NAMES = ("localhost",)
 _LOOPBACK_IPS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+_KEY_USES = (
+    *("digital_signature", "content_commitment", "key_encipherment", "data_encipherment"),
+    *("key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
+)
 _CERT_MODE = 0o644
 _KEY_MODE = 0o600
 
@@ -200,6 +204,11 @@ def _new_key() -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+def _key_usage(**allowed: bool) -> x509.KeyUsage:
+    """A KeyUsage allowing only the named uses (the constructor wants all nine spelled out)."""
+    return x509.KeyUsage(**{use: allowed.get(use, False) for use in _KEY_USES})
+
+
 def _make_ca(now: datetime, days: int) -> tuple[x509.Certificate, PrivateKey]:
     """A self-signed CA that may sign leaves only (path length 0)."""
     key = _new_key()
@@ -213,17 +222,6 @@ def _make_ca(now: datetime, days: int) -> tuple[x509.Certificate, PrivateKey]:
         ]
     )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    usage = x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -233,7 +231,7 @@ def _make_ca(now: datetime, days: int) -> tuple[x509.Certificate, PrivateKey]:
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(usage, critical=True)
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(ski, critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
@@ -254,17 +252,6 @@ def _make_leaf(
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, f"*.{domain}"))
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names.dns]
     sans += [x509.IPAddress(ip) for ip in names.ips]
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()
@@ -276,7 +263,7 @@ def _make_leaf(
         .not_valid_after(min(now + timedelta(days=days), ca_cert.not_valid_after_utc))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(usage, critical=True)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -505,14 +492,18 @@ def _summary(made: DevCerts, names: _Names) -> str:
     listed = ", ".join([*names.dns, *(str(ip) for ip in names.ips)])
     until = cert.not_valid_after_utc.date().isoformat()
     ca = shlex.quote(str(made.ca))
+    roles = {
+        made.ca: "CA certificate: give it to clients",
+        made.ca_key: "CA private key (0600): keep it secret, it can sign any name",
+        made.cert: f"certificate for {listed} (until {until})",
+        made.key: "certificate private key (0600)",
+        made.fullchain: "certificate followed by the CA",
+    }
+    width = max(len(str(path)) for path in roles)
     return "\n".join(
         [
             f"Wrote a development CA and a certificate for *.{made.domain}:",
-            f"  {made.ca}  CA certificate: give it to clients",
-            f"  {made.ca_key}  CA private key (0600): keep it secret, it can sign any name",
-            f"  {made.cert}  certificate for {listed} (until {until})",
-            f"  {made.key}  certificate private key (0600)",
-            f"  {made.fullchain}  certificate followed by the CA",
+            *(f"  {str(path).ljust(width)}  {role}" for path, role in roles.items()),
             "",
             "Trust the CA where you need it, for example:",
             f"  curl --cacert {ca} https://s1.{made.domain}:8443/",

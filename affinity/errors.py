@@ -16,6 +16,9 @@ libraries it uses are wrapped at the boundary (``raise ... from exc``).
   * KeyFetchError         the verifying keys could not be fetched (JWKS); the old keys stay
   * NoHealthyServer       no assignable server for the service
   * ClientError           the client library gave up (see affinity.client)
+    * AllAttemptsFailed   every attempt failed; ``attempts`` lists what was tried and why
+      * NotRetried        a request that may have reached its server failed; not safe to resend
+    * ReferralRefused     the referral refused in a way no retry can fix (unknown service)
 
 HTTP status codes for these live in one place, :mod:`affinity.http`.
 """
@@ -95,3 +98,27 @@ class NoHealthyServer(AffinityError):
 
 class ClientError(AffinityError):
     """The client library gave up; the message says what was tried."""
+
+
+class AllAttemptsFailed(ClientError):
+    """Every attempt failed, or the deadline, the attempts or the retry budget ran out.
+
+    ``attempts`` holds one line per referral instance or server tried, with
+    its error, in order; the message lists them too.
+    """
+
+    def __init__(self, message: str, *, attempts: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+class NotRetried(AllAttemptsFailed):
+    """A request that may have reached its server failed, and sending it again is not safe.
+
+    Raised for a non-idempotent request without an idempotency key after a
+    read error or timeout: the server may have acted on it already.
+    """
+
+
+class ReferralRefused(ClientError):
+    """The referral refused the request in a way no retry can fix (unknown service, bad input)."""

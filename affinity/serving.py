@@ -30,7 +30,8 @@ def ssl_for(settings: ListenSettings, section: str, source: str) -> ssl.SSLConte
         msg = ("TLS is required: set tls_cert and tls_key (make a dev pair with 'affinity certs'), "
                "or set insecure_http = true to serve plain HTTP")
         raise ConfigError(msg, key=f"{section}.tls_cert", source=source)
-    return server_context(settings.tls_cert, settings.tls_key, source=source, key_prefix=section)
+    return server_context(settings.tls_cert, settings.tls_key, source=source,
+                          key_prefix=f"{section}.tls")
 
 
 def serve(factory: Callable[[], Sanic[Any, Any]], settings: ListenSettings, *, section: str,

@@ -92,6 +92,7 @@ class Deployment:
     """A referral and app servers on loopback with TLS, for tests."""
 
     def __init__(self, directory: Path, *, services: str = "[services.web]\npolicy = \"round_robin\"\n",
+                 health: str = "", referral: str = "", server: str = "",
                  extra_config: str = "", env: Mapping[str, str] | None = None) -> None:
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,8 @@ class Deployment:
         self.referral_port = free_port()
         self.referral_url = f"https://127.0.0.1:{self.referral_port}"
         self.config = directory / "affinity.toml"
-        self.config.write_text(self._config_text(services, extra_config))
+        self.config.write_text(self._config_text(services, extra_config, health=health,
+                                                 referral=referral, server=server))
         self.env = {**os.environ, **(env or {})}
         self.env.pop("AFFINITY_ADMIN_TOKEN", None)
         self.env.pop("AFFINITY_TOKEN_KEYS", None)
@@ -111,7 +113,8 @@ class Deployment:
         self.servers: dict[str, Process] = {}
         self.server_urls: dict[str, str] = {}
 
-    def _config_text(self, services: str, extra: str) -> str:
+    def _config_text(self, services: str, extra: str, *, health: str, referral: str,
+                     server: str) -> str:
         return f"""
 [referral]
 listen = "127.0.0.1:{self.referral_port}"
@@ -119,6 +122,7 @@ tls_cert = "certs/cert.pem"
 tls_key = "certs/key.pem"
 admin_token_file = "admin-token"
 state_file = "state.json"
+{referral}
 
 [tokens]
 keys_file = "keys.json"
@@ -127,6 +131,7 @@ keys_file = "keys.json"
 ca_file = "certs/ca.pem"
 interval = 0.5
 timeout = 0.5
+{health}
 
 [server]
 service = "web"
@@ -138,6 +143,8 @@ admin_token_file = "admin-token"
 drain_grace = 0.5
 drain_timeout = 5.0
 heartbeat_interval = 0.5
+{server}
+
 {services}
 {extra}
 """

@@ -36,10 +36,10 @@ def server_context(
 
     Uses the standard library's server defaults (its cipher list, no
     compression), requires TLS 1.2 or later, refuses renegotiation and
-    announces HTTP/1.1 by ALPN. Errors name ``<key_prefix>.cert`` or
-    ``<key_prefix>.key`` and ``source`` (the config file).
+    announces HTTP/1.1 by ALPN. Errors name ``<key_prefix>_cert`` or
+    ``<key_prefix>_key`` and ``source`` (the config file).
     """
-    cert_key, key_key = f"{key_prefix}.cert", f"{key_prefix}.key"
+    cert_key, key_key = f"{key_prefix}_cert", f"{key_prefix}_key"
     where = source or None
     leaf = _load_leaf(Path(cert), key=cert_key, source=where)
     private = _load_key(Path(key), key=key_key, source=where)

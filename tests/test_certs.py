@@ -197,7 +197,7 @@ def test_refuses_to_overwrite_and_writes_nothing(made: DevCerts) -> None:
 
 def test_one_existing_file_blocks_all_the_others(tmp_path: Path) -> None:
     (tmp_path / "key.pem").write_bytes(b"mine")
-    with pytest.raises(ConfigError, match="key.pem"):
+    with pytest.raises(ConfigError, match=r"key\.pem"):
         make_dev_certs(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key.pem"]
     assert (tmp_path / "key.pem").read_bytes() == b"mine"

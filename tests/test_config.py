@@ -22,7 +22,9 @@ def test_defaults_without_a_file() -> None:
 
 
 def test_file_values_and_relative_paths(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [referral]
 listen = "[::1]:9000"
 tls_cert = "certs/cert.pem"
@@ -31,7 +33,8 @@ policy = "consistent"
 servers = [{id = "s1", url = "https://s1.example.test:8443", weight = 3}]
 [plugins.ratelimit]
 rate = 5
-""")
+""",
+    )
     config = load(path, env={})
     assert config.referral.listen == Listen(host="::1", port=9000)
     assert config.referral.tls_cert == tmp_path / "certs" / "cert.pem"
@@ -43,8 +46,14 @@ rate = 5
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, '[server]\nid = "s1"\ncapacity = 10\n')
-    config = load(path, env={"AFFINITY_SERVER_ID": "s9", "AFFINITY_SERVER_CAPACITY": "20",
-                             "AFFINITY_SERVER_REQUIRE_TOKEN": "true"})
+    config = load(
+        path,
+        env={
+            "AFFINITY_SERVER_ID": "s9",
+            "AFFINITY_SERVER_CAPACITY": "20",
+            "AFFINITY_SERVER_REQUIRE_TOKEN": "true",
+        },
+    )
     assert config.server.id == "s9"
     assert config.server.capacity == 20
     assert config.server.require_token is True
@@ -93,9 +102,15 @@ def test_secrets_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.Monke
     config = load(write(tmp_path, f"[referral]\nadmin_token_file = '{secret}'\n"), env={})
     monkeypatch.delenv("AFFINITY_ADMIN_TOKEN", raising=False)
     key = "referral.admin_token_file"
-    assert config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key) == "s3cret"
+    assert (
+        config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key)
+        == "s3cret"
+    )
     monkeypatch.setenv("AFFINITY_ADMIN_TOKEN", "from-env")
-    assert config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key) == "from-env"
+    assert (
+        config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key)
+        == "from-env"
+    )
     monkeypatch.delenv("AFFINITY_ADMIN_TOKEN")
     secret.unlink()
     with pytest.raises(ConfigError, match=key):

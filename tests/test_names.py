@@ -34,9 +34,20 @@ def test_origins(value: str, origin: str) -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        "ftp://s1", "https://user@s1", "https://s1/path", "https://s1?q", "https://s1#f",
-        "//s1", "s1:80", "https://s1:99999", "https://s1\r\nX: y", "https://s 1",
-        "https://evil.example\\@s1", "https://", "javascript:alert(1)", 42,
+        "ftp://s1",
+        "https://user@s1",
+        "https://s1/path",
+        "https://s1?q",
+        "https://s1#f",
+        "//s1",
+        "s1:80",
+        "https://s1:99999",
+        "https://s1\r\nX: y",
+        "https://s 1",
+        "https://evil.example\\@s1",
+        "https://",
+        "javascript:alert(1)",
+        42,
     ],
 )
 def test_bad_origins(value: object) -> None:

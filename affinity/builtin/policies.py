@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import math
 import random
-from bisect import bisect_right
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from itertools import accumulate
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -75,12 +74,10 @@ def _read_options(
     return values
 
 
-def _fallback(
-    servers: tuple[Server, ...], avoid: frozenset[str], rng: random.Random
-) -> Server | None:
-    """Weighted pick among the non-avoided servers, by scanning: only after redraws failed."""
-    left = [s for s in servers if s.id not in avoid]
-    return rng.choices(left, weights=[s.weight for s in left])[0] if left else None
+def _fallback(servers: tuple[Server, ...], avoid: frozenset[str], rng: random.Random) -> int | None:
+    """Weighted pick of an index among the non-avoided servers, by scanning: after redraws."""
+    left = [i for i, s in enumerate(servers) if s.id not in avoid]
+    return rng.choices(left, weights=[servers[i].weight for i in left])[0] if left else None
 
 
 class _BuiltinPolicy(Policy):
@@ -146,11 +143,14 @@ class RoundRobinPolicy(_BuiltinPolicy):
         if not rotation.order:
             return None
         avoid = request.avoid
-        for _ in range(2 * len(avoid) + 1 if avoid else 1):
+        if not avoid:
+            return self._advance(rotation)
+        for _ in range(2 * len(avoid) + 1):
             server = self._advance(rotation)
             if server.id not in avoid:
                 return server
-        return _fallback(pool.assignable, avoid, self._rng)
+        i = _fallback(pool.assignable, avoid, self._rng)
+        return None if i is None else pool.assignable[i]
 
     def _rotation_for(self, pool: Pool) -> _Rotation:
         rotation = self._rotation
@@ -188,21 +188,45 @@ class RoundRobinPolicy(_BuiltinPolicy):
 
 
 class _Sampler:
-    """Weighted draws over one pool's assignable servers: uniform index or cumulative + bisect."""
+    """O(1) weighted draws of an index into one pool's assignable servers.
 
-    __slots__ = ("cumulative", "servers", "source", "total")
+    Equal weights draw a uniform index; unequal weights use Walker's alias
+    method (Vose's O(n) construction): one uniform number picks a slot and its
+    fractional part decides between the slot and its alias. Slot ``i`` is the
+    pair ``table[2i]`` (chance of keeping ``i``) and ``table[2i + 1]`` (the
+    alias, exact as a double), side by side in one flat array so that a draw
+    touches one cache line whatever the pool size.
+    """
+
+    __slots__ = ("servers", "size", "source", "table")
 
     def __init__(self, servers: tuple[Server, ...]) -> None:
         self.source = self.servers = servers
+        self.size = n = len(servers)
+        self.table: array[float] | None = None
         weights = [s.weight for s in servers]
-        uniform = len(set(weights)) <= 1
-        self.cumulative: list[int] | None = None if uniform else list(accumulate(weights))
-        self.total = sum(weights)
+        if n == 0 or min(weights) == max(weights):
+            return
+        total = sum(weights)
+        scaled = [w * n / total for w in weights]
+        table = array("d", [1.0, 0.0]) * n
+        small = [i for i, p in enumerate(scaled) if p < 1.0]
+        large = [i for i, p in enumerate(scaled) if p >= 1.0]
+        while small and large:
+            lo, hi = small.pop(), large[-1]
+            table[2 * lo], table[2 * lo + 1] = scaled[lo], hi
+            scaled[hi] += scaled[lo] - 1.0
+            if scaled[hi] < 1.0:
+                small.append(large.pop())
+        self.table = table
 
-    def draw(self, uniform: Callable[[], float]) -> Server:
-        if self.cumulative is None:
-            return self.servers[int(uniform() * len(self.servers))]
-        return self.servers[bisect_right(self.cumulative, uniform() * self.total)]
+    def draw(self, uniform: Callable[[], float]) -> int:
+        u = uniform() * self.size
+        i = int(u)
+        table = self.table
+        if table is None or u - i < table[2 * i]:
+            return i
+        return int(table[2 * i + 1])
 
 
 class _SamplingPolicy(_BuiltinPolicy):
@@ -212,20 +236,20 @@ class _SamplingPolicy(_BuiltinPolicy):
 
     def _sampler_for(self, pool: Pool) -> _Sampler:
         if self._sampler.source is not pool.assignable:
-            self._sampler = _Sampler(pool.assignable)
-            self._pool_changed(pool)
+            previous, self._sampler = self._sampler, _Sampler(pool.assignable)
+            self._pool_changed(previous)
         return self._sampler
 
-    def _pool_changed(self, pool: Pool) -> None:
+    def _pool_changed(self, previous: _Sampler) -> None:
         """Hook for subclasses: the pool object changed (called in O(n) rebuild time)."""
 
-    def _draw(self, pool: Pool, sampler: _Sampler, avoid: frozenset[str]) -> Server | None:
+    def _draw(self, sampler: _Sampler, avoid: frozenset[str]) -> int | None:
         """A weighted draw that is not in ``avoid``: redraw a few times, then filter."""
         for _ in range(_REDRAWS if avoid else 1):
-            server = sampler.draw(self._rng.random)
-            if server.id not in avoid:
-                return server
-        return _fallback(pool.assignable, avoid, self._rng)
+            i = sampler.draw(self._rng.random)
+            if not avoid or sampler.servers[i].id not in avoid:
+                return i
+        return _fallback(sampler.servers, avoid, self._rng)
 
 
 class RandomPolicy(_SamplingPolicy):
@@ -239,9 +263,8 @@ class RandomPolicy(_SamplingPolicy):
 
     def choose(self, pool: Pool, request: AssignRequest) -> Server | None:
         sampler = self._sampler_for(pool)
-        if not sampler.servers:
-            return None
-        return self._draw(pool, sampler, request.avoid)
+        i = self._draw(sampler, request.avoid) if sampler.size else None
+        return None if i is None else sampler.servers[i]
 
 
 # -- load weighted (power of d choices) -----------------------------------------
@@ -252,9 +275,13 @@ class LoadWeightedPolicy(_SamplingPolicy):
 
     The load of a candidate is ``(active_clients + assignments this object made
     since the server's last load report) / (capacity or default_capacity) /
-    weight``. Comparing two random candidates instead of taking the arg-min keeps
-    a burst of re-referrals (a server died, its clients all come back before the
-    next report) spread over the survivors instead of piled on one.
+    weight``. Comparing random candidates instead of taking the arg-min keeps a
+    burst of re-referrals (a server died, its clients all come back before the
+    next report) spread over the survivors instead of piled on one. Per pool,
+    server ``i`` has three cells side by side in one flat array: its reported
+    load over capacity x weight, what one assignment adds to that, and the
+    assignments counted since its report, which carry over to the next pool
+    while its ``load_version`` stays the same.
     """
 
     name = "load_weighted"
@@ -274,58 +301,50 @@ class LoadWeightedPolicy(_SamplingPolicy):
         super()._setup()
         self._choices = int(self._values["choices"])
         self._default_capacity = int(self._values["default_capacity"])
-        # server id -> [load_version the counts belong to, assignments since that report]
-        self._since: dict[str, list[int]] = {}
+        self._loads: array[float] = array("d")  # reported, per assignment, count; per server
 
     def choose(self, pool: Pool, request: AssignRequest) -> Server | None:
         sampler = self._sampler_for(pool)
-        if not sampler.servers:
-            return None
         avoid = request.avoid
-        first = self._draw(pool, sampler, avoid)
-        if first is None:
+        best = self._draw(sampler, avoid) if sampler.size else None
+        if best is None:
             return None
-        candidates, ids = [first], [first.id]
+        loads, uniform = self._loads, self._rng.random
+        j = 3 * best
+        best_load, ties, drawn = loads[j] + loads[j + 1] * loads[j + 2], 1, [best]
         for _ in range(self._choices - 1):
-            for _ in range(_REDRAWS):
-                other = sampler.draw(self._rng.random)
-                if other.id not in avoid and other.id not in ids:
-                    candidates.append(other)
-                    ids.append(other.id)
+            for _ in range(_REDRAWS):  # a distinct, non-avoided candidate, if one comes up
+                i = sampler.draw(uniform)
+                if i not in drawn and not (avoid and sampler.servers[i].id in avoid):
                     break
-        best = self._least_loaded(candidates)
-        self._record(best)
-        return best
-
-    def load(self, server: Server) -> float:
-        """The weight-normalised load this policy sees for ``server`` now."""
-        entry = self._since.get(server.id)
-        extra = entry[1] if entry is not None and entry[0] == server.load_version else 0
-        capacity = server.load.capacity or self._default_capacity
-        return (server.load.active_clients + extra) / (capacity * server.weight)
-
-    def _least_loaded(self, candidates: list[Server]) -> Server:
-        best, best_load, ties = candidates[0], math.inf, 0
-        for server in candidates:
-            load = self.load(server)
+            else:
+                continue
+            drawn.append(i)
+            j = 3 * i
+            load = loads[j] + loads[j + 1] * loads[j + 2]
             if load < best_load:
-                best, best_load, ties = server, load, 1
+                best, best_load, ties = i, load, 1
             elif load == best_load:
                 ties += 1
-                if self._rng.random() * ties < 1.0:  # uniform among the tied
-                    best = server
-        return best
+                if uniform() * ties < 1.0:  # uniform among the tied
+                    best = i
+        loads[3 * best + 2] += 1.0
+        return sampler.servers[best]
 
-    def _record(self, server: Server) -> None:
-        entry = self._since.get(server.id)
-        if entry is None or entry[0] != server.load_version:
-            self._since[server.id] = [server.load_version, 1]
-        else:
-            entry[1] += 1
-
-    def _pool_changed(self, pool: Pool) -> None:
-        # Forget servers that left the pool, so the counts do not grow forever.
-        self._since = {k: v for k, v in self._since.items() if k in pool.servers}
+    def _pool_changed(self, previous: _Sampler) -> None:
+        old = self._loads
+        carried = {
+            s.id: (s.load_version, old[3 * i + 2])
+            for i, s in enumerate(previous.servers)
+            if old[3 * i + 2]
+        }
+        loads = array("d")
+        for server in self._sampler.servers:
+            per_client = 1.0 / ((server.load.capacity or self._default_capacity) * server.weight)
+            version, count = carried.get(server.id, (server.load_version, 0.0))
+            count = count if version == server.load_version else 0.0
+            loads.extend((server.load.active_clients * per_client, per_client, count))
+        self._loads = loads
 
 
 # -- consistent (rendezvous hashing with bounded load) ----------------------------

@@ -34,7 +34,9 @@ from affinity.errors import ConfigError
 from affinity.models import AssignRequest, HealthStatus, Load, Pool, Server
 from affinity.policy import Policy
 
-CLASSES: dict[str, type[RoundRobinPolicy | RandomPolicy | LoadWeightedPolicy | ConsistentPolicy]] = {
+CLASSES: dict[
+    str, type[RoundRobinPolicy | RandomPolicy | LoadWeightedPolicy | ConsistentPolicy]
+] = {
     "round_robin": RoundRobinPolicy,
     "random": RandomPolicy,
     "load_weighted": LoadWeightedPolicy,
@@ -241,7 +243,7 @@ def test_deterministic_policies_are_exactly_even() -> None:
     counts = picks(make("round_robin"), even_pool(20), 20_000)
     assert set(counts.values()) == {1000}
     counts = picks(make("load_weighted"), even_pool(20), 20_000)
-    assert max(counts.values()) - min(counts.values()) <= 2
+    assert max(counts.values()) / 1000 <= 1.01  # counted assignments keep it tight
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -288,8 +290,8 @@ def test_round_robin_follows_membership_changes() -> None:
 
 def test_round_robin_workers_start_at_different_places() -> None:
     p = even_pool(100)
-    firsts = {make("round_robin", seed=seed).choose(p, request("c")) for seed in range(20)}
-    assert len(firsts) > 10
+    firsts = [make("round_robin", seed=seed).choose(p, request("c")) for seed in range(20)]
+    assert len({s.id for s in firsts if s is not None}) > 10
 
 
 # -- random --------------------------------------------------------------------
@@ -329,12 +331,13 @@ def test_load_weighted_normalises_by_capacity_and_weight() -> None:
 
 def test_load_weighted_forgets_its_counts_on_a_new_report() -> None:
     policy = make("load_weighted")
-    picks(policy, pool([server("a"), server("b")]), 50)  # 25 each, counted locally
-    assert policy.load(server("b")) == pytest.approx(0.25)
-    # a reports (its clients left: 0 active); b has not reported since.
-    fresh = pool([server("a", load_version=1), server("b")], version=1)
-    assert policy.load(fresh.servers["a"]) == 0.0
-    assert picks(policy, fresh, 20) == {"a": 20}
+    assert picks(policy, pool([server("a"), server("b")]), 50) == {"a": 25, "b": 25}
+    # A rebuilt pool with the same reports keeps the counts: still even.
+    assert picks(policy, pool([server("a"), server("b")], version=1), 10) == {"a": 5, "b": 5}
+    # a reports (its clients left: 0 active); b has not reported since: a catches up.
+    fresh = pool([server("a", load_version=1), server("b")], version=2)
+    assert picks(policy, fresh, 30) == {"a": 30}
+    assert picks(policy, fresh, 20) == {"a": 10, "b": 10}
 
 
 @pytest.mark.parametrize("choices", [2, 3])
@@ -380,11 +383,13 @@ def test_load_weighted_failover_burst_stays_spread(choices: int) -> None:
     assert ratio(naive) > 1.6
 
 
-def test_load_weighted_counts_only_for_the_current_servers() -> None:
+def test_load_weighted_keeps_counts_across_pools_of_other_membership() -> None:
     policy = make("load_weighted")
-    picks(policy, even_pool(10), 100)
-    picks(policy, even_pool(3), 30)
-    assert set(policy._since) <= {"s00", "s01", "s02"}
+    assert picks(policy, pool([server("a"), server("b")]), 50) == {"a": 25, "b": 25}
+    assert picks(policy, pool([server("b")]), 10) == {"b": 10}  # a is away: b at 35
+    # a is back with a new report of 0 clients; b has not reported, so its 35 still count.
+    back = pool([server("a", load_version=1), server("b")])
+    assert picks(policy, back, 35) == {"a": 35}
 
 
 # -- consistent -------------------------------------------------------------------
@@ -468,9 +473,7 @@ def test_consistent_bounded_load_skips_an_overloaded_server() -> None:
     top, second = hashing.rank("alice", [(sid, 1) for sid in ids])[:2]
 
     def view(top_load: int) -> Pool:
-        return pool(
-            server(sid, active=top_load if sid == top else 50, capacity=100) for sid in ids
-        )
+        return pool(server(sid, active=top_load if sid == top else 50, capacity=100) for sid in ids)
 
     # Mean 0.51; bound 1.25 x 0.51 + 4 / 100 = 0.6775: 60 clients is within it.
     chosen = make("consistent").choose(view(60), request("alice"))

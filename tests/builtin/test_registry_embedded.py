@@ -26,8 +26,9 @@ servers = [{id = "c1", url = "https://c1.example.test"}]
 
 
 def server(sid: str) -> Server:
-    return Server(id=sid, service="web", url=f"https://{sid}.example.test", weight=2,
-                  meta={"zone": "eu"})
+    return Server(
+        id=sid, service="web", url=f"https://{sid}.example.test", weight=2, meta={"zone": "eu"}
+    )
 
 
 async def started(config: Config) -> EmbeddedRegistry:

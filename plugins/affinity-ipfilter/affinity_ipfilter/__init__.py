@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from affinity import hookimpl
 from affinity.models import Rejection, RequestInfo, SharedSettings
-
 from affinity_ipfilter.filter import NAME, IPFilter, PluginConfig
 from affinity_ipfilter.paths import normalise_path, path_variants
 

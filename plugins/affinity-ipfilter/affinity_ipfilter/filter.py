@@ -19,7 +19,6 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from affinity.models import Rejection, RequestInfo, SharedSettings
-
 from affinity_ipfilter.networks import parse_address
 from affinity_ipfilter.paths import path_variants
 from affinity_ipfilter.rules import RuleSet, compile_rules

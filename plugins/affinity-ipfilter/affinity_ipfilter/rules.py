@@ -1,4 +1,4 @@
-"""The rule document (the ``[plugins.ipfilter]`` table or a shared settings value) and its compiled form.
+"""The rule document (``[plugins.ipfilter]`` or a shared settings value) and its compiled form.
 
 Precedence, as in HAProxy's ``deny`` before ``allow`` and unlike nginx's
 first-match order: every rule that applies must admit the request, so a deny
@@ -15,8 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from affinity.errors import ConfigError
-
-from affinity_ipfilter.networks import Address, NetworkSet, parse_networks
+from affinity_ipfilter.networks import Address, Network, NetworkSet, parse_networks
 from affinity_ipfilter.paths import ancestors, normalise_prefix
 
 ROLES = frozenset({"referral", "server"})
@@ -42,9 +41,7 @@ class RuleSet:
     roles: frozenset[str] = ROLES
     allow: NetworkSet = field(default_factory=NetworkSet)
     deny: NetworkSet = field(default_factory=NetworkSet)
-    paths: Mapping[str, tuple[PathRule, ...]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    paths: Mapping[str, tuple[PathRule, ...]] = field(default_factory=lambda: MappingProxyType({}))
     allow_id: str = "ipfilter.allow"
 
     @property
@@ -132,12 +129,14 @@ def _roles(value: object, where: _Where) -> frozenset[str]:
     roles = _sequence(value, "roles", where)
     for i, role in enumerate(roles):
         if role not in ROLES:
-            raise where.error(f"unknown role {role!r}; expected 'referral' or 'server'", f"roles[{i}]")
+            raise where.error(
+                f"unknown role {role!r}; expected 'referral' or 'server'", f"roles[{i}]"
+            )
     return frozenset(str(role) for role in roles)
 
 
 def _networks(value: object, key: str, where: _Where) -> NetworkSet:
-    entries = []
+    entries: list[tuple[Network, str]] = []
     for i, item in enumerate(_sequence(value, key, where)):
         try:
             nets = parse_networks(item)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from affinity_ipfilter.networks import Address, NetworkSet, parse_address, parse_networks
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from affinity_ipfilter.networks import NetworkSet, parse_address, parse_networks
 
 fast = settings(database=None, deadline=None, max_examples=200)
 
@@ -17,7 +16,7 @@ def _set(*cidrs: str) -> NetworkSet:
     return NetworkSet((net, f"r{i}") for i, c in enumerate(cidrs) for net in parse_networks(c))
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def _ip(text: str) -> Address:
     addr = parse_address(text)
     assert addr is not None
     return addr

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from affinity import hookimpl
 from affinity.models import Rejection, RequestInfo, SharedSettings
-
 from affinity_ratelimit.gcra import Cell, Decision, GcraTable
 from affinity_ratelimit.limiter import NAME, PluginConfig, RateLimiter
 from affinity_ratelimit.options import Limit, Policy

@@ -12,7 +12,6 @@ under the new rate too.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from typing import Any, Protocol
 
 from affinity.errors import ConfigError
 from affinity.models import Rejection, RequestInfo, SharedSettings
-
 from affinity_ratelimit.gcra import NS, GcraTable
 from affinity_ratelimit.headers import render
 from affinity_ratelimit.options import Policy, compile_policy
@@ -54,11 +52,14 @@ def _ceil_seconds(ns: int) -> int:
 class RateLimiter:
     """Per-client GCRA limits for one process.
 
-    :param clock: Seconds from a monotonic clock; injectable so tests need no sleep.
+    :param clock: Seconds from a monotonic clock, injectable so tests need no sleep;
+        by default ``time.monotonic_ns`` is read, whole nanoseconds with no float rounding.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._now_ns: Callable[[], int] = (
+            time.monotonic_ns if clock is None else lambda: round(clock() * NS)
+        )
         self._file_options: Mapping[str, Any] = MappingProxyType({})
         self._in_force = _InForce()
         self._table = GcraTable(self._in_force.policy.max_keys)
@@ -114,7 +115,7 @@ class RateLimiter:
         limit = policy.select(request.role, request.path)
         if limit is None:
             return None
-        now_ns = round(self._clock() * NS)
+        now_ns = self._now_ns()
         decision = self._table.admit(policy.client_key(request, limit), limit.cell, now_ns)
         if decision.allowed:
             return None
@@ -156,7 +157,7 @@ class RateLimiter:
 
     @property
     def evicted_active(self) -> int:
-        """Entries evicted while still limiting someone: non-zero means ``max_keys`` is too small."""
+        """Entries evicted while still limiting someone; non-zero: ``max_keys`` is too small."""
         return self._table.evicted_active
 
     def counters(self) -> Mapping[str, int]:

@@ -19,7 +19,6 @@ from typing import Any
 
 from affinity.errors import ConfigError
 from affinity.models import RequestInfo
-
 from affinity_ratelimit.gcra import Cell
 from affinity_ratelimit.headers import MODES, quota_window
 from affinity_ratelimit.paths import ancestors, normalise_path, normalise_prefix, path_variants
@@ -39,7 +38,8 @@ OPTIONS = frozenset(
 LIMIT_OPTIONS = frozenset({"name", "prefix", "roles", "rate", "burst", "key"})
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
-ClientKey = tuple[str, str | int]
+ClientKey = tuple[str, str, str | int]
+"""(limit name, kind of key, value): each limit keeps its own buckets."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,7 +68,7 @@ class Policy:
 
     roles: frozenset[str] = ROLES
     limits: Mapping[str, tuple[Limit, ...]] = field(default_factory=lambda: MappingProxyType({}))
-    exempt: tuple[str, ...] = DEFAULT_EXEMPT
+    exempt: frozenset[str] = frozenset(DEFAULT_EXEMPT)
     ipv4_prefix: int = 32
     ipv6_prefix: int = 64
     max_keys: int = DEFAULT_MAX_KEYS
@@ -78,34 +78,43 @@ class Policy:
         """The limit for a request, or None when none applies or the path is exempt."""
         if not self.limits or role not in self.roles or self._exempt(path):
             return None
-        for prefix in ancestors(normalise_path(path)):
+        prefixes = ancestors(normalise_path(path)) if self.by_path else ["/"]
+        for prefix in prefixes:
             for limit in self.limits.get(prefix, ()):
                 if role in limit.roles:
                     return limit
         return None
 
+    @property
+    def by_path(self) -> bool:
+        """True when some limit has a prefix other than ``/`` (else the path need not be read)."""
+        return len(self.limits) > 1 or "/" not in self.limits
+
     def _exempt(self, path: str) -> bool:
-        # Exempt only when every reading of the path is exempt: an odd spelling
-        # of a limited path must not pass for a health check.
-        return bool(self.exempt) and all(
-            any(prefix in self.exempt for prefix in ancestors(form))
-            for form in path_variants(path)
-        )
+        # Exempt only when every reading of the path is exempt, so that an odd
+        # spelling of a limited path never passes for a health check. The
+        # literal reading comes first: most paths fail there, at one normalisation.
+        if not self.exempt or not self._under_exempt(normalise_path(path, decode=0)):
+            return False
+        return all(self._under_exempt(form) for form in path_variants(path))
+
+    def _under_exempt(self, form: str) -> bool:
+        return any(prefix in self.exempt for prefix in ancestors(form))
 
     def client_key(self, request: RequestInfo, limit: Limit) -> ClientKey:
         """Who a request counts against: the token's client id, else the (masked) address."""
         if limit.key == "client_or_ip" and request.client_id:
-            return ("client", request.client_id)
+            return (limit.name, "client", request.client_id)
         try:
             addr = ipaddress.ip_address(request.client_ip)
         except ValueError:
-            return ("raw", request.client_ip[:64])
+            return (limit.name, "raw", request.client_ip[:64])
         if isinstance(addr, ipaddress.IPv6Address):
             mapped = addr.ipv4_mapped
             if mapped is None:
-                return ("ipv6", int(addr) >> (128 - self.ipv6_prefix))
+                return (limit.name, "ipv6", int(addr) >> (128 - self.ipv6_prefix))
             addr = mapped
-        return ("ipv4", int(addr) >> (32 - self.ipv4_prefix))
+        return (limit.name, "ipv4", int(addr) >> (32 - self.ipv4_prefix))
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +191,13 @@ def _limit(
 ) -> Limit:
     rate = table["rate"]
     if isinstance(rate, bool) or not isinstance(rate, int | float):
-        raise where.error(f"expected requests per second as a number, got {rate!r}", key_path + "rate")
+        raise where.error(
+            f"expected requests per second as a number, got {rate!r}", key_path + "rate"
+        )
     if not (math.isfinite(rate) and 0 < rate <= MAX_RATE):
-        raise where.error(f"expected a rate in (0, 1e9] per second, got {rate!r}", key_path + "rate")
+        raise where.error(
+            f"expected a rate in (0, 1e9] per second, got {rate!r}", key_path + "rate"
+        )
     rate = float(rate)
     burst = _int(table.get("burst", max(1, math.ceil(rate))), 1, 10**9, key_path + "burst", where)
     quota, window = quota_window(rate, burst)
@@ -211,18 +224,20 @@ def _roles(value: object, key: str, where: _Where) -> frozenset[str]:
     roles = _sequence(value, key, where)
     for i, role in enumerate(roles):
         if role not in ROLES:
-            raise where.error(f"unknown role {role!r}; expected 'referral' or 'server'", f"{key}[{i}]")
+            raise where.error(
+                f"unknown role {role!r}; expected 'referral' or 'server'", f"{key}[{i}]"
+            )
     return frozenset(str(role) for role in roles)
 
 
-def _exempt(value: object, where: _Where) -> tuple[str, ...]:
+def _exempt(value: object, where: _Where) -> frozenset[str]:
     prefixes = []
     for i, prefix in enumerate(_sequence(value, "exempt_paths", where)):
         if not isinstance(prefix, str) or not prefix.startswith("/"):
             msg = f"expected a path starting with '/', got {prefix!r}"
             raise where.error(msg, f"exempt_paths[{i}]")
         prefixes.append(normalise_prefix(prefix))
-    return tuple(prefixes)
+    return frozenset(prefixes)
 
 
 def _int(value: object, low: int, high: int, key: str, where: _Where) -> int:

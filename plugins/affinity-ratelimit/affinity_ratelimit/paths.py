@@ -17,6 +17,21 @@ import urllib.parse
 MAX_DECODE_ROUNDS = 3
 """Percent-decoding stops after this many rounds (``%25252e`` needs three)."""
 
+_SPECIAL = frozenset("%;\\")
+
+
+def _plain(path: str) -> bool:
+    """True when no reading of ``path`` differs from its casefolded self (the common case)."""
+    return (
+        path[:1] == "/"
+        and (path == "/" or path[-1] != "/")
+        and _SPECIAL.isdisjoint(path)
+        and "//" not in path
+        and "/./" not in path
+        and "/../" not in path
+        and not path.endswith(("/.", "/.."))
+    )
+
 
 def normalise_path(
     path: str, *, decode: int = 1, params: bool = False, backslash: bool = False
@@ -30,6 +45,8 @@ def normalise_path(
     :param params: Also cut each segment at ``;`` (path parameters, as Tomcat reads ``..;``).
     :param backslash: Also read ``\\`` as a separator (as IIS and some proxies do).
     """
+    if _plain(path):
+        return path.casefold()
     for _ in range(decode):
         decoded = urllib.parse.unquote(path, errors="replace")
         if decoded == path:
@@ -57,6 +74,8 @@ def path_variants(path: str) -> frozenset[str]:
     point; path parameters kept or cut; backslash literal or a separator. A
     path without ``%``, ``;`` or ``\\`` has exactly one form.
     """
+    if _plain(path):
+        return frozenset((path.casefold(),))
     rounds = (0, 1, MAX_DECODE_ROUNDS) if "%" in path else (0,)
     param_modes = (False, True) if ";" in path else (False,)
     slash_modes = (False, True) if "\\" in path else (False,)
@@ -69,7 +88,7 @@ def path_variants(path: str) -> frozenset[str]:
 
 
 def ancestors(path: str) -> list[str]:
-    """``/a/b`` → ``["/a/b", "/a", "/"]``: the prefixes a normalised path falls under, longest first."""
+    """The prefixes a normalised path falls under, longest first: ``/a/b`` → ``/a/b, /a, /``."""
     out = [path]
     while path != "/":
         path = path.rsplit("/", 1)[0] or "/"

@@ -1,0 +1,53 @@
+"""The README's examples are real: its TOML compiles, its JSON document passes the check."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from affinity_ipfilter import IPFilter
+
+from affinity.models import RequestInfo, SharedSettings
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
+@dataclass
+class FakeConfig:
+    options: Mapping[str, Any]
+    source: str = "README.md"
+
+    def plugin_options(self, name: str) -> Mapping[str, Any]:
+        return self.options
+
+
+def test_toml_example_compiles_and_behaves_as_described() -> None:
+    (toml,) = blocks("toml")
+    f = IPFilter()
+    f.configure(FakeConfig(tomllib.loads(toml)["plugins"]["ipfilter"]))
+
+    def rule(ip: str, path: str) -> str | None:
+        answer = f.reject(RequestInfo(role="server", method="GET", path=path, client_ip=ip))
+        return None if answer is None else answer.rule
+
+    assert rule("10.1.1.1", "/") is None
+    assert rule("10.66.1.1", "/") == "ipfilter.deny[0]"
+    assert rule("10.1.1.1", "/admin") == "ipfilter.paths[0].allow"
+    assert rule("10.9.1.1", "/admin") is None
+    assert rule("192.0.2.1", "/") == "ipfilter.allow"
+
+
+def test_json_document_passes_the_check() -> None:
+    (document,) = blocks("json")[:1]
+    IPFilter.compile_settings(
+        SharedSettings(name="ipfilter", version=1, value=json.loads(document))
+    )

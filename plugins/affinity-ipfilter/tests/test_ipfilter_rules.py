@@ -1,0 +1,213 @@
+"""The filter as the core calls it: precedence, roles, path rules, answers, config errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from affinity_ipfilter import IPFilter
+
+from affinity.errors import ConfigError
+from affinity.models import Rejection, RequestInfo
+
+
+@dataclass
+class FakeConfig:
+    """Stands in for affinity.config.Config: the two attributes a plugin uses."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "/etc/affinity/affinity.toml"
+
+    def plugin_options(self, name: str) -> Mapping[str, Any]:
+        assert name == "ipfilter"
+        return self.options
+
+
+def make(**options: Any) -> IPFilter:
+    f = IPFilter()
+    f.configure(FakeConfig(options))
+    return f
+
+
+def req(ip: str, path: str = "/", role: str = "server", **kw: Any) -> RequestInfo:
+    return RequestInfo(role=role, method="GET", path=path, client_ip=ip, **kw)
+
+
+def rule(f: IPFilter, ip: str, path: str = "/", role: str = "server") -> str | None:
+    answer = f.reject(req(ip, path, role))
+    return None if answer is None else answer.rule
+
+
+def test_no_options_admits_everything() -> None:
+    f = make()
+    assert f.reject(req("203.0.113.9")) is None
+    assert f.reject(req("garbage")) is None
+
+
+def test_deny_list() -> None:
+    f = make(deny=["198.51.100.0/24", "2001:db8:bad::/48"])
+    assert rule(f, "198.51.100.7") == "ipfilter.deny[0]"
+    assert rule(f, "::ffff:198.51.100.7") == "ipfilter.deny[0]"
+    assert rule(f, "2001:db8:bad::1") == "ipfilter.deny[1]"
+    assert rule(f, "198.51.101.7") is None
+    assert rule(f, "2001:db8:900d::1") is None
+
+
+def test_allow_list_admits_only_its_networks() -> None:
+    f = make(allow=["10.0.0.0/8", "fd00::/8"])
+    assert rule(f, "10.1.1.1") is None
+    assert rule(f, "fd12::1") is None
+    assert rule(f, "::ffff:10.1.1.1") is None
+    assert rule(f, "11.1.1.1") == "ipfilter.allow"
+    assert rule(f, "2001:db8::1") == "ipfilter.allow"
+
+
+def test_deny_wins_over_allow() -> None:
+    f = make(allow=["10.0.0.0/8"], deny=["10.66.0.0/16"])
+    assert rule(f, "10.1.2.3") is None
+    assert rule(f, "10.66.2.3") == "ipfilter.deny[0]"
+
+
+def test_deny_wins_even_when_the_allow_is_more_specific() -> None:
+    f = make(allow=["10.66.6.6"], deny=["10.0.0.0/8"])
+    assert rule(f, "10.66.6.6") == "ipfilter.deny[0]"
+
+
+def test_path_rules_narrow_and_apply_under_their_prefix_only() -> None:
+    f = make(
+        allow=["10.0.0.0/8", "192.0.2.0/24"],
+        paths=[
+            {"prefix": "/admin", "allow": ["10.9.0.0/16"]},
+            {"prefix": "/public", "deny": ["192.0.2.66"]},
+        ],
+    )
+    assert rule(f, "10.9.1.1", "/admin/users") is None
+    assert rule(f, "10.1.1.1", "/admin/users") == "ipfilter.paths[0].allow"
+    assert rule(f, "10.1.1.1", "/administrator") is None
+    assert rule(f, "192.0.2.66", "/public/x") == "ipfilter.paths[1].deny[0]"
+    assert rule(f, "192.0.2.66", "/other") is None
+    # A path rule never widens the top-level allow list.
+    assert rule(f, "172.16.0.1", "/public/x") == "ipfilter.allow"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin",
+        "/x/../admin",
+        "/%61dmin",
+        "//admin",
+        "/ADMIN/",
+        "/admin;x=1",
+        "/x/..;/admin",
+        "/admin/%2e%2e/public",
+        "/admin\\panel",
+    ],
+)
+def test_path_rules_see_through_spellings(path: str) -> None:
+    f = make(paths=[{"prefix": "/admin", "allow": ["127.0.0.1"]}])
+    assert rule(f, "203.0.113.1", path) == "ipfilter.paths[0].allow"
+    assert rule(f, "127.0.0.1", path) is None
+
+
+def test_roles() -> None:
+    f = make(deny=["0.0.0.0/0"], roles=["referral"])
+    assert rule(f, "1.2.3.4", role="referral") == "ipfilter.deny[0]"
+    assert rule(f, "1.2.3.4", role="server") is None
+
+
+def test_unparseable_address_fails_closed_only_under_an_allow_list() -> None:
+    assert make(deny=["0.0.0.0/0", "::/0"]).reject(req("unix:/run/x.sock")) is None
+    answer = make(allow=["10.0.0.0/8"]).reject(req("<script>"))
+    assert answer is not None
+    assert "<script>" not in answer.detail
+    assert answer.detail == "the client address is not allowed"
+
+
+def test_rejection_shape() -> None:
+    f = make(deny=["2001:db8::/32"])
+    answer = f.reject(req("2001:0db8:0000::0001", "/secret/%3Cscript%3E"))
+    assert answer == Rejection(
+        status=403,
+        error="forbidden",
+        detail="address 2001:db8::1 is not allowed",
+        rule="ipfilter.deny[0]",
+    )
+
+
+def test_forwarding_headers_are_never_read() -> None:
+    f = make(allow=["10.0.0.0/8"])
+    spoofed = req(
+        "203.0.113.5",
+        headers={
+            "X-Forwarded-For": "10.0.0.1",
+            "Forwarded": "for=10.0.0.1",
+            "X-Real-IP": "10.0.0.1",
+        },
+    )
+    answer = f.reject(spoofed)
+    assert answer is not None
+    assert answer.detail == "address 203.0.113.5 is not allowed"
+
+
+def test_counters_by_rule() -> None:
+    f = make(allow=["10.0.0.0/8"], deny=["10.6.0.0/16"])
+    for ip in ["10.6.0.1", "10.6.0.2", "11.0.0.1", "10.1.1.1"]:
+        f.reject(req(ip))
+    assert dict(f.counters()) == {"ipfilter.deny[0]": 2, "ipfilter.allow": 1}
+    assert f.version == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "words"),
+    [
+        (
+            {"deny": ["10.0.0.0/8", "1.2.3.4", "10.0.0.1/8"]},
+            "plugins.ipfilter.deny[2]",
+            "10.0.0.1/8",
+        ),
+        ({"allow": ["300.0.0.0/8"]}, "plugins.ipfilter.allow[0]", "300.0.0.0/8"),
+        ({"allow": ["2001:db8::/200"]}, "plugins.ipfilter.allow[0]", "2001:db8::/200"),
+        ({"allow": "10.0.0.0/8"}, "plugins.ipfilter.allow", "expected a list"),
+        ({"deny": [42]}, "plugins.ipfilter.deny[0]", "42"),
+        ({"roles": ["referral", "proxy"]}, "plugins.ipfilter.roles[1]", "'proxy'"),
+        ({"alow": ["10.0.0.0/8"]}, "plugins.ipfilter.alow", "unknown option"),
+        ({"paths": [{"allow": ["10.0.0.0/8"]}]}, "plugins.ipfilter.paths[0].prefix", "'/'"),
+        (
+            {"paths": [{"prefix": "admin", "allow": ["1.1.1.1"]}]},
+            "plugins.ipfilter.paths[0].prefix",
+            "'admin'",
+        ),
+        ({"paths": [{"prefix": "/a"}]}, "plugins.ipfilter.paths[0]", "non-empty"),
+        (
+            {"paths": [{"prefix": "/a", "deny": ["1.1.1.1"]}, {"prefix": "/b", "deny": ["x"]}]},
+            "plugins.ipfilter.paths[1].deny[0]",
+            "'x'",
+        ),
+        (
+            {"paths": [{"prefix": "/a", "allow": ["1.1.1.1"], "roles": []}]},
+            "plugins.ipfilter.paths[0].roles",
+            "unknown",
+        ),
+        ({"paths": ["/admin"]}, "plugins.ipfilter.paths[0]", "expected a table"),
+    ],
+)
+def test_bad_options_raise_config_error_naming_the_key(
+    options: dict[str, Any], key: str, words: str
+) -> None:
+    f = IPFilter()
+    with pytest.raises(ConfigError) as info:
+        f.configure(FakeConfig(options))
+    assert info.value.key == key
+    assert info.value.source == "/etc/affinity/affinity.toml"
+    assert words in str(info.value)
+    assert str(info.value).startswith(f"/etc/affinity/affinity.toml: {key}: ")
+
+
+def test_failed_reconfigure_keeps_the_previous_rules() -> None:
+    f = make(deny=["10.0.0.0/8"])
+    with pytest.raises(ConfigError):
+        f.configure(FakeConfig({"deny": ["bogus"]}))
+    assert rule(f, "10.0.0.1") == "ipfilter.deny[0]"

@@ -1,0 +1,130 @@
+"""Shared settings: checked whole, laid over the file's options, applied atomically by version."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from affinity_ratelimit import RateLimiter
+
+from affinity.errors import ConfigError
+from affinity.models import RequestInfo, SharedSettings
+
+
+@dataclass
+class FakeConfig:
+    options: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "affinity.toml"
+
+    def plugin_options(self, name: str) -> Mapping[str, Any]:
+        return self.options
+
+
+class Clock:
+    now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(**options: Any) -> RateLimiter:
+    limiter = RateLimiter(clock=Clock())
+    limiter.configure(FakeConfig(options))
+    return limiter
+
+
+def doc(version: int, **value: Any) -> SharedSettings:
+    return SharedSettings(name="ratelimit", version=version, value=value)
+
+
+def admitted(limiter: RateLimiter, n: int, path: str = "/", client_id: str | None = None) -> int:
+    request = RequestInfo(
+        role="server", method="GET", path=path, client_ip="192.0.2.1", client_id=client_id
+    )
+    return sum(limiter.reject(request) is None for _ in range(n))
+
+
+def test_check_rejects_a_bad_document_whole_naming_the_key() -> None:
+    limiter = make(rate=1, burst=1)
+    with pytest.raises(ConfigError) as info:
+        limiter.compile_settings(doc(4, rate=5, limits=[{"rate": 1}, {"rate": "lots"}]))
+    assert info.value.key == "ratelimit.limits[1].rate"
+    assert info.value.source == "shared settings 'ratelimit' version 4"
+
+
+def test_check_refuses_max_keys_in_a_document() -> None:
+    with pytest.raises(ConfigError, match="per process") as info:
+        make().compile_settings(doc(1, max_keys=10))
+    assert info.value.key == "ratelimit.max_keys"
+
+
+def test_check_refuses_a_value_that_is_not_a_table() -> None:
+    bad = SharedSettings(name="ratelimit", version=1, value=["rate", 5])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="expected a table"):
+        make().compile_settings(bad)
+
+
+def test_a_refused_document_leaves_the_previous_policy_in_force(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limiter = make(rate=1, burst=2)
+    assert limiter.apply_settings(doc(1, burst=3))
+    with caplog.at_level(logging.WARNING, logger="affinity_ratelimit"):
+        assert not limiter.apply_settings(doc(2, burst=0))
+    assert limiter.version == 1
+    assert admitted(limiter, 10) == 3
+    assert "version 2" in caplog.text
+
+
+def test_a_document_overrides_the_files_keys_and_keeps_the_others() -> None:
+    limiter = make(rate=1, burst=2, headers="draft-07", max_keys=50)
+    assert limiter.apply_settings(doc(3, burst=5))
+    assert limiter.version == 3
+    assert limiter.policy.headers == "draft-07"  # kept from the file
+    assert limiter.policy.max_keys == 50
+    assert admitted(limiter, 10) == 5
+
+
+def test_null_removes_a_files_key() -> None:
+    limiter = make(rate=1, burst=1)
+    assert limiter.apply_settings(
+        SharedSettings(name="ratelimit", version=1, value={"rate": None, "burst": None})
+    )
+    assert admitted(limiter, 10) == 10
+
+
+def test_limits_are_replaced_as_a_whole_list() -> None:
+    limiter = make(limits=[{"name": "a", "prefix": "/a", "rate": 1, "burst": 1}])
+    limiter.apply_settings(doc(1, limits=[{"name": "b", "prefix": "/b", "rate": 1, "burst": 1}]))
+    assert admitted(limiter, 5, "/a") == 5
+    assert admitted(limiter, 5, "/b") == 1
+
+
+def test_older_and_equal_versions_are_ignored() -> None:
+    limiter = make(rate=1, burst=1)
+    assert limiter.apply_settings(doc(10, burst=4))
+    assert not limiter.apply_settings(doc(9, burst=8))
+    assert not limiter.apply_settings(doc(10, burst=8))
+    assert limiter.version == 10
+    assert limiter.policy.limits["/"][0].burst == 4
+
+
+def test_buckets_survive_a_new_version() -> None:
+    limiter = make(rate=1, burst=2)
+    assert admitted(limiter, 2) == 2
+    limiter.apply_settings(doc(1, burst=3))
+    assert admitted(limiter, 5) == 1  # two already spent against the new burst of three
+
+
+def test_reconfigure_starts_over() -> None:
+    limiter = make(rate=1, burst=1)
+    limiter.apply_settings(doc(2, burst=2))
+    admitted(limiter, 5)
+    limiter.configure(FakeConfig({"rate": 1, "burst": 1}))
+    assert limiter.version == 0
+    assert limiter.counters() == {}
+    assert limiter.table_size == 0
+    assert admitted(limiter, 5) == 1

@@ -1,0 +1,169 @@
+"""The referral on a real loopback socket with TLS: assign, sticky, avoid, errors, redirects."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from affinity.testing import Deployment
+
+SERVICES = """
+[services.web]
+policy = "round_robin"
+servers = [
+  {id = "s1", url = "https://s1.affinity.test:8443"},
+  {id = "s2", url = "https://s2.affinity.test:8443"},
+  {id = "s3", url = "https://s3.affinity.test:8443"},
+]
+[services.empty]
+policy = "random"
+"""
+
+
+@pytest.fixture(scope="module")
+def referral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """One referral with three static servers and no health checks (nothing listens there)."""
+    directory: Path = tmp_path_factory.mktemp("referral")
+    with Deployment(directory, services=SERVICES, health="sources = []",
+                    referral='cookie_domain = ".affinity.test"') as d:
+        d.start_referral()
+        yield d
+
+
+@pytest.fixture
+def client(referral: Deployment) -> Iterator[httpx.Client]:
+    with referral.client(base_url=referral.referral_url) as c:
+        yield c
+
+
+def test_assign_answers_a_server_and_a_token(client: httpx.Client) -> None:
+    r = client.get("/v1/assign")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["server"]["id"] in {"s1", "s2", "s3"}
+    assert body["server"]["url"] == f"https://{body['server']['id']}.affinity.test:8443"
+    assert body["sticky"] is False
+    assert 3600 * 0.9 - 1 <= body["expires_in"] <= 3600 * 1.1 + 1
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-type"].startswith("application/json")
+
+
+def test_a_valid_token_keeps_the_client_on_its_server(client: httpx.Client) -> None:
+    first = client.get("/v1/assign").json()
+    for _ in range(5):
+        again = client.get("/v1/assign", headers={"Affinity-Token": first["token"]}).json()
+        assert again["server"] == first["server"]
+        assert again["sticky"] is True
+
+
+def test_the_cookie_works_like_the_header(client: httpx.Client) -> None:
+    first = client.get("/v1/assign").json()
+    again = client.get("/v1/assign", headers={"Cookie": f"affinity={first['token']}"}).json()
+    assert again["server"] == first["server"] and again["sticky"] is True
+
+
+def test_avoid_moves_the_client_and_keeps_its_id(client: httpx.Client) -> None:
+    first = client.get("/v1/assign").json()
+    old = first["server"]["id"]
+    moved = client.get("/v1/assign", params={"avoid": old},
+                       headers={"Affinity-Token": first["token"]}).json()
+    assert moved["server"]["id"] != old
+    assert moved["sticky"] is False
+
+
+def test_avoiding_every_server_gives_503(client: httpx.Client) -> None:
+    r = client.get("/v1/assign", params=[("avoid", "s1"), ("avoid", "s2"), ("avoid", "s3")])
+    assert r.status_code == 503
+    assert r.json()["error"] == "no_healthy_server"
+    assert int(r.headers["retry-after"]) >= 1
+
+
+def test_empty_service_gives_503(client: httpx.Client) -> None:
+    r = client.get("/v1/assign", params={"service": "empty"})
+    assert r.status_code == 503
+    assert r.json() == {"error": "no_healthy_server",
+                        "detail": "no healthy server for service 'empty'"}
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "error"),
+    [
+        ({"service": "nope"}, 404, "unknown_service"),
+        ({"service": "../etc"}, 400, "invalid_service"),
+        ({"service": "x" * 65}, 400, "invalid_service"),
+        ({"avoid": "s 1"}, 400, "invalid_avoid"),
+        ([("avoid", f"s{i}") for i in range(17)], 400, "invalid_avoid"),
+    ],
+)
+def test_bad_queries_get_clear_errors(client: httpx.Client, params: object, status: int,
+                                      error: str) -> None:
+    r = client.get("/v1/assign", params=params)  # type: ignore[arg-type]
+    assert r.status_code == status
+    assert r.json()["error"] == error
+    assert r.json()["detail"]
+
+
+@pytest.mark.parametrize("token", ["garbage", "a.b.c", "", "e" * 5000, "eyJhbGciOiJub25lIn0.e30."])
+def test_an_invalid_token_is_a_new_client_not_an_error(client: httpx.Client, token: str) -> None:
+    r = client.get("/v1/assign", headers={"Affinity-Token": token})
+    assert r.status_code == 200
+    assert r.json()["sticky"] is False
+
+
+def test_a_token_for_another_service_is_not_sticky(referral: Deployment) -> None:
+    with referral.admin() as admin:
+        admin.put("/v1/servers/o1", json={"service": "other", "url": "https://o1.affinity.test"})
+        try:
+            with referral.client(base_url=referral.referral_url) as c:
+                other = c.get("/v1/assign", params={"service": "other"}).json()
+                web = c.get("/v1/assign", headers={"Affinity-Token": other["token"]}).json()
+            assert web["sticky"] is False and web["server"]["id"] != "o1"
+        finally:
+            admin.delete("/v1/servers/o1")
+
+
+def test_redirect_preserves_path_and_query_and_sets_the_cookie(client: httpx.Client) -> None:
+    r = client.get("/go/some/page", params={"q": "1", "x": "a b"})
+    assert r.status_code == 307
+    location = urllib.parse.urlsplit(r.headers["location"])
+    assert location.netloc in {"s1.affinity.test:8443", "s2.affinity.test:8443",
+                               "s3.affinity.test:8443"}
+    assert location.path == "/some/page"
+    assert urllib.parse.parse_qs(location.query) == {"q": ["1"], "x": ["a b"]}
+    cookie = r.headers["set-cookie"]
+    for part in ("affinity=", "Secure", "HttpOnly", "SameSite=Lax", "Domain=.affinity.test",
+                 "Path=/"):
+        assert part.lower() in cookie.lower()
+    assert r.headers["cache-control"] == "no-store"
+
+
+def test_redirect_is_sticky_through_the_cookie(client: httpx.Client) -> None:
+    first = client.get("/go/")
+    token = first.cookies.get("affinity") or first.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    again = client.get("/go/", headers={"Cookie": f"affinity={token}"})
+    assert urllib.parse.urlsplit(again.headers["location"]).netloc == \
+        urllib.parse.urlsplit(first.headers["location"]).netloc
+
+
+def test_openapi_healthz_metrics_jwks(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "/v1/assign" in spec["paths"] and spec["openapi"].startswith("3.")
+    assert client.get("/healthz").json()["status"] == "ok"
+    client.get("/v1/assign")
+    metrics = client.get("/metrics").text
+    assert "affinity_assignments_total" in metrics
+    assert 'affinity_servers{draining="false",health="passing",service="web"} 3.0' in metrics
+    # HS256 keys are secret: the JWK set is empty.
+    assert client.get("/.well-known/jwks.json").json() == {"keys": []}
+
+
+def test_unknown_routes_and_methods_are_json_errors(client: httpx.Client) -> None:
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+    r = client.post("/v1/assign")
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"

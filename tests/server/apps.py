@@ -1,0 +1,57 @@
+"""App servers used by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from sanic import HTTPResponse, Request
+from sanic.response import json
+
+from affinity import AppServer, HealthStatus, route
+
+
+class Holding(AppServer):
+    """``/hold`` stays in flight until SIGUSR1; ``/status/<s>`` sets the app's own health."""
+
+    name = "holding"
+
+    def setup(self, app: Any) -> None:
+        self.released = asyncio.Event()
+        self.own: HealthStatus | None = None
+        self.posts = 0
+        app.register_listener(self._listen_release, "after_server_start")
+
+    async def _listen_release(self, app: Any) -> None:
+        # A signal, not a route: while draining, routes answer 503 to new requests.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.released.set)
+
+    def health(self) -> HealthStatus | None:
+        return self.own
+
+    def load_figures(self) -> dict[str, float]:
+        return {"queue_depth": 7.0}
+
+    @route("/hold")
+    async def hold(self, request: Request) -> HTTPResponse:
+        await self.released.wait()
+        return json({"server": self.server_id, "held": True})
+
+    @route("/status/<status>", methods=["POST"])
+    async def set_status(self, request: Request, status: str) -> HTTPResponse:
+        self.own = HealthStatus(status)
+        return json({"status": status})
+
+    @route("/whoami")
+    async def whoami(self, request: Request) -> HTTPResponse:
+        return json({"server": self.server_id, "client": request.ctx.client_id})
+
+    @route("/count", methods=["POST"])
+    async def count(self, request: Request) -> HTTPResponse:
+        self.posts += 1
+        return json({"server": self.server_id, "posts": self.posts})
+
+    @route("/posts")
+    async def posts_seen(self, request: Request) -> HTTPResponse:
+        return json({"posts": self.posts})

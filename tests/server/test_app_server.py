@@ -1,0 +1,188 @@
+"""App servers as real processes with TLS: token check, health, registration and drain."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from affinity.testing import Deployment, wait_until
+from affinity.tokens import KeyRing, TokenIssuer
+
+APP = str(Path(__file__).with_name("apps.py")) + ":Holding"
+
+
+def start(d: Deployment) -> Deployment:
+    d.start_referral()
+    d.start_server("s1", app=APP)
+    d.start_server("s2", app=APP)
+    wait_until(lambda: d.registered() == {"s1", "s2"}, 10, what="registration")
+    return d
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Referral and two servers for the tests that leave them as they found them."""
+    with Deployment(tmp_path_factory.mktemp("servers")) as d:
+        yield start(d)
+
+
+@pytest.fixture
+def running(deployment: Deployment) -> Deployment:
+    """A deployment of its own, for tests that change or stop servers."""
+    return start(deployment)
+
+
+def issuer(d: Deployment, **kwargs: object) -> TokenIssuer:
+    return TokenIssuer(KeyRing.load(d.dir / "keys.json"), **kwargs)  # type: ignore[arg-type]
+
+
+def token_for(d: Deployment, sid: str, service: str = "web", **kwargs: object) -> str:
+    iss = issuer(d, **kwargs)
+    return iss.issue(sid, iss.new_client_id(), service)[0]
+
+
+def get(d: Deployment, sid: str, path: str, token: str | None = None) -> httpx.Response:
+    headers = {"Affinity-Token": token} if token else {}
+    with d.client() as c:
+        return c.get(d.server_urls[sid] + path, headers=headers)
+
+
+def test_valid_token_is_served_and_the_client_id_is_known(shared: Deployment) -> None:
+    iss = issuer(shared)
+    token = iss.issue("s1", "client-42", "web")[0]
+    r = get(shared, "s1", "/whoami", token)
+    assert r.status_code == 200
+    assert r.json() == {"server": "s1", "client": "client-42"}
+    assert r.headers["affinity-server"] == "s1"
+
+
+def test_token_for_another_server_is_misdirected(shared: Deployment) -> None:
+    r = get(shared, "s1", "/whoami", token_for(shared, "s2"))
+    assert r.status_code == 421
+    assert r.json()["error"] == "misdirected"
+    assert r.headers["affinity-server"] == "s1"
+
+
+def test_token_for_another_service_is_misdirected(shared: Deployment) -> None:
+    assert get(shared, "s1", "/whoami", token_for(shared, "s1", "api")).status_code == 421
+
+
+def test_expired_token_is_401(shared: Deployment) -> None:
+    old = token_for(shared, "s1", ttl=60.0, clock=lambda: time.time() - 3600)
+    r = get(shared, "s1", "/whoami", old)
+    assert r.status_code == 401 and r.json()["error"] == "token_expired"
+
+
+@pytest.mark.parametrize("token", ["junk", "a.b.c", "eyJhbGciOiJub25lIn0.e30."])
+def test_invalid_token_is_401(shared: Deployment, token: str) -> None:
+    r = get(shared, "s1", "/whoami", token)
+    assert r.status_code == 401 and r.json()["error"] == "invalid_token"
+    assert r.headers["affinity-server"] == "s1"
+
+
+def test_forged_token_is_401(shared: Deployment) -> None:
+    forged = TokenIssuer(KeyRing.generate("HS256")).issue("s1", "c", "web")[0]
+    assert get(shared, "s1", "/whoami", forged).status_code == 401
+
+
+def test_no_token_is_allowed_by_default(shared: Deployment) -> None:
+    r = get(shared, "s1", "/whoami")
+    assert r.status_code == 200 and r.json()["client"] is None
+
+
+def test_token_required_mode(deployment: Deployment) -> None:
+    deployment.start_referral()
+    deployment.start_server("s1", app=APP, env={"AFFINITY_SERVER_REQUIRE_TOKEN": "true"})
+    r = get(deployment, "s1", "/whoami")
+    assert r.status_code == 401 and r.json()["error"] == "token_required"
+    assert get(deployment, "s1", "/whoami", token_for(deployment, "s1")).status_code == 200
+    # Health stays reachable for the referral's checks.
+    assert get(deployment, "s1", "/.well-known/affinity/health").status_code == 200
+
+
+def test_health_reports_status_and_load(running: Deployment) -> None:
+    iss = issuer(running)
+    for cid in ("a", "b", "a"):
+        get(running, "s1", "/whoami", iss.issue("s1", cid, "web")[0])
+    r = get(running, "s1", "/.well-known/affinity/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "passing" and body["draining"] is False
+    assert body["load"]["active_clients"] == 2
+    assert body["load"]["queue_depth"] == 7.0
+    assert body["load"]["inflight"] == 0
+    assert r.headers["affinity-server"] == "s1"
+
+
+@pytest.mark.parametrize(("status", "code"), [("warning", 429), ("critical", 503),
+                                               ("passing", 200)])
+def test_the_app_sets_its_own_health(shared: Deployment, status: str, code: int) -> None:
+    with shared.client() as c:
+        c.post(shared.server_urls["s1"] + f"/status/{status}")
+        try:
+            r = get(shared, "s1", "/.well-known/affinity/health")
+            assert r.status_code == code and r.json()["status"] == status
+        finally:
+            c.post(shared.server_urls["s1"] + "/status/passing")
+
+
+def test_a_critical_server_stops_being_assigned(running: Deployment) -> None:
+    with running.client() as c:
+        c.post(running.server_urls["s1"] + "/status/critical")
+    wait_until(lambda: running.assignable() == {"s2"}, 10, what="s1 unassignable")
+    with running.client(base_url=running.referral_url) as c:
+        assert {c.get("/v1/assign").json()["server"]["id"] for _ in range(10)} == {"s2"}
+
+
+def test_sigterm_drains_then_deregisters_and_exits_0(running: Deployment) -> None:
+    s1 = running.servers["s1"]
+    held: dict[str, httpx.Response] = {}
+
+    def hold() -> None:
+        held["r"] = get(running, "s1", "/hold", token_for(running, "s1"))
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    with running.client() as c:
+        health = running.server_urls["s1"] + "/.well-known/affinity/health"
+        wait_until(lambda: c.get(health).json()["load"]["inflight"] == 1, 5, what="in flight")
+        s1.signal(signal.SIGTERM)
+        # No new clients at once: the server tells the referral it is draining.
+        wait_until(lambda: "s1" not in running.assignable(), 2, what="s1 no longer assignable")
+        assert c.get(health).status_code == 429 and c.get(health).json()["draining"] is True
+        with running.client(base_url=running.referral_url) as ref:
+            assert {ref.get("/v1/assign").json()["server"]["id"] for _ in range(10)} == {"s2"}
+        # After the grace: its clients are sent back to the referral, spread in time.
+        token = token_for(running, "s1")
+
+        def reassigned() -> bool:
+            return get(running, "s1", "/whoami", token).status_code == 503
+
+        wait_until(reassigned, 5, what="503 after the grace")
+        r = get(running, "s1", "/whoami", token)
+        assert r.headers["affinity-reassign"] == "1"
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"] == "draining"
+        # The request in flight finishes.
+        s1.signal(signal.SIGUSR1)
+    holder.join(10)
+    assert held["r"].status_code == 200 and held["r"].json()["held"] is True
+    assert s1.wait(15) == 0
+    wait_until(lambda: running.registered() == {"s2"}, 5, what="deregistration")
+
+
+def test_a_server_registers_again_after_the_referral_forgets_it(deployment: Deployment) -> None:
+    deployment.config.write_text(deployment.config.read_text().replace(
+        'state_file = "state.json"', ""))
+    deployment.start_referral()
+    deployment.start_server("s1", app=APP)
+    wait_until(lambda: deployment.registered() == {"s1"}, 10, what="registration")
+    deployment.referrals[-1].kill()
+    deployment.start_referral()
+    wait_until(lambda: deployment.registered() == {"s1"}, 10, what="re-registration")
