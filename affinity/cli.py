@@ -71,8 +71,9 @@ def _load_class(spec: str, key: str) -> Any:
     """Load ``module:Class`` or ``path/to/file.py:Class``."""
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr.isidentifier():
-        raise ConfigError(f"{spec!r} is not valid; expected 'module:Class' or 'file.py:Class'",
-                          key=key)
+        raise ConfigError(
+            f"{spec!r} is not valid; expected 'module:Class' or 'file.py:Class'", key=key
+        )
     try:
         if target.endswith(".py"):
             path = Path(target).resolve()
@@ -94,19 +95,12 @@ def _load_class(spec: str, key: str) -> Any:
         raise ConfigError(f"{target!r} has no attribute {attr!r}", key=key) from exc
 
 
-def _passthrough(main: Callable[[list[str]], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        return main(list(args.rest))
-
-    return run
-
-
-def _lazy(module: str, function: str) -> Callable[[list[str]], int]:
-    def run(argv: list[str]) -> int:
-        main: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
-        return main(argv)
-
-    return run
+# Commands with parsers of their own: everything after the name is theirs.
+PASSTHROUGH = {
+    "dev": ("affinity.dev", "dev_main", "run a referral and three app servers with TLS"),
+    "certs": ("affinity.certs", "certs_main", "make a local CA and a wildcard certificate"),
+    "request": ("affinity.client.cli", "request_main", "send one request with failover"),
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -139,22 +133,25 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("plugins", help="list the loaded plugins").set_defaults(func=_plugins)
 
-    for name, module, function, text in (
-        ("dev", "affinity.dev", "dev_main", "run a referral and three app servers with TLS"),
-        ("certs", "affinity.certs", "certs_main", "make a local CA and a wildcard certificate"),
-        ("request", "affinity.client.cli", "request_main", "send one request with failover"),
-    ):
-        x = sub.add_parser(name, help=text, add_help=False)
-        x.add_argument("rest", nargs=argparse.REMAINDER)
-        x.set_defaults(func=_passthrough(_lazy(module, function)))
+    for name, (_, _, text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=f"{text} (see 'affinity {name} --help')")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # One line per HTTP call is noise at INFO; affinity logs what matters itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
+        if argv and argv[0] in PASSTHROUGH:
+            module, function, _ = PASSTHROUGH[argv[0]]
+            run: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+            return run(argv[1:])
+        args = parser().parse_args(argv)
+        logging.getLogger().setLevel(args.log_level.upper())
         code: int = args.func(args)
     except AffinityError as exc:
         print(f"affinity: error: {exc}", file=sys.stderr)

@@ -272,10 +272,10 @@ def _parse_env(text: str) -> Any:
         return text
 
 
-def _convert(hint: Any, value: Any, key: str, ctx: _Ctx) -> Any:  # noqa: PLR0911
+def _convert(hint: Any, value: Any, key: str, ctx: _Ctx) -> Any:
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
-        inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
+        inner = next(a for a in typing.get_args(hint) if a is not type(None))
         return None if value in ("", None) else _convert(inner, value, key, ctx)
     if hint is bool:
         if not isinstance(value, bool):

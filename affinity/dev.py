@@ -82,8 +82,13 @@ def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
     out = log.open("ab")
     try:
         # A session of their own: Ctrl-C reaches only this supervisor, which stops them in order.
-        return subprocess.Popen([sys.executable, "-m", "affinity", *args], stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "affinity", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     finally:
         out.close()
 
@@ -125,8 +130,10 @@ def run(directory: Path, port: int, servers: int, app: str, python_path: str) ->
     ca = directory / "certs" / "ca.pem"
     logs = directory / "logs"
     logs.mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [python_path,
-                                                                    os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [python_path, os.environ.get("PYTHONPATH")])),
+    }
     referral_url = f"https://127.0.0.1:{port}"
     procs = [_spawn(["referral", "--config", str(config)], logs / "referral.log", env)]
     try:
@@ -134,15 +141,19 @@ def run(directory: Path, port: int, servers: int, app: str, python_path: str) ->
         rows = []
         for i in range(1, servers + 1):
             sid, sport = f"s{i}", port + 40 + i
-            env_i = {**env, "AFFINITY_SERVER_ID": sid,
-                     "AFFINITY_SERVER_LISTEN": f"127.0.0.1:{sport}",
-                     "AFFINITY_SERVER_URL": f"https://127.0.0.1:{sport}"}
-            procs.append(_spawn(["serve", app, "--config", str(config)], logs / f"{sid}.log",
-                                env_i))
+            env_i = {
+                **env,
+                "AFFINITY_SERVER_ID": sid,
+                "AFFINITY_SERVER_LISTEN": f"127.0.0.1:{sport}",
+                "AFFINITY_SERVER_URL": f"https://127.0.0.1:{sport}",
+            }
+            procs.append(
+                _spawn(["serve", app, "--config", str(config)], logs / f"{sid}.log", env_i)
+            )
             rows.append((sid, sport, procs[-1].pid))
-        for sid, sport, _ in rows:
+        for _, sport, _ in rows:
             _wait_ready(f"https://127.0.0.1:{sport}/.well-known/affinity/health", ca, procs, 30)
-        _print_banner(directory, referral_url, ca, rows)
+        _print_banner(directory, referral_url, procs[0].pid, ca, rows)
         while True:
             if procs[0].poll() is not None:
                 raise AffinityError("the referral exited; see " + str(logs / "referral.log"))
@@ -160,13 +171,23 @@ def run(directory: Path, port: int, servers: int, app: str, python_path: str) ->
         _stop(procs, 0.0)
 
 
-def _print_banner(directory: Path, referral: str, ca: Path,
-                  rows: list[tuple[str, int, int]]) -> None:
-    d = directory
+def _short(path: Path) -> Path:
+    """The path relative to the working directory when inside it: printed lines stay short."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _print_banner(
+    directory: Path, referral: str, referral_pid: int, ca: Path, rows: list[tuple[str, int, int]]
+) -> None:
+    d = _short(directory)
+    ca = _short(ca)
     lines = [
         "",
         f"affinity dev is running (logs in {d / 'logs'})",
-        f"  referral   {referral}   (pid {os.getpid()} supervises)",
+        f"  referral   {referral}   pid {referral_pid}",
         *(f"  server {sid}  https://127.0.0.1:{sport}   pid {pid}" for sid, sport, pid in rows),
         "",
         "Ask for a server and a token:",
@@ -177,10 +198,10 @@ def _print_banner(directory: Path, referral: str, ca: Path,
         f"  affinity request --referral {referral} --cacert {ca} GET /",
         "",
         "Try next:",
-        f"  kill -9 {rows[0][2]}      # kill {rows[0][0]}; clients move, the referral stops assigning it",
-        f"  curl --cacert {ca} -X POST -H \"Authorization: Bearer $(cat {d / 'admin-token'})\" "
+        f"  kill -9 {rows[0][2]}      # kill {rows[0][0]}: clients move, the referral drops it",
+        f'  curl --cacert {ca} -X POST -H "Authorization: Bearer $(cat {d / "admin-token"})" '
         f"{referral}/v1/servers/{rows[-1][0]}/drain",
-        f"  curl --cacert {ca} -H \"Authorization: Bearer $(cat {d / 'admin-token'})\" "
+        f'  curl --cacert {ca} -H "Authorization: Bearer $(cat {d / "admin-token"})" '
         f"{referral}/v1/servers",
         "",
         "Ctrl-C stops everything.",

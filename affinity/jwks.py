@@ -76,7 +76,9 @@ class JwksKeySource:
             raise ConfigError(f"expected an http(s) URL, got {url!r}", key="jwks_url")
         self.url = url
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(verify=_ssl_verify(verify), timeout=timeout)
+        self._client = client
+        self._verify = _ssl_verify(verify)
+        self._timeout = timeout
         self._min_interval = min_refresh_interval
         self._interval = refresh_interval
         self._clock = clock
@@ -127,22 +129,25 @@ class JwksKeySource:
 
     async def _fetch(self) -> bool:
         try:
-            doc = await self._download()
-            ring = KeyRing.from_jwks(doc, source=self.url)
-        except ConfigError as exc:
-            error = KeyFetchError(f"bad JWK set: {exc}")
-            error.__cause__ = exc
+            ring = await self._download_ring()
         except KeyFetchError as exc:
-            error = exc
-        else:
-            self._ring = ring
-            self._version += 1
-            _log.info("token keys from %s: %s", self.url, ", ".join(ring.kids) or "none")
-            return True
-        _log.warning("%s; keeping the %d keys known", error, len(self._ring))
-        raise error
+            _log.warning("%s; keeping the %d keys known", exc, len(self._ring))
+            raise
+        self._ring = ring
+        self._version += 1
+        _log.info("token keys from %s: %s", self.url, ", ".join(ring.kids) or "none")
+        return True
+
+    async def _download_ring(self) -> KeyRing:
+        doc = await self._download()
+        try:
+            return KeyRing.from_jwks(doc, source=self.url)
+        except ConfigError as exc:
+            raise KeyFetchError(f"bad JWK set: {exc}") from exc
 
     async def _download(self) -> Any:
+        if self._client is None:  # made on first use, inside the worker's event loop
+            self._client = httpx.AsyncClient(verify=self._verify, timeout=self._timeout)
         body = bytearray()
         try:
             async with self._client.stream(
@@ -184,8 +189,9 @@ class JwksKeySource:
                 with contextlib.suppress(asyncio.CancelledError, KeyFetchError):
                     await task
         self._poller = self._inflight = None
-        if self._owns_client:
+        if self._owns_client and self._client is not None:
             await self._client.aclose()
+            self._client = None
 
     async def __aenter__(self) -> JwksKeySource:
         return self

@@ -17,8 +17,10 @@ def load_keyring(config: Config) -> KeyRing:
         return KeyRing.from_env(KEYS_ENV)
     path = config.tokens.keys_file
     if path is None:
-        msg = (f"no token keys: set tokens.keys_file (make one with 'affinity keys generate') "
-               f"or the environment variable {KEYS_ENV}")
+        msg = (
+            f"no token keys: set tokens.keys_file (make one with 'affinity keys generate') "
+            f"or the environment variable {KEYS_ENV}"
+        )
         raise ConfigError(msg, key="tokens.keys_file", source=config.source)
     try:
         return KeyRing.load(path)

@@ -1,4 +1,4 @@
-"""The plugin manager: loads built-in and third-party plugins, and is the only caller of ``pm.hook``.
+"""The plugin manager: loads built-in and third-party plugins; the only caller of ``pm.hook``.
 
 Loading order, lowest priority first: ``DEFAULT_PLUGINS`` (whose deciding
 hooks are ``trylast``), entry points of the group ``affinity`` (unless
@@ -170,7 +170,7 @@ class PluginManager:
         return rejection
 
     def has_request_filters(self) -> bool:
-        """False when no plugin implements ``affinity_reject_request`` (skip building RequestInfo)."""
+        """False when no plugin implements ``affinity_reject_request`` (no RequestInfo needed)."""
         return bool(self._pm.hook.affinity_reject_request.get_hookimpls())
 
     def assigned(self, assignment: Assignment) -> None:

@@ -21,12 +21,14 @@ class _ServerCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         health = GaugeMetricFamily(
-            "affinity_servers", "Servers known to this referral by service and health",
+            "affinity_servers",
+            "Servers known to this referral by service and health",
             labels=["service", "health", "draining"],
         )
         counts: dict[tuple[str, str, str], int] = {}
         load = GaugeMetricFamily(
-            "affinity_server_active_clients", "Active clients a server last reported",
+            "affinity_server_active_clients",
+            "Active clients a server last reported",
             labels=["service", "server"],
         )
         for server in self._servers():
@@ -45,16 +47,22 @@ class ReferralMetrics:
     def __init__(self, servers: Callable[[], Iterable[Server]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._assignments = Counter(
-            "affinity_assignments", "Assignments made by this referral process",
-            ["service", "sticky"], registry=self.registry,
+            "affinity_assignments",
+            "Assignments made by this referral process",
+            ["service", "sticky"],
+            registry=self.registry,
         )
         self._no_server = Counter(
-            "affinity_no_healthy_server", "Assign requests answered 503 for want of a server",
-            ["service"], registry=self.registry,
+            "affinity_no_healthy_server",
+            "Assign requests answered 503 for want of a server",
+            ["service"],
+            registry=self.registry,
         )
         self._rejected = Counter(
-            "affinity_requests_rejected", "Requests refused by a request filter",
-            ["status", "error"], registry=self.registry,
+            "affinity_requests_rejected",
+            "Requests refused by a request filter",
+            ["status", "error"],
+            registry=self.registry,
         )
         self.registry.register(_ServerCollector(servers))
 

@@ -14,7 +14,6 @@ from types import MappingProxyType
 from typing import Any
 
 
-
 class HealthStatus(enum.StrEnum):
     """A server's health, in Consul's words, from best to worst."""
 

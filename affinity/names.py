@@ -11,7 +11,9 @@ import re
 import urllib.parse
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_HOST = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_HOST = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 
 def is_valid_id(value: object) -> bool:
@@ -22,8 +24,10 @@ def is_valid_id(value: object) -> bool:
 def check_id(value: object, what: str = "server id") -> str:
     """Return ``value`` if it is a valid name, else raise ValueError saying what is expected."""
     if not is_valid_id(value):
-        msg = (f"{what} {value!r} is not valid; expected 1-64 letters, digits, '.', '_' or '-', "
-               "starting with a letter or digit")
+        msg = (
+            f"{what} {value!r} is not valid; expected 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
         raise ValueError(msg)
     assert isinstance(value, str)
     return value
@@ -55,7 +59,7 @@ def check_origin(value: object, *, allow_http: bool = True) -> str:
         or port == -1
         or not (_HOST.fullmatch(host) or _is_ip(host))
     ):
-        msg = f"server url {value!r} is not valid; expected '{schemes[0]}://host[:port]' and nothing else"
+        msg = f"server url {value!r} is not valid; expected only '{schemes[0]}://host[:port]'"
         raise ValueError(msg)
     netloc = f"[{host}]" if ":" in host else host
     return f"{parts.scheme}://{netloc}" + (f":{port}" if port is not None else "")

@@ -1,4 +1,8 @@
-"""Registry base classes: where servers are listed (referral side) and how they register (server side)."""
+"""Registry base classes.
+
+``Registry`` is where the referral reads servers from; ``Registrar`` is how an
+app server makes itself known.
+"""
 
 from __future__ import annotations
 

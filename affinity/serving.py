@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from sanic import Sanic
@@ -16,10 +17,14 @@ from affinity.tls import server_context
 class ListenSettings(Protocol):
     """The parts of ``[referral]`` / ``[server]`` that say how to listen."""
 
-    listen: Listen
-    tls_cert: Any
-    tls_key: Any
-    insecure_http: bool
+    @property
+    def listen(self) -> Listen: ...
+    @property
+    def tls_cert(self) -> Path | None: ...
+    @property
+    def tls_key(self) -> Path | None: ...
+    @property
+    def insecure_http(self) -> bool: ...
 
 
 def ssl_for(settings: ListenSettings, section: str, source: str) -> ssl.SSLContext | None:
@@ -27,15 +32,24 @@ def ssl_for(settings: ListenSettings, section: str, source: str) -> ssl.SSLConte
     if settings.tls_cert is None or settings.tls_key is None:
         if settings.insecure_http:
             return None
-        msg = ("TLS is required: set tls_cert and tls_key (make a dev pair with 'affinity certs'), "
-               "or set insecure_http = true to serve plain HTTP")
+        msg = (
+            "TLS is required: set tls_cert and tls_key (make a dev pair with 'affinity certs'), "
+            "or set insecure_http = true to serve plain HTTP"
+        )
         raise ConfigError(msg, key=f"{section}.tls_cert", source=source)
-    return server_context(settings.tls_cert, settings.tls_key, source=source,
-                          key_prefix=f"{section}.tls")
+    return server_context(
+        settings.tls_cert, settings.tls_key, source=source, key_prefix=f"{section}.tls"
+    )
 
 
-def serve(factory: Callable[[], Sanic[Any, Any]], settings: ListenSettings, *, section: str,
-          source: str, workers: int = 1) -> None:
+def serve(
+    factory: Callable[[], Sanic[Any, Any]],
+    settings: ListenSettings,
+    *,
+    section: str,
+    source: str,
+    workers: int = 1,
+) -> None:
     """Build the app and serve it until SIGINT or SIGTERM."""
     context = ssl_for(settings, section, source)
     app = factory()

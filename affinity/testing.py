@@ -42,8 +42,12 @@ def free_port() -> int:
         return port
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02,
-               what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> None:
     """Poll ``predicate`` until it holds; fail after ``timeout`` seconds (never a fixed sleep)."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -60,8 +64,10 @@ class Process:
         self.log = log
         with log.open("ab") as out:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "affinity", *args], env=dict(env),
-                stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "affinity", *args],
+                env=dict(env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
 
     @property
@@ -91,9 +97,17 @@ class Process:
 class Deployment:
     """A referral and app servers on loopback with TLS, for tests."""
 
-    def __init__(self, directory: Path, *, services: str = "[services.web]\npolicy = \"round_robin\"\n",
-                 health: str = "", referral: str = "", server: str = "",
-                 extra_config: str = "", env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        services: str = '[services.web]\npolicy = "round_robin"\n',
+        health: str = "",
+        referral: str = "",
+        server: str = "",
+        extra_config: str = "",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.certs = make_dev_certs(directory / "certs", "affinity.test")
@@ -104,8 +118,11 @@ class Deployment:
         self.referral_port = free_port()
         self.referral_url = f"https://127.0.0.1:{self.referral_port}"
         self.config = directory / "affinity.toml"
-        self.config.write_text(self._config_text(services, extra_config, health=health,
-                                                 referral=referral, server=server))
+        self.config.write_text(
+            self._config_text(
+                services, extra_config, health=health, referral=referral, server=server
+            )
+        )
         self.env = {**os.environ, **(env or {})}
         self.env.pop("AFFINITY_ADMIN_TOKEN", None)
         self.env.pop("AFFINITY_TOKEN_KEYS", None)
@@ -113,8 +130,9 @@ class Deployment:
         self.servers: dict[str, Process] = {}
         self.server_urls: dict[str, str] = {}
 
-    def _config_text(self, services: str, extra: str, *, health: str, referral: str,
-                     server: str) -> str:
+    def _config_text(
+        self, services: str, extra: str, *, health: str, referral: str, server: str
+    ) -> str:
         return f"""
 [referral]
 listen = "127.0.0.1:{self.referral_port}"
@@ -152,22 +170,41 @@ heartbeat_interval = 0.5
     # -- processes --------------------------------------------------------------------
 
     def start_referral(self, *, wait: bool = True, env: Mapping[str, str] | None = None) -> Process:
-        proc = Process("referral", ["referral", "--config", str(self.config)],
-                       {**self.env, **(env or {})}, self.dir / f"referral-{len(self.referrals)}.log")
+        proc = Process(
+            "referral",
+            ["referral", "--config", str(self.config)],
+            {**self.env, **(env or {})},
+            self.dir / f"referral-{len(self.referrals)}.log",
+        )
         self.referrals.append(proc)
         if wait:
             self.wait_http(f"{self.referral_url}/healthz", proc)
         return proc
 
-    def start_server(self, server_id: str, *, app: str = HELLO_APP, wait: bool = True,
-                     env: Mapping[str, str] | None = None, port: int | None = None) -> Process:
+    def start_server(
+        self,
+        server_id: str,
+        *,
+        app: str = HELLO_APP,
+        wait: bool = True,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+    ) -> Process:
         port = port or free_port()
         url = f"https://127.0.0.1:{port}"
-        server_env = {**self.env, "AFFINITY_SERVER_ID": server_id,
-                      "AFFINITY_SERVER_LISTEN": f"127.0.0.1:{port}", "AFFINITY_SERVER_URL": url,
-                      **(env or {})}
-        proc = Process(server_id, ["serve", app, "--config", str(self.config)], server_env,
-                       self.dir / f"{server_id}-{port}.log")
+        server_env = {
+            **self.env,
+            "AFFINITY_SERVER_ID": server_id,
+            "AFFINITY_SERVER_LISTEN": f"127.0.0.1:{port}",
+            "AFFINITY_SERVER_URL": url,
+            **(env or {}),
+        }
+        proc = Process(
+            server_id,
+            ["serve", app, "--config", str(self.config)],
+            server_env,
+            self.dir / f"{server_id}-{port}.log",
+        )
         self.servers[server_id] = proc
         self.server_urls[server_id] = url
         if wait:
@@ -195,8 +232,9 @@ heartbeat_interval = 0.5
 
     def admin(self) -> httpx.Client:
         """A client for the referral's admin API."""
-        return self.client(base_url=self.referral_url,
-                           headers={"Authorization": f"Bearer {self.admin_token}"})
+        return self.client(
+            base_url=self.referral_url, headers={"Authorization": f"Bearer {self.admin_token}"}
+        )
 
     def registered(self) -> set[str]:
         with self.admin() as c:
@@ -218,6 +256,10 @@ heartbeat_interval = 0.5
     def __enter__(self) -> Deployment:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()

@@ -1,4 +1,4 @@
-"""The plugin contract: every hook is typed, documented, in docs/hooks.md, and has a facade method."""
+"""The plugin contract: every hook is typed, documented in docs/hooks.md, and has a facade."""
 
 from __future__ import annotations
 

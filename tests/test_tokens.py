@@ -695,7 +695,7 @@ def test_generate_and_rotate_keyfile(tmp_path: Path) -> None:
     assert KeyRing.load(path).get(first).retire_at == NOW + 600  # type: ignore[union-attr]
 
 
-def key_doc(*keys: dict[str, Any], active: Any = "k1", **extra: Any) -> bytes:
+def key_doc(*keys: Any, active: Any = "k1", **extra: Any) -> bytes:
     return orjson.dumps({"active": active, "keys": list(keys), **extra})
 
 

@@ -15,6 +15,7 @@ lie, so only a failed check ejects a server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -69,11 +70,17 @@ def parse_answer(code: int, body: bytes) -> CheckResult:
     draining = data.get("draining") is True
     if code == 200 or (code == 429 and draining):
         status = HealthStatus.PASSING if code == 200 else _status(data, HealthStatus.PASSING)
-        return CheckResult(ok=True, status=status, draining=draining, load=_load(data),
-                           reason="draining" if draining else "")
+        return CheckResult(
+            ok=True,
+            status=status,
+            draining=draining,
+            load=_load(data),
+            reason="draining" if draining else "",
+        )
     if code == 429:
-        return CheckResult(ok=True, status=HealthStatus.WARNING, load=_load(data),
-                           reason="server reports warning")
+        return CheckResult(
+            ok=True, status=HealthStatus.WARNING, load=_load(data), reason="server reports warning"
+        )
     return CheckResult(ok=False, reason=f"health answered HTTP {code}")
 
 
@@ -93,11 +100,19 @@ def _load(data: dict[str, Any]) -> Load | None:
         value = raw.get(key, 0)
         return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
-    extra = {k: float(v) for k, v in raw.items()
-             if k not in ("active_clients", "inflight", "capacity")
-             and isinstance(v, int | float) and not isinstance(v, bool)}
-    return Load(active_clients=count("active_clients"), inflight=count("inflight"),
-                capacity=count("capacity"), extra=extra)
+    extra = {
+        k: float(v)
+        for k, v in raw.items()
+        if k not in ("active_clients", "inflight", "capacity")
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+    }
+    return Load(
+        active_clients=count("active_clients"),
+        inflight=count("inflight"),
+        capacity=count("capacity"),
+        extra=extra,
+    )
 
 
 class ActiveHealthChecker(HealthSource):
@@ -138,7 +153,8 @@ class ActiveHealthChecker(HealthSource):
                 state = _State(server=server)
                 self._states[sid] = state
                 state.task = asyncio.get_running_loop().create_task(
-                    self._watch(state, sink), name=f"affinity.check.{sid}")
+                    self._watch(state, sink), name=f"affinity.check.{sid}"
+                )
 
     def recheck(self, server_id: str) -> None:
         state = self._states.get(server_id)
@@ -162,10 +178,8 @@ class ActiveHealthChecker(HealthSource):
         base = s.fast_interval if state.streak else s.interval
         delay = base * random.uniform(1 - s.jitter, 1 + s.jitter)
         state.wake.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.wake.wait(), delay)
-        except TimeoutError:
-            pass
 
     async def check(self, server: Server) -> CheckResult:
         """One health request, bounded by the timeout."""
@@ -189,17 +203,26 @@ class ActiveHealthChecker(HealthSource):
             if state.streak >= (s.rise if result.ok else s.fall):
                 state.up = result.ok
                 state.streak = 0
-                log.warning("server %s is %s: %s", state.server.id,
-                            "up" if result.ok else "down", result.reason or "answering")
+                log.warning(
+                    "server %s is %s: %s",
+                    state.server.id,
+                    "up" if result.ok else "down",
+                    result.reason or "answering",
+                )
         if state.up and result.ok:
             status = result.status
         elif state.up:
             status = HealthStatus.PASSING
         else:
             status = HealthStatus.CRITICAL
-        sink.set_health(state.server.id, status, load=result.load,
-                        draining=result.draining if result.ok else None,
-                        reason=result.reason, latency=result.latency)
+        sink.set_health(
+            state.server.id,
+            status,
+            load=result.load,
+            draining=result.draining if result.ok else None,
+            reason=result.reason,
+            latency=result.latency,
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -29,11 +29,17 @@ class AdminApiRegistrar(Registrar):
 
     name = "embedded"
 
-    def __init__(self, referrals: Sequence[str], admin_token: str,
-                 verify: ssl.SSLContext | bool = True, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        referrals: Sequence[str],
+        admin_token: str,
+        verify: ssl.SSLContext | bool = True,
+        timeout: float = 5.0,
+    ) -> None:
         self._referrals = [r.rstrip("/") for r in referrals]
         self._client = httpx.AsyncClient(
-            verify=verify, timeout=timeout,
+            verify=verify,
+            timeout=timeout,
             headers={"Authorization": f"Bearer {admin_token}"},
         )
 
@@ -45,12 +51,18 @@ class AdminApiRegistrar(Registrar):
             raise RegistryUnavailable(msg) from exc
 
     async def register(self, server: Server) -> None:
-        body = {"service": server.service, "url": server.url, "weight": server.weight,
-                "meta": dict(server.meta)}
+        body = {
+            "service": server.service,
+            "url": server.url,
+            "weight": server.weight,
+            "meta": dict(server.meta),
+        }
         for base in self._referrals:
             response = await self._call("PUT", f"{base}/v1/servers/{server.id}", json=body)
             if response.status_code != 200:
-                msg = f"referral {base} refused registration: {response.status_code} {response.text}"
+                msg = (
+                    f"referral {base} refused registration: {response.status_code} {response.text}"
+                )
                 raise RegistrationFailed(msg)
 
     async def heartbeat(self, server: Server) -> None:
@@ -89,10 +101,13 @@ def affinity_make_registrar(config: Config) -> Registrar | None:
     if not referrals:
         msg = "app servers register with the referral: set server.referral_url"
         raise ConfigError(msg, key="server.referral_url", source=config.source)
-    token = config.read_secret(settings.admin_token_file, "AFFINITY_ADMIN_TOKEN",
-                               "server.admin_token_file")
+    token = config.read_secret(
+        settings.admin_token_file, "AFFINITY_ADMIN_TOKEN", "server.admin_token_file"
+    )
     if token is None:
-        msg = ("registering with the referral needs its admin token: set "
-               "server.admin_token_file or AFFINITY_ADMIN_TOKEN")
+        msg = (
+            "registering with the referral needs its admin token: set "
+            "server.admin_token_file or AFFINITY_ADMIN_TOKEN"
+        )
         raise ConfigError(msg, key="server.admin_token_file", source=config.source)
     return AdminApiRegistrar(referrals, token, verify=client_context(settings.referral_ca))

@@ -10,6 +10,7 @@ only, which is right for a single worker process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -53,17 +54,23 @@ class EmbeddedRegistry(Registry):
     def _build_view(self) -> RegistryView:
         servers: dict[str, Server] = {}
         removed = set(self._state["removed"])
-        for service, settings in self._config.services.items():
-            for static in settings.servers:
+        for service, service_settings in self._config.services.items():
+            for static in service_settings.servers:
                 if static.id not in removed:
                     servers[static.id] = Server(
-                        id=static.id, service=service, url=static.url,
-                        weight=static.weight, meta=dict(static.meta),
+                        id=static.id,
+                        service=service,
+                        url=static.url,
+                        weight=static.weight,
+                        meta=dict(static.meta),
                     )
         for sid, entry in self._state["servers"].items():
             servers[sid] = Server(
-                id=sid, service=entry["service"], url=entry["url"],
-                weight=int(entry.get("weight", 1)), meta=dict(entry.get("meta", {})),
+                id=sid,
+                service=entry["service"],
+                url=entry["url"],
+                weight=int(entry.get("weight", 1)),
+                meta=dict(entry.get("meta", {})),
             )
         draining = set(self._state["draining"])
         view = tuple(
@@ -84,10 +91,8 @@ class EmbeddedRegistry(Registry):
                 break
             self._changed.clear()
             timeout = min(remaining, POLL_INTERVAL) if self._file else remaining
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
-            except TimeoutError:
-                pass
             if self._file is not None and self._file.identity() != self._identity:
                 self._reload()
         return self._view
@@ -103,8 +108,12 @@ class EmbeddedRegistry(Registry):
         self._changed.set()
 
     async def register(self, server: Server) -> None:
-        entry = {"service": server.service, "url": server.url, "weight": server.weight,
-                 "meta": dict(server.meta)}
+        entry = {
+            "service": server.service,
+            "url": server.url,
+            "weight": server.weight,
+            "meta": dict(server.meta),
+        }
 
         def change(state: State) -> None:
             state["servers"][server.id] = entry

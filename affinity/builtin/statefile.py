@@ -30,8 +30,14 @@ State = dict[str, Any]
 
 def empty_state() -> State:
     """A state with nothing in it."""
-    return {"format": FORMAT_VERSION, "index": 1, "servers": {}, "removed": [], "draining": [],
-            "settings": {}}
+    return {
+        "format": FORMAT_VERSION,
+        "index": 1,
+        "servers": {},
+        "removed": [],
+        "draining": [],
+        "settings": {},
+    }
 
 
 class StateFile:
@@ -100,7 +106,9 @@ class StateFile:
             return
         log.error(
             "state file %s is corrupt (%s); moved it to %s and started from the config",
-            self.path, reason, aside,
+            self.path,
+            reason,
+            aside,
         )
 
 

@@ -41,10 +41,14 @@ def authorized(handler: Handler) -> Handler:
             and hmac.compare_digest(token.strip().encode(), expected.encode())
         )
         if not ok:
-            detail = ("the admin API is closed: no admin token is configured" if expected is None
-                      else "a valid 'Authorization: Bearer <admin token>' header is required")
-            return error_response(401, "unauthorized", detail,
-                                  headers={"WWW-Authenticate": 'Bearer realm="affinity"'})
+            detail = (
+                "the admin API is closed: no admin token is configured"
+                if expected is None
+                else "a valid 'Authorization: Bearer <admin token>' header is required"
+            )
+            return error_response(
+                401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="affinity"'}
+            )
         return await handler(request, *args, **kwargs)
 
     return check
@@ -68,13 +72,15 @@ def _registry_failed(exc: RegistryError) -> HTTPResponse:
 async def list_servers(request: Request) -> HTTPResponse:
     ctx = _ctx(request)
     servers = [ctx.table.describe(s) for s in sorted(ctx.table.servers(), key=lambda s: s.id)]
-    return json_response({
-        "servers": servers,
-        "services": ctx.service_summary(),
-        "index": ctx.table.view_index,
-        "stale": ctx.table.stale,
-        "stale_reason": ctx.table.stale_reason,
-    })
+    return json_response(
+        {
+            "servers": servers,
+            "services": ctx.service_summary(),
+            "index": ctx.table.view_index,
+            "stale": ctx.table.stale,
+            "stale_reason": ctx.table.stale_reason,
+        }
+    )
 
 
 @admin.get("/servers/<server_id>")
@@ -160,8 +166,9 @@ async def put_settings(request: Request, name: str) -> HTTPResponse:
     if value is None:
         return error_response(400, "invalid_json", "the body must be a JSON object")
     current = ctx.settings.get(name)
-    proposed = SharedSettings(name=name, version=(current.version if current else 0) + 1,
-                              value=value)
+    proposed = SharedSettings(
+        name=name, version=(current.version if current else 0) + 1, value=value
+    )
     try:
         ctx.manager.check_settings(proposed)
     except ConfigError as exc:
@@ -193,9 +200,13 @@ def _parse_server(server_id: str, body: bytes, default_service: str) -> Server:
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 10_000:
         raise ValueError(f"weight {weight!r} is not valid; expected an integer from 0 to 10000")
     meta = data.get("meta", {})
-    if not isinstance(meta, dict) or len(meta) > 64 or not all(
-        isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 512
-        for k, v in meta.items()
+    if (
+        not isinstance(meta, dict)
+        or len(meta) > 64
+        or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 512
+            for k, v in meta.items()
+        )
     ):
         raise ValueError("meta must be an object of up to 64 string keys and string values")
     return Server(

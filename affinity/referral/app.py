@@ -26,6 +26,7 @@ from affinity.http import (
     normalise_path,
     rejection_response,
 )
+from affinity.keys import load_keyring
 from affinity.manager import PluginManager
 from affinity.metrics import CONTENT_TYPE, ReferralMetrics
 from affinity.models import RequestInfo, SharedSettings
@@ -36,7 +37,6 @@ from affinity.referral.openapi import SPEC
 from affinity.referral.table import ServerTable
 from affinity.referral.watch import watch_registry
 from affinity.registry import Registry, RegistryView
-from affinity.keys import load_keyring
 from affinity.tokens import KeyRing, TokenIssuer, TokenVerifier
 
 log = logging.getLogger("affinity.referral")
@@ -111,8 +111,13 @@ class ReferralServer:
 
     role = "referral"
 
-    def __init__(self, config: Config, *, plugins: Iterable[object] = (),
-                 manager: PluginManager | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        plugins: Iterable[object] = (),
+        manager: PluginManager | None = None,
+    ) -> None:
         self.config = config
         self.manager = manager or PluginManager(plugins=plugins)
         self.manager.configure(config)
@@ -136,12 +141,18 @@ class ReferralServer:
             policies=policies,
             services=frozenset(config.services) | {config.referral.default_service},
             keyring=self.keyring,
-            issuer=TokenIssuer(self.keyring, issuer=tokens.issuer, ttl=tokens.ttl,
-                               jitter=tokens.jitter),
-            verifier=TokenVerifier(self.keyring, issuer=tokens.issuer, leeway=tokens.leeway,
-                                   cache_size=tokens.cache_size),
+            issuer=TokenIssuer(
+                self.keyring, issuer=tokens.issuer, ttl=tokens.ttl, jitter=tokens.jitter
+            ),
+            verifier=TokenVerifier(
+                self.keyring,
+                issuer=tokens.issuer,
+                leeway=tokens.leeway,
+                cache_size=tokens.cache_size,
+            ),
             admin_token=config.read_secret(
-                config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN",
+                config.referral.admin_token_file,
+                "AFFINITY_ADMIN_TOKEN",
                 "referral.admin_token_file",
             ),
             metrics=ReferralMetrics(table.servers),
@@ -165,8 +176,9 @@ class ReferralServer:
         app.error_handler.add(Exception, exception_response)
         app.add_route(assign_routes.assign, "/v1/assign", methods=["GET"], name="assign")
         prefix = referral.redirect_prefix.rstrip("/")
-        app.add_route(assign_routes.redirect, f"{prefix}/<path:path>", methods=["GET"],
-                      name="redirect")
+        app.add_route(
+            assign_routes.redirect, f"{prefix}/<path:path>", methods=["GET"], name="redirect"
+        )
         app.add_route(assign_routes.redirect, prefix or "/", methods=["GET"], name="redirect_root")
         app.add_route(_jwks, "/.well-known/jwks.json", methods=["GET"], name="jwks")
         app.add_route(_healthz, "/healthz", methods=["GET"], name="healthz")
@@ -185,8 +197,9 @@ class ReferralServer:
         ctx.filtered = self.manager.has_request_filters()
         await ctx.registry.start()
         ctx.apply_view(await ctx.registry.watch(-1, 0))
-        app.add_task(watch_registry(ctx.registry, ctx.apply_view, ctx.mark_stale),
-                     name="affinity.watch")
+        app.add_task(
+            watch_registry(ctx.registry, ctx.apply_view, ctx.mark_stale), name="affinity.watch"
+        )
         for source in ctx.health_sources:
             app.add_task(source.run(ctx.table), name=f"affinity.health.{source.name}")
         await self.manager.startup(app, self.role)
@@ -202,8 +215,13 @@ class ReferralServer:
         """Serve until stopped (SIGINT / SIGTERM)."""
         from affinity.serving import serve
 
-        serve(self.create_app, self.config.referral, section="referral",
-              source=self.config.source, workers=self.config.referral.workers)
+        serve(
+            self.create_app,
+            self.config.referral,
+            section="referral",
+            source=self.config.source,
+            workers=self.config.referral.workers,
+        )
 
 
 async def _filter_request(request: Request) -> HTTPResponse | None:

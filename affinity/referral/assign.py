@@ -9,7 +9,7 @@ from sanic import HTTPResponse, Request
 
 from affinity.errors import InvalidToken
 from affinity.http import NO_STORE, error_response, json_response
-from affinity.models import AssignRequest, Assignment, Claims, Server
+from affinity.models import Assignment, AssignRequest, Claims, Server
 from affinity.names import is_valid_id
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ _QUERY_SAFE = _PATH_SAFE + "?"
 
 
 def read_claims(ctx: ReferralContext, request: Request) -> Claims | None:
-    """The claims of the client's token (header first, then cookie), or None if absent or invalid."""
+    """The claims of the client's token (header, else cookie); None if absent or invalid."""
     token = request.headers.get(TOKEN_HEADER) or request.cookies.get(COOKIE)
     if not token:
         return None
@@ -39,7 +39,9 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment | 
     avoid_list = request.args.getlist("avoid", [])
     if len(avoid_list) > MAX_AVOID or not all(is_valid_id(a) for a in avoid_list):
         return error_response(
-            400, "invalid_avoid", f"avoid takes up to {MAX_AVOID} server ids of letters, digits, '.', '_' or '-'"
+            400,
+            "invalid_avoid",
+            f"avoid takes up to {MAX_AVOID} server ids of letters, digits, '.', '_' or '-'",
         )
     if service not in ctx.services and service not in ctx.table.services():
         return error_response(404, "unknown_service", f"no service named {service!r}")
@@ -63,7 +65,9 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment | 
     if server is None:
         ctx.metrics.no_server(service)
         return error_response(
-            503, "no_healthy_server", f"no healthy server for service {service!r}",
+            503,
+            "no_healthy_server",
+            f"no healthy server for service {service!r}",
             retry_after=ctx.config.referral.retry_after,
         )
     token, expires_in = ctx.issuer.issue(server.id, areq.client_id, service)
@@ -90,7 +94,9 @@ async def assign(request: Request) -> HTTPResponse:
     ctx: ReferralContext = request.app.ctx.affinity
     service = request.args.get("service") or ctx.config.referral.default_service
     if not is_valid_id(service):
-        return error_response(400, "invalid_service", "service must be 1-64 letters, digits, '.', '_' or '-'")
+        return error_response(
+            400, "invalid_service", "service must be 1-64 letters, digits, '.', '_' or '-'"
+        )
     result = refer(ctx, request, service)
     if isinstance(result, HTTPResponse):
         return result
@@ -103,7 +109,7 @@ async def assign(request: Request) -> HTTPResponse:
     return json_response(body, headers=NO_STORE)
 
 
-async def redirect(request: Request, path: str = "") -> HTTPResponse:  # noqa: ARG001
+async def redirect(request: Request, path: str = "") -> HTTPResponse:
     """The redirect mount: 307 to the chosen server with the same path and query, token as cookie.
 
     The Location origin is always a registered server's URL (validated when it
@@ -116,8 +122,8 @@ async def redirect(request: Request, path: str = "") -> HTTPResponse:  # noqa: A
         return result
     # The raw (still percent-encoded) path after the mount, never a decoded one.
     rest = request.path[len(ctx.config.referral.redirect_prefix.rstrip("/")) :]
-    location = result.server.url.rstrip("/") + "/" + urllib.parse.quote(
-        rest.lstrip("/"), safe=_PATH_SAFE
+    location = (
+        result.server.url.rstrip("/") + "/" + urllib.parse.quote(rest.lstrip("/"), safe=_PATH_SAFE)
     )
     if request.query_string:
         location += "?" + urllib.parse.quote(request.query_string, safe=_QUERY_SAFE)

@@ -16,9 +16,13 @@ _ADMIN_ERRORS = {
     "401": _answer("missing or wrong admin token"),
     "404": _answer("no such server"),
 }
-_SERVER_ID = {"name": "server_id", "in": "path", "required": True,
-              "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}}
-_SECURED = [{"admin": []}]
+_SERVER_ID = {
+    "name": "server_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+}
+_SECURED: list[dict[str, list[str]]] = [{"admin": []}]
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -64,8 +68,13 @@ SPEC: dict[str, Any] = {
                 "summary": "Choose a server for this client and sign an affinity token",
                 "parameters": [
                     {"name": "service", "in": "query", "schema": {"type": "string"}},
-                    {"name": "avoid", "in": "query", "style": "form", "explode": True,
-                     "schema": {"type": "array", "items": {"type": "string"}, "maxItems": 16}},
+                    {
+                        "name": "avoid",
+                        "in": "query",
+                        "style": "form",
+                        "explode": True,
+                        "schema": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+                    },
                     {"name": "Affinity-Token", "in": "header", "schema": {"type": "string"}},
                 ],
                 "responses": {
@@ -78,64 +87,110 @@ SPEC: dict[str, Any] = {
             }
         },
         "/.well-known/jwks.json": {
-            "get": {"summary": "Public keys for verifying tokens",
-                    "responses": {"200": _answer("JWK set", {"type": "object"})}},
+            "get": {
+                "summary": "Public keys for verifying tokens",
+                "responses": {"200": _answer("JWK set", {"type": "object"})},
+            },
         },
         "/healthz": {
-            "get": {"summary": "Liveness of this referral",
-                    "responses": {"200": _answer("alive", {"type": "object"})}},
+            "get": {
+                "summary": "Liveness of this referral",
+                "responses": {"200": _answer("alive", {"type": "object"})},
+            },
         },
         "/metrics": {
-            "get": {"summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition format",
-                                          "content": {"text/plain": {"schema": {"type": "string"}}}}}},
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            },
         },
         "/v1/servers": {
-            "get": {"summary": "List servers with health, load and assignments",
-                    "security": _SECURED,
-                    "responses": {"200": _answer("servers", {"type": "object"}),
-                                  "401": _ADMIN_ERRORS["401"]}},
+            "get": {
+                "summary": "List servers with health, load and assignments",
+                "security": _SECURED,
+                "responses": {
+                    "200": _answer("servers", {"type": "object"}),
+                    "401": _ADMIN_ERRORS["401"],
+                },
+            },
         },
         "/v1/servers/{server_id}": {
             "parameters": [_SERVER_ID],
-            "get": {"summary": "One server", "security": _SECURED,
-                    "responses": {"200": _answer("server", {"type": "object"}), **_ADMIN_ERRORS}},
-            "put": {"summary": "Register or update a server", "security": _SECURED,
-                    "requestBody": {"required": True, "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/ServerRegistration"}}}},
-                    "responses": {"200": _answer("registered", {"type": "object"}),
-                                  "400": _answer("invalid registration"),
-                                  "401": _ADMIN_ERRORS["401"]}},
-            "delete": {"summary": "Deregister a server", "security": _SECURED,
-                       "responses": {"200": _answer("gone", {"type": "object"}),
-                                     **_ADMIN_ERRORS}},
+            "get": {
+                "summary": "One server",
+                "security": _SECURED,
+                "responses": {"200": _answer("server", {"type": "object"}), **_ADMIN_ERRORS},
+            },
+            "put": {
+                "summary": "Register or update a server",
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ServerRegistration"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _answer("registered", {"type": "object"}),
+                    "400": _answer("invalid registration"),
+                    "401": _ADMIN_ERRORS["401"],
+                },
+            },
+            "delete": {
+                "summary": "Deregister a server",
+                "security": _SECURED,
+                "responses": {"200": _answer("gone", {"type": "object"}), **_ADMIN_ERRORS},
+            },
         },
         "/v1/servers/{server_id}/drain": {
             "parameters": [_SERVER_ID],
-            "post": {"summary": "Stop assigning new clients to a server", "security": _SECURED,
-                     "responses": {"200": _answer("draining", {"type": "object"}),
-                                   **_ADMIN_ERRORS}},
+            "post": {
+                "summary": "Stop assigning new clients to a server",
+                "security": _SECURED,
+                "responses": {"200": _answer("draining", {"type": "object"}), **_ADMIN_ERRORS},
+            },
         },
         "/v1/servers/{server_id}/resume": {
             "parameters": [_SERVER_ID],
-            "post": {"summary": "Assign clients to a drained server again", "security": _SECURED,
-                     "responses": {"200": _answer("resumed", {"type": "object"}),
-                                   **_ADMIN_ERRORS}},
+            "post": {
+                "summary": "Assign clients to a drained server again",
+                "security": _SECURED,
+                "responses": {"200": _answer("resumed", {"type": "object"}), **_ADMIN_ERRORS},
+            },
         },
         "/v1/settings/{name}": {
-            "parameters": [{"name": "name", "in": "path", "required": True,
-                            "schema": {"type": "string"}}],
-            "get": {"summary": "A shared settings document", "security": _SECURED,
-                    "responses": {"200": _answer("document", {"type": "object"}),
-                                  "401": _ADMIN_ERRORS["401"],
-                                  "404": _answer("no such document")}},
-            "put": {"summary": "Replace a shared settings document (validated whole)",
-                    "security": _SECURED,
-                    "requestBody": {"required": True, "content": {"application/json": {
-                        "schema": {"type": "object"}}}},
-                    "responses": {"200": _answer("stored", {"type": "object"}),
-                                  "400": _answer("rejected; previous version kept"),
-                                  "401": _ADMIN_ERRORS["401"]}},
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {
+                "summary": "A shared settings document",
+                "security": _SECURED,
+                "responses": {
+                    "200": _answer("document", {"type": "object"}),
+                    "401": _ADMIN_ERRORS["401"],
+                    "404": _answer("no such document"),
+                },
+            },
+            "put": {
+                "summary": "Replace a shared settings document (validated whole)",
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "200": _answer("stored", {"type": "object"}),
+                    "400": _answer("rejected; previous version kept"),
+                    "401": _ADMIN_ERRORS["401"],
+                },
+            },
         },
     },
 }

@@ -39,8 +39,12 @@ async def watch_registry(
             failures += 1
             mark_stale(str(exc))
             delay = random.uniform(0, min(backoff_cap, 0.1 * 2**failures))
-            log.warning("registry %s failed (%s); keeping the last view, retry in %.2fs",
-                        registry.name, exc, delay)
+            log.warning(
+                "registry %s failed (%s); keeping the last view, retry in %.2fs",
+                registry.name,
+                exc,
+                delay,
+            )
             await sleep(delay)
             continue
         if failures:

@@ -14,8 +14,12 @@ class ActiveClients:
     front: O(1) amortised per request and bounded memory under a flood of ids.
     """
 
-    def __init__(self, window: float = 300.0, limit: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        window: float = 300.0,
+        limit: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.window = window
         self.limit = limit
         self._clock = clock

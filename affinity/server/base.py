@@ -15,12 +15,13 @@ registers the server and drains it gracefully on shutdown::
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from sanic import HTTPResponse, Request, Sanic
+from sanic import HTTPResponse, Sanic
 
 from affinity.config import Config
 from affinity.errors import ConfigError
@@ -54,15 +55,22 @@ class AppServer:
     name: ClassVar[str] = "app"
     role: ClassVar[str] = "server"
 
-    def __init__(self, config: Config, *, plugins: Iterable[object] = (),
-                 manager: PluginManager | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        plugins: Iterable[object] = (),
+        manager: PluginManager | None = None,
+    ) -> None:
         self.config = config
         settings = config.server
         self.server_id = _checked(check_id, settings.id, "server.id", config)
-        self.service = _checked(lambda v: check_id(v, "service"), settings.service,
-                                "server.service", config)
-        self.url = _checked(check_origin, settings.url or _default_url(config), "server.url",
-                            config)
+        self.service = _checked(
+            lambda v: check_id(v, "service"), settings.service, "server.service", config
+        )
+        self.url = _checked(
+            check_origin, settings.url or _default_url(config), "server.url", config
+        )
         self.manager = manager or PluginManager(plugins=plugins)
         self.manager.configure(config)
         self.status = HealthStatus.PASSING
@@ -70,6 +78,8 @@ class AppServer:
         self.draining = False
         self.drain_started: float | None = None
         self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
         self.active = ActiveClients(settings.active_window, settings.active_max)
         self.tokens = guard.TokenCheck(config)
         self.lifecycle = lifecycle.Lifecycle(self)
@@ -94,8 +104,13 @@ class AppServer:
     def server(self) -> Server:
         """This server as the registry sees it."""
         settings = self.config.server
-        return Server(id=self.server_id, service=self.service, url=self.url,
-                      weight=settings.weight, meta=dict(settings.meta))
+        return Server(
+            id=self.server_id,
+            service=self.service,
+            url=self.url,
+            weight=settings.weight,
+            meta=dict(settings.meta),
+        )
 
     def current_status(self) -> HealthStatus:
         """The worst of the status set on the object and the one ``health()`` reports."""
@@ -103,8 +118,12 @@ class AppServer:
 
     def load(self) -> Load:
         extra = {**self.manager.report_load(self.server_id), **self.load_figures()}
-        return Load(active_clients=self.active.count(), inflight=self.inflight,
-                    capacity=self.config.server.capacity, extra=extra)
+        return Load(
+            active_clients=self.active.count(),
+            inflight=self.inflight,
+            capacity=self.config.server.capacity,
+            extra=extra,
+        )
 
     def reassigning(self) -> bool:
         """True once draining has lasted past the drain grace: clients are sent elsewhere."""
@@ -124,10 +143,18 @@ class AppServer:
         app.register_middleware(guard.on_request, "request")
         app.register_middleware(guard.on_response, "response")
         app.add_route(guard.health, HEALTH_PATH, methods=["GET"], name="affinity_health")
-        app.add_route(lifecycle.admin_drain, "/.well-known/affinity/drain", methods=["POST"],
-                      name="affinity_drain")
-        app.add_route(lifecycle.admin_resume, "/.well-known/affinity/resume", methods=["POST"],
-                      name="affinity_resume")
+        app.add_route(
+            lifecycle.admin_drain,
+            "/.well-known/affinity/drain",
+            methods=["POST"],
+            name="affinity_drain",
+        )
+        app.add_route(
+            lifecycle.admin_resume,
+            "/.well-known/affinity/resume",
+            methods=["POST"],
+            name="affinity_resume",
+        )
         self._add_method_routes(app)
         self.lifecycle.install(app)
         self.manager.register_routes(app, self.role)

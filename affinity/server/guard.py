@@ -12,10 +12,17 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from sanic import HTTPResponse, Request
+from sanic.response import BaseHTTPResponse
 
 from affinity.config import Config
 from affinity.errors import ExpiredToken, InvalidToken, UnknownKey
-from affinity.http import client_ip, error_response, json_response, normalise_path, rejection_response
+from affinity.http import (
+    client_ip,
+    error_response,
+    json_response,
+    normalise_path,
+    rejection_response,
+)
 from affinity.keys import load_keyring
 from affinity.models import Claims, HealthStatus, RequestInfo
 from affinity.tokens import TokenVerifier
@@ -40,12 +47,17 @@ class TokenCheck:
             from affinity.jwks import JwksKeySource, JwksVerifier
 
             source = JwksKeySource(tokens.jwks_url, verify=_ca(config))
-            self.jwks = JwksVerifier(source, issuer=tokens.issuer, leeway=tokens.leeway,
-                                     cache_size=tokens.cache_size)
+            self.jwks = JwksVerifier(
+                source, issuer=tokens.issuer, leeway=tokens.leeway, cache_size=tokens.cache_size
+            )
             self.verifier: TokenVerifier | None = None
         else:
-            self.verifier = TokenVerifier(load_keyring(config), issuer=tokens.issuer,
-                                          leeway=tokens.leeway, cache_size=tokens.cache_size)
+            self.verifier = TokenVerifier(
+                load_keyring(config),
+                issuer=tokens.issuer,
+                leeway=tokens.leeway,
+                cache_size=tokens.cache_size,
+            )
 
     async def verify(self, token: str) -> Claims:
         """Verify a token; with JWKS, an unknown ``kid`` triggers one bounded refresh."""
@@ -79,11 +91,17 @@ async def on_request(request: Request) -> HTTPResponse | None:
     token = request.headers.get(TOKEN_HEADER) or request.cookies.get(COOKIE)
     claims, problem = await _check_token(server, token)
     if server.manager.has_request_filters():
-        rejection = server.manager.reject_request(RequestInfo(
-            role="server", method=request.method, path=normalise_path(request.path),
-            client_ip=client_ip(request), client_id=claims.cid if claims else None,
-            server_id=server.server_id, headers=request.headers,
-        ))
+        rejection = server.manager.reject_request(
+            RequestInfo(
+                role="server",
+                method=request.method,
+                path=normalise_path(request.path),
+                client_ip=client_ip(request),
+                client_id=claims.cid if claims else None,
+                server_id=server.server_id,
+                headers=request.headers,
+            )
+        )
         if rejection is not None:
             return rejection_response(rejection)
     if problem is not None:
@@ -95,29 +113,37 @@ async def on_request(request: Request) -> HTTPResponse | None:
     if server.draining and server.reassigning():
         return _reassign(server)
     server.inflight += 1
+    server.idle.clear()
     request.ctx.counted = True
     return None
 
 
-async def on_response(request: Request, response: HTTPResponse) -> None:
+async def on_response(request: Request, response: BaseHTTPResponse) -> HTTPResponse | None:
     server: AppServer = request.app.ctx.affinity
     if getattr(request.ctx, "counted", False):
         request.ctx.counted = False
         server.inflight -= 1
+        if server.inflight == 0:
+            server.idle.set()
     response.headers["Affinity-Server"] = server.server_id
+    return None
 
 
-async def _check_token(server: AppServer, token: str | None) -> tuple[Claims | None, HTTPResponse | None]:
+async def _check_token(
+    server: AppServer, token: str | None
+) -> tuple[Claims | None, HTTPResponse | None]:
     if not token:
         if server.config.server.require_token:
-            return None, error_response(401, "token_required",
-                                        "this server needs an affinity token from the referral")
+            return None, error_response(
+                401, "token_required", "this server needs an affinity token from the referral"
+            )
         return None, None
     try:
         claims = await server.tokens.verify(token)
     except ExpiredToken:
-        return None, error_response(401, "token_expired",
-                                    "the affinity token has expired; ask the referral again")
+        return None, error_response(
+            401, "token_expired", "the affinity token has expired; ask the referral again"
+        )
     except UnknownKey:
         return None, error_response(401, "invalid_token", "the token's key is not known here")
     except InvalidToken:
@@ -132,7 +158,9 @@ async def _check_token(server: AppServer, token: str | None) -> tuple[Claims | N
 def _reassign(server: AppServer) -> HTTPResponse:
     spread = max(1.0, server.config.server.drain_grace)
     return error_response(
-        503, "draining", "this server is draining; ask the referral for another",
+        503,
+        "draining",
+        "this server is draining; ask the referral for another",
         retry_after=random.uniform(1.0, spread),
         headers={"Affinity-Reassign": "1"},
     )
@@ -143,13 +171,19 @@ async def health(request: Request) -> HTTPResponse:
     server: AppServer = request.app.ctx.affinity
     status = server.current_status()
     load = server.load()
-    code = 429 if server.draining and status is HealthStatus.PASSING else HEALTH_CODES.get(status, 503)
+    code = (
+        429 if server.draining and status is HealthStatus.PASSING else HEALTH_CODES.get(status, 503)
+    )
     body = {
         "status": status.value,
         "draining": server.draining,
         "server": server.server_id,
-        "load": {"active_clients": load.active_clients, "inflight": load.inflight,
-                 "capacity": load.capacity, **load.extra},
+        "load": {
+            "active_clients": load.active_clients,
+            "inflight": load.inflight,
+            "capacity": load.capacity,
+            **load.extra,
+        },
     }
     if server.status_reason:
         body["reason"] = server.status_reason

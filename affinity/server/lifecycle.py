@@ -11,6 +11,7 @@ A second SIGINT or SIGTERM stops at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import signal
@@ -127,12 +128,14 @@ class Lifecycle:
         settings = server.config.server
         await self.start_drain()
         await asyncio.sleep(settings.drain_grace)
-        deadline = time.monotonic() + settings.drain_timeout
-        while server.inflight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.idle.wait(), settings.drain_timeout)
         if server.inflight:
-            log.warning("%d requests still in flight after %.1fs; stopping anyway",
-                        server.inflight, settings.drain_timeout)
+            log.warning(
+                "%d requests still in flight after %.1fs; stopping anyway",
+                server.inflight,
+                settings.drain_timeout,
+            )
         if self.registrar is not None:
             try:
                 await self.registrar.deregister(server.server)
@@ -145,16 +148,21 @@ class Lifecycle:
 def _authorized(request: Request) -> bool:
     server: AppServer = request.app.ctx.affinity
     config = server.config
-    expected = config.read_secret(config.server.admin_token_file, "AFFINITY_ADMIN_TOKEN",
-                                  "server.admin_token_file")
+    expected = config.read_secret(
+        config.server.admin_token_file, "AFFINITY_ADMIN_TOKEN", "server.admin_token_file"
+    )
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return (expected is not None and scheme.lower() == "bearer"
-            and hmac.compare_digest(given.strip().encode(), expected.encode()))
+    return (
+        expected is not None
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(given.strip().encode(), expected.encode())
+    )
 
 
 def _unauthorized() -> HTTPResponse:
-    return error_response(401, "unauthorized",
-                          "a valid 'Authorization: Bearer <admin token>' header is required")
+    return error_response(
+        401, "unauthorized", "a valid 'Authorization: Bearer <admin token>' header is required"
+    )
 
 
 async def admin_drain(request: Request) -> HTTPResponse:

@@ -8,6 +8,7 @@ change of seed.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import subprocess
@@ -19,6 +20,8 @@ from typing import Any
 
 import pluggy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from affinity import hashing, hookimpl, hookspecs
 from affinity.builtin import policies
@@ -498,3 +501,38 @@ def test_consistent_bounded_load_spreads_a_hot_server() -> None:
 def test_consistent_with_every_server_loaded_still_answers() -> None:
     p = pool(server(f"s{i}", active=90, capacity=100) for i in range(5))
     assert len(picks(make("consistent"), p, 500)) == 5
+
+
+# -- the per-pool structures, exactly ---------------------------------------------
+
+weight_lists = st.lists(st.integers(1, 12), min_size=1, max_size=30)
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(weights=weight_lists, seed=st.integers(0, 2**32))
+def test_round_robin_cycle_gives_each_server_its_weight(weights: list[int], seed: int) -> None:
+    p = pool(server(f"s{i:02d}", weight=w) for i, w in enumerate(weights))
+    unit = math.gcd(*weights)
+    cycle = sum(weights) // unit
+    policy = make("round_robin", seed=seed)
+    picks(policy, p, seed % cycle)  # start anywhere in the cycle
+    counts = picks(policy, p, cycle)
+    assert counts == {f"s{i:02d}": w // unit for i, w in enumerate(weights)}
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(weights=weight_lists)
+def test_alias_table_gives_each_server_its_share(weights: list[int]) -> None:
+    servers = tuple(server(f"s{i:02d}", weight=w) for i, w in enumerate(weights))
+    sampler = policies._Sampler(servers)
+    n, total = len(weights), sum(weights)
+    if sampler.table is None:
+        assert len(set(weights)) == 1
+        return
+    share = [0.0] * n
+    for i in range(n):
+        keep, alias = sampler.table[2 * i], int(sampler.table[2 * i + 1])
+        share[i] += keep / n
+        share[alias] += (1.0 - keep) / n
+    for i, w in enumerate(weights):
+        assert share[i] == pytest.approx(w / total, abs=1e-12)

@@ -12,8 +12,10 @@ Fixtures:
 * ``standin`` — the in-process ``AgentStandIn`` behind ``consul_url`` (skips on a real agent).
 * ``make_standin(**config)`` — another stand-in with its own ``StandInConfig`` overrides.
 * ``make_standin_process(*args)`` — the stand-in as a child process (kill/restart/freeze).
-* ``consul_http`` — an ``httpx.Client`` on ``consul_url``; ``consul_client`` — a
-  python-consul2 ``consul.Consul``; ``make_consul_client(url, token=None)`` for others.
+* ``consul_http`` — an ``httpx.Client`` on ``consul_url``; ``make_http(url, **kwargs)`` for
+  others; ``consul_client`` — a python-consul2 ``consul.Consul``;
+  ``make_consul_client(url, token=None)`` for others.
+* ``maybe_standin`` — the stand-in, or None on a real agent (for optional hooks).
 * ``timing`` — check intervals/TTLs and poll deadlines suited to the agent under test.
 * ``health_target`` / ``make_health_target(tls=...)`` — a tiny HTTP server whose status an
   HTTP check follows.
@@ -122,10 +124,30 @@ def maybe_standin(request: pytest.FixtureRequest) -> AgentStandIn | None:
     return agent
 
 
+@pytest.fixture(scope="session")
+def client_tls() -> ssl.SSLContext:
+    """One client TLS context: httpx would otherwise build one per Client (~0.1 s each)."""
+    return ssl.create_default_context()
+
+
 @pytest.fixture
-def consul_http(consul_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=consul_url, timeout=30.0) as client:
-        yield client
+def make_http(client_tls: ssl.SSLContext) -> Iterator[Callable[..., httpx.Client]]:
+    made: list[httpx.Client] = []
+
+    def make(url: str, **kwargs: Any) -> httpx.Client:
+        kwargs.setdefault("timeout", 30.0)
+        client = httpx.Client(base_url=url, verify=client_tls, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def consul_http(consul_url: str, make_http: Callable[..., httpx.Client]) -> httpx.Client:
+    return make_http(consul_url)
 
 
 @pytest.fixture

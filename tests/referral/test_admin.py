@@ -12,8 +12,10 @@ import pytest
 import affinity.referral.admin as admin_module
 from affinity.testing import Deployment
 
-SERVICES = ('[services.web]\npolicy = "round_robin"\n'
-            'servers = [{id = "s1", url = "https://s1.affinity.test:8443"}]\n')
+SERVICES = (
+    '[services.web]\npolicy = "round_robin"\n'
+    'servers = [{id = "s1", url = "https://s1.affinity.test:8443"}]\n'
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +38,23 @@ def anonymous(referral: Deployment) -> Iterator[httpx.Client]:
         yield c
 
 
-ROUTES = [("GET", "/v1/servers"), ("GET", "/v1/servers/s1"), ("PUT", "/v1/servers/x"),
-          ("DELETE", "/v1/servers/s1"), ("POST", "/v1/servers/s1/drain"),
-          ("POST", "/v1/servers/s1/resume"), ("PUT", "/v1/settings/ipfilter"),
-          ("GET", "/v1/settings/ipfilter")]
+ROUTES = [
+    ("GET", "/v1/servers"),
+    ("GET", "/v1/servers/s1"),
+    ("PUT", "/v1/servers/x"),
+    ("DELETE", "/v1/servers/s1"),
+    ("POST", "/v1/servers/s1/drain"),
+    ("POST", "/v1/servers/s1/resume"),
+    ("PUT", "/v1/settings/ipfilter"),
+    ("GET", "/v1/settings/ipfilter"),
+]
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic abc", "Bearer", "bearer x"])
-def test_admin_needs_the_token(anonymous: httpx.Client, method: str, path: str,
-                               authorization: str | None) -> None:
+def test_admin_needs_the_token(
+    anonymous: httpx.Client, method: str, path: str, authorization: str | None
+) -> None:
     headers = {"Authorization": authorization} if authorization is not None else {}
     r = anonymous.request(method, path, headers=headers, json={"url": "https://x.affinity.test"})
     assert r.status_code == 401
@@ -65,10 +74,13 @@ def test_the_token_is_compared_in_constant_time() -> None:
             assert not names & {"token", "expected", "given"}, ast.unparse(node)
 
 
-def test_register_list_drain_resume_deregister(admin: httpx.Client,
-                                               anonymous: httpx.Client) -> None:
-    r = admin.put("/v1/servers/r1", json={"url": "https://r1.affinity.test:8443", "weight": 2,
-                                          "meta": {"zone": "eu"}})
+def test_register_list_drain_resume_deregister(
+    admin: httpx.Client, anonymous: httpx.Client
+) -> None:
+    r = admin.put(
+        "/v1/servers/r1",
+        json={"url": "https://r1.affinity.test:8443", "weight": 2, "meta": {"zone": "eu"}},
+    )
     assert r.status_code == 200
     assert r.json()["id"] == "r1" and r.json()["weight"] == 2
     listed = {s["id"]: s for s in admin.get("/v1/servers").json()["servers"]}
@@ -93,11 +105,19 @@ def test_register_list_drain_resume_deregister(admin: httpx.Client,
 @pytest.mark.parametrize(
     "body",
     [
-        b"", b"not json", b"[]", b'{"url": 3}', b'{"url": "ftp://x"}',
-        b'{"url": "https://evil.example/path"}', b'{"url": "https://u@x.example"}',
-        b'{"url": "https://x.example", "weight": -1}', b'{"url": "https://x.example", "weight": true}',
-        b'{"url": "https://x.example", "meta": {"a": 1}}', b'{"url": "https://x.example", "bogus": 1}',
-        b'{"url": "https://x.example", "service": "a b"}', b"\xff\xfe",
+        b"",
+        b"not json",
+        b"[]",
+        b'{"url": 3}',
+        b'{"url": "ftp://x"}',
+        b'{"url": "https://evil.example/path"}',
+        b'{"url": "https://u@x.example"}',
+        b'{"url": "https://x.example", "weight": -1}',
+        b'{"url": "https://x.example", "weight": true}',
+        b'{"url": "https://x.example", "meta": {"a": 1}}',
+        b'{"url": "https://x.example", "bogus": 1}',
+        b'{"url": "https://x.example", "service": "a b"}',
+        b"\xff\xfe",
     ],
 )
 def test_bad_registrations_are_400_and_change_nothing(admin: httpx.Client, body: bytes) -> None:
@@ -114,8 +134,12 @@ def test_bad_server_id_is_400(admin: httpx.Client) -> None:
 
 
 def test_unknown_servers_are_404(admin: httpx.Client) -> None:
-    for method, path in [("POST", "/v1/servers/zz/drain"), ("POST", "/v1/servers/zz/resume"),
-                         ("GET", "/v1/servers/zz"), ("DELETE", "/v1/servers/zz")]:
+    for method, path in [
+        ("POST", "/v1/servers/zz/drain"),
+        ("POST", "/v1/servers/zz/resume"),
+        ("GET", "/v1/servers/zz"),
+        ("DELETE", "/v1/servers/zz"),
+    ]:
         r = admin.request(method, path)
         assert r.status_code == 404 and r.json()["error"] == "unknown_server"
 
@@ -129,8 +153,9 @@ def test_shared_settings_are_versioned(admin: httpx.Client) -> None:
     assert admin.put("/v1/settings/demo", content=b"[1]").status_code == 400
 
 
-def test_registrations_survive_a_referral_restart(referral: Deployment,
-                                                  admin: httpx.Client) -> None:
+def test_registrations_survive_a_referral_restart(
+    referral: Deployment, admin: httpx.Client
+) -> None:
     admin.put("/v1/servers/keep1", json={"url": "https://keep1.affinity.test"})
     referral.referrals[-1].kill()
     referral.start_referral()

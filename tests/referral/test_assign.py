@@ -28,8 +28,12 @@ policy = "random"
 def referral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """One referral with three static servers and no health checks (nothing listens there)."""
     directory: Path = tmp_path_factory.mktemp("referral")
-    with Deployment(directory, services=SERVICES, health="sources = []",
-                    referral='cookie_domain = ".affinity.test"') as d:
+    with Deployment(
+        directory,
+        services=SERVICES,
+        health="sources = []",
+        referral='cookie_domain = ".affinity.test"',
+    ) as d:
         d.start_referral()
         yield d
 
@@ -70,8 +74,9 @@ def test_the_cookie_works_like_the_header(client: httpx.Client) -> None:
 def test_avoid_moves_the_client_and_keeps_its_id(client: httpx.Client) -> None:
     first = client.get("/v1/assign").json()
     old = first["server"]["id"]
-    moved = client.get("/v1/assign", params={"avoid": old},
-                       headers={"Affinity-Token": first["token"]}).json()
+    moved = client.get(
+        "/v1/assign", params={"avoid": old}, headers={"Affinity-Token": first["token"]}
+    ).json()
     assert moved["server"]["id"] != old
     assert moved["sticky"] is False
 
@@ -86,8 +91,10 @@ def test_avoiding_every_server_gives_503(client: httpx.Client) -> None:
 def test_empty_service_gives_503(client: httpx.Client) -> None:
     r = client.get("/v1/assign", params={"service": "empty"})
     assert r.status_code == 503
-    assert r.json() == {"error": "no_healthy_server",
-                        "detail": "no healthy server for service 'empty'"}
+    assert r.json() == {
+        "error": "no_healthy_server",
+        "detail": "no healthy server for service 'empty'",
+    }
 
 
 @pytest.mark.parametrize(
@@ -100,8 +107,9 @@ def test_empty_service_gives_503(client: httpx.Client) -> None:
         ([("avoid", f"s{i}") for i in range(17)], 400, "invalid_avoid"),
     ],
 )
-def test_bad_queries_get_clear_errors(client: httpx.Client, params: object, status: int,
-                                      error: str) -> None:
+def test_bad_queries_get_clear_errors(
+    client: httpx.Client, params: object, status: int, error: str
+) -> None:
     r = client.get("/v1/assign", params=params)  # type: ignore[arg-type]
     assert r.status_code == status
     assert r.json()["error"] == error
@@ -131,23 +139,36 @@ def test_redirect_preserves_path_and_query_and_sets_the_cookie(client: httpx.Cli
     r = client.get("/go/some/page", params={"q": "1", "x": "a b"})
     assert r.status_code == 307
     location = urllib.parse.urlsplit(r.headers["location"])
-    assert location.netloc in {"s1.affinity.test:8443", "s2.affinity.test:8443",
-                               "s3.affinity.test:8443"}
+    assert location.netloc in {
+        "s1.affinity.test:8443",
+        "s2.affinity.test:8443",
+        "s3.affinity.test:8443",
+    }
     assert location.path == "/some/page"
     assert urllib.parse.parse_qs(location.query) == {"q": ["1"], "x": ["a b"]}
     cookie = r.headers["set-cookie"]
-    for part in ("affinity=", "Secure", "HttpOnly", "SameSite=Lax", "Domain=.affinity.test",
-                 "Path=/"):
+    for part in (
+        "affinity=",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Domain=.affinity.test",
+        "Path=/",
+    ):
         assert part.lower() in cookie.lower()
     assert r.headers["cache-control"] == "no-store"
 
 
 def test_redirect_is_sticky_through_the_cookie(client: httpx.Client) -> None:
     first = client.get("/go/")
-    token = first.cookies.get("affinity") or first.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    token = (
+        first.cookies.get("affinity") or first.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    )
     again = client.get("/go/", headers={"Cookie": f"affinity={token}"})
-    assert urllib.parse.urlsplit(again.headers["location"]).netloc == \
-        urllib.parse.urlsplit(first.headers["location"]).netloc
+    assert (
+        urllib.parse.urlsplit(again.headers["location"]).netloc
+        == urllib.parse.urlsplit(first.headers["location"]).netloc
+    )
 
 
 def test_openapi_healthz_metrics_jwks(client: httpx.Client) -> None:

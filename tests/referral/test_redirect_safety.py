@@ -48,10 +48,14 @@ def referral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
 def raw_get(d: Deployment, target: str, extra_headers: str = "") -> tuple[int, dict[str, str]]:
     """Send a request line exactly as given (no client-side normalisation)."""
     context = client_context(d.ca)
-    with socket.create_connection(("127.0.0.1", d.referral_port), timeout=5) as sock, \
-            context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
-        tls.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra_headers}"
-                    "Connection: close\r\n\r\n".encode("latin-1"))
+    with (
+        socket.create_connection(("127.0.0.1", d.referral_port), timeout=5) as sock,
+        context.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra_headers}"
+            "Connection: close\r\n\r\n".encode("latin-1")
+        )
         data = b""
         while chunk := tls.recv(65536):
             data += chunk
@@ -83,8 +87,13 @@ def test_paths_cannot_change_the_redirect_host(referral: Deployment, attack: str
 
 @pytest.mark.parametrize(
     "header",
-    ["Host: evil.example", "X-Forwarded-Host: evil.example", "Forwarded: host=evil.example",
-     "X-Forwarded-Proto: http", "Referer: https://evil.example/"],
+    [
+        "Host: evil.example",
+        "X-Forwarded-Host: evil.example",
+        "Forwarded: host=evil.example",
+        "X-Forwarded-Proto: http",
+        "Referer: https://evil.example/",
+    ],
 )
 def test_headers_cannot_change_the_redirect_host(referral: Deployment, header: str) -> None:
     status, headers = raw_get(referral, "/go/page", header + "\r\n")
@@ -99,6 +108,8 @@ def test_absolute_form_request_target(referral: Deployment) -> None:
 
 def test_tls_is_real(referral: Deployment) -> None:
     plain = ssl.create_default_context()
-    with socket.create_connection(("127.0.0.1", referral.referral_port), timeout=5) as sock, \
-            pytest.raises(ssl.SSLCertVerificationError):
+    with (
+        socket.create_connection(("127.0.0.1", referral.referral_port), timeout=5) as sock,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
         plain.wrap_socket(sock, server_hostname="127.0.0.1")

@@ -19,8 +19,10 @@ APP = str(Path(__file__).with_name("apps.py")) + ":Holding"
 
 def start(d: Deployment) -> Deployment:
     d.start_referral()
-    d.start_server("s1", app=APP)
-    d.start_server("s2", app=APP)
+    for sid in ("s1", "s2"):
+        d.start_server(sid, app=APP, wait=False)
+    for sid in ("s1", "s2"):
+        d.wait_http(d.server_urls[sid] + "/.well-known/affinity/health", d.servers[sid])
     wait_until(lambda: d.registered() == {"s1", "s2"}, 10, what="registration")
     return d
 
@@ -120,8 +122,9 @@ def test_health_reports_status_and_load(running: Deployment) -> None:
     assert r.headers["affinity-server"] == "s1"
 
 
-@pytest.mark.parametrize(("status", "code"), [("warning", 429), ("critical", 503),
-                                               ("passing", 200)])
+@pytest.mark.parametrize(
+    ("status", "code"), [("warning", 429), ("critical", 503), ("passing", 200)]
+)
 def test_the_app_sets_its_own_health(shared: Deployment, status: str, code: int) -> None:
     with shared.client() as c:
         c.post(shared.server_urls["s1"] + f"/status/{status}")
@@ -178,8 +181,9 @@ def test_sigterm_drains_then_deregisters_and_exits_0(running: Deployment) -> Non
 
 
 def test_a_server_registers_again_after_the_referral_forgets_it(deployment: Deployment) -> None:
-    deployment.config.write_text(deployment.config.read_text().replace(
-        'state_file = "state.json"', ""))
+    deployment.config.write_text(
+        deployment.config.read_text().replace('state_file = "state.json"', "")
+    )
     deployment.start_referral()
     deployment.start_server("s1", app=APP)
     wait_until(lambda: deployment.registered() == {"s1"}, 10, what="registration")

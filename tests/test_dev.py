@@ -1,0 +1,81 @@
+"""``affinity dev``: starts, serves an assignment and a request, stops with no process left."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from affinity.testing import free_port
+from affinity.tls import client_context
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); look at its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "affinity",
+            "dev",
+            "--dir",
+            str(tmp_path / "dev"),
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        out = "".join(lines)
+        assert proc.poll() is None, out
+        pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
+        assert len(pids) == 4, out
+        curl = re.search(r"curl --cacert (\S+) (https://\S+/v1/assign)", out)
+        assert curl is not None, out
+        ca = Path(curl.group(1))
+        ca = ca if ca.is_absolute() else ROOT / ca
+        with httpx.Client(verify=client_context(ca), timeout=5) as client:
+            assigned = client.get(curl.group(2)).json()
+            answer = client.get(
+                assigned["server"]["url"] + "/", headers={"Affinity-Token": assigned["token"]}
+            )
+        assert answer.status_code == 200
+        assert answer.json()["server"] == assigned["server"]["id"]
+        assert answer.headers["affinity-server"] == assigned["server"]["id"]
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+        assert "no process left" in rest
+        assert not [pid for pid in pids if alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
