@@ -22,8 +22,7 @@ def load_keyring(config: Config) -> KeyRing:
             f"or the environment variable {KEYS_ENV}"
         )
         raise ConfigError(msg, key="tokens.keys_file", source=config.source)
-    try:
-        return KeyRing.load(path)
-    except FileNotFoundError as exc:
+    if not path.exists():
         msg = f"key file {str(path)!r} does not exist; make one with 'affinity keys generate'"
-        raise ConfigError(msg, key="tokens.keys_file", source=config.source) from exc
+        raise ConfigError(msg, key="tokens.keys_file", source=config.source)
+    return KeyRing.load(path)

@@ -173,6 +173,10 @@ class PluginManager:
         """False when no plugin implements ``affinity_reject_request`` (no RequestInfo needed)."""
         return bool(self._pm.hook.affinity_reject_request.get_hookimpls())
 
+    def observes_assignments(self) -> bool:
+        """False when no plugin implements ``affinity_assigned`` (no Assignment needed)."""
+        return bool(self._pm.hook.affinity_assigned.get_hookimpls())
+
     def assigned(self, assignment: Assignment) -> None:
         self._pm.hook.affinity_assigned(assignment=assignment)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from affinity.models import Server
@@ -19,7 +19,7 @@ class _ServerCollector(Collector):
     def __init__(self, servers: Callable[[], Iterable[Server]]) -> None:
         self._servers = servers
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         health = GaugeMetricFamily(
             "affinity_servers",
             "Servers known to this referral by service and health",
@@ -41,39 +41,65 @@ class _ServerCollector(Collector):
         yield load
 
 
+class CountCollector(Collector):
+    """Counters kept as plain dict entries, turned into a metric family only when scraped.
+
+    A labelled ``prometheus_client.Counter`` costs a lock and a label lookup
+    per increment, a measurable share of the assign path. A Sanic worker
+    serves on one thread, so plain increments are safe.
+    """
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.counts: dict[tuple[str, ...], int] = {}
+
+    def inc(self, key: tuple[str, ...]) -> None:
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, value in sorted(self.counts.items()):
+            family.add_metric(list(key), value)
+        yield family
+
+
 class ReferralMetrics:
     """Counters the referral updates on the request path, and the text exposition."""
 
     def __init__(self, servers: Callable[[], Iterable[Server]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._assignments = Counter(
+        self._assignments = CountCollector(
             "affinity_assignments",
             "Assignments made by this referral process",
             ["service", "sticky"],
-            registry=self.registry,
         )
-        self._no_server = Counter(
+        self._no_server = CountCollector(
             "affinity_no_healthy_server",
             "Assign requests answered 503 for want of a server",
             ["service"],
-            registry=self.registry,
         )
-        self._rejected = Counter(
+        self._rejected = CountCollector(
             "affinity_requests_rejected",
             "Requests refused by a request filter",
             ["status", "error"],
-            registry=self.registry,
         )
-        self.registry.register(_ServerCollector(servers))
+        collectors: tuple[Collector, ...] = (
+            self._assignments, self._no_server, self._rejected, _ServerCollector(servers),
+        )
+        for collector in collectors:
+            self.registry.register(collector)
 
     def assigned(self, service: str, sticky: bool) -> None:
-        self._assignments.labels(service, "true" if sticky else "false").inc()
+        self._assignments.inc((service, "true" if sticky else "false"))
 
     def no_server(self, service: str) -> None:
-        self._no_server.labels(service).inc()
+        self._no_server.inc((service,))
 
     def rejected(self, status: int, error: str) -> None:
-        self._rejected.labels(str(status), error).inc()
+        self._rejected.inc((str(status), error))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -87,6 +87,11 @@ DEVIATIONS = """\
 * An unknown check ID on check/pass|warn|fail|update answers 500 "does not have associated
   TTL" as the reference says; current agents answer 404 "Unknown check ID" — set
   `unknown_check_404=True` to emulate them.
+* Where the reference and Consul's source differ, the source wins: a single-key KV read
+  reports the entry's ModifyIndex (the KV table index only when the key is missing), and
+  an anonymous single-key KV read is 403 (listings are filtered).
+* Check output texts copy Go's wording for the common cases (refused, timeout, x509);
+  rarer network errors carry Python's wording.
 """
 
 PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
@@ -115,7 +120,7 @@ class DecodeError(ApiError):
         super().__init__(400, f"Request decode failed: {detail}")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class StandInConfig:
     """Knobs of the stand-in; timing ones exist so tests need not wait real minutes."""
 
@@ -657,11 +662,15 @@ def _host_port(url: str) -> str:
     return f"{parts.hostname}:{port}"
 
 
-def _x509_reason(exc: BaseException) -> str:
+def _x509_reason(exc: BaseException, host: str) -> str:
     """Go's wording for the certificate failures Python reports differently."""
     text = str(getattr(exc, "verify_message", "") or exc)
+    if "IP address mismatch" in text:
+        return (
+            f"x509: cannot validate certificate for {host} because it doesn't contain any IP SANs"
+        )
     if "mismatch" in text or "not valid for" in text:
-        return "x509: certificate is not valid for the requested name"
+        return f"x509: certificate is not valid for {host}"
     if "expired" in text:
         return "x509: certificate has expired or is not yet valid"
     return "x509: certificate signed by unknown authority"
@@ -674,7 +683,8 @@ def _http_error_output(spec: CheckSpec, exc: BaseException) -> str:
             f"{prefix}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
         )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"{prefix}: tls: failed to verify certificate: {_x509_reason(exc.certificate_error)}"
+        reason = _x509_reason(exc.certificate_error, spec.tls_server_name or exc.host)
+        return f"{prefix}: tls: failed to verify certificate: {reason}"
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, ConnectionRefusedError):
             return f"{prefix}: dial tcp {_host_port(spec.http)}: connect: connection refused"
@@ -1108,8 +1118,14 @@ class AgentState:
         elif record.spec.kind in ("http", "tcp"):
             task = asyncio.get_running_loop().create_task(self._run_interval_check(record))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._runner_done)
             record.task = task
+
+    def _runner_done(self, task: asyncio.Task[None]) -> None:
+        """A runner that crashed would leave its check frozen; say so loudly."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("check runner crashed", exc_info=task.exception())
 
     def _stop_runner(self, record: CheckRecord) -> None:
         for handle in (record.ttl_timer, record.deferred_sync):

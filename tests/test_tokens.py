@@ -160,8 +160,11 @@ def test_no_jitter_gives_exact_ttl() -> None:
 
 
 def test_new_client_id_is_128_bit_urlsafe() -> None:
-    ids = {new_client_id() for _ in range(1000)} | {TokenIssuer.new_client_id()}
-    assert len(ids) == 1001
+    issuer = TokenIssuer(hs_ring())
+    other = TokenIssuer(hs_ring())
+    ids = {new_client_id() for _ in range(1000)}
+    ids |= {issuer.new_client_id() for _ in range(1000)} | {other.new_client_id()}
+    assert len(ids) == 2001
     for cid in ids:
         assert len(cid) == 22 and set(cid) <= set(URLSAFE)
 

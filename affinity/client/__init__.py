@@ -2,16 +2,20 @@
 
 ``Client`` (sync) and ``AsyncClient`` (async) have an httpx-like surface
 (``get``, ``post``, ``request``, ``stream``, context managers) and one set of
-failover rules, :mod:`affinity.client.rules`, that both drive:
+failover rules, :mod:`affinity.client.rules`, that both drive::
+
+    with affinity.Client("https://referral.example.com", service="api") as client:
+        items = client.get("/items").json()
 
 * the referral instances (a list, or a name with several addresses) are
   tried in random order, and one that fails is tried last for a cool-down;
 * the token is sent as ``Affinity-Token`` and renewed through the referral,
   with the old token so the client stays on its server, at 80 % of its life;
-* a connect error or timeout, ``421``, ``503`` + ``Affinity-Reassign`` or a
+* a failure to get an answer, ``421``, ``503`` + ``Affinity-Reassign`` or a
   ``401`` for an expired or invalid token makes the client ask again with
-  ``avoid=<server>`` and retry, when resending is safe (idempotent method,
-  ``idempotency_key``, or a request that never left);
+  ``avoid=<server>`` and the old token; the request is sent again only when
+  that is safe: the server did not act on it (those answers, or a connect
+  failure), or the method is idempotent, or it carries an ``idempotency_key``;
 * retries wait a full-jitter back-off, need the retry budget, and stop at the
   call's deadline, with :class:`~affinity.errors.AllAttemptsFailed` listing
   everything tried.

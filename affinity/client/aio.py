@@ -59,7 +59,7 @@ class AsyncClient(BaseClient):
         resolver: AsyncResolver = resolve,
         **options: Unpack[ClientOptions],
     ) -> None:
-        super().__init__(referrals, options)
+        super().__init__(referrals, options, transport=transport)
         self._http = httpx.AsyncClient(transport=transport, **self._http_options())
         self._sleep = sleep
         self._resolver = resolver

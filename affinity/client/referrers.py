@@ -82,13 +82,19 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class Note:
-    """One thing tried and how it failed, for events and for the final error message."""
+    """One thing tried and how it failed, for events and for the final error message.
 
+    ``kind`` is ``"referral"`` or ``"server"``; ``error`` keeps the exception,
+    if any, so the final error can chain it.
+    """
+
+    kind: str
     who: str
     what: str
+    error: Exception | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
-        return f"{self.who}: {self.what}"
+        return f"{self.kind} {self.who}: {self.what}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +161,9 @@ class NotOffered:
 def normalise(url: str) -> str:
     """``scheme://host[:port][/prefix]`` without a trailing slash, or ConfigError."""
     parts = urllib.parse.urlsplit(url.strip())
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        parts = parts._replace(scheme="")
     if (
         parts.scheme not in ("http", "https")
+        or not _has_valid_port(parts)
         or not parts.hostname
         or parts.username is not None
         or parts.query
@@ -173,10 +176,20 @@ def normalise(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
+def _has_valid_port(parts: urllib.parse.SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 - the property raises ValueError for a bad port
+    except ValueError:
+        return False
+    return True
+
+
 class Referrers:
     """The referral instances of a client, with their DNS expansion and cool-downs."""
 
-    def __init__(self, urls: Sequence[str], *, cooldown: float = 10.0, dns_ttl: float = 30.0):
+    def __init__(
+        self, urls: Sequence[str], *, cooldown: float = 10.0, dns_ttl: float = 30.0
+    ) -> None:
         if isinstance(urls, str):
             urls = [urls]
         if not urls:
@@ -327,16 +340,16 @@ Outcome = Offer | NotOffered | None
 def judge_answer(outcome: httpx.Response | Failure, who: str, notes: list[Note]) -> Outcome:
     """Classify one instance's answer; a failure is appended to ``notes`` (None: try the next)."""
     if isinstance(outcome, Failure):
-        notes.append(Note(who, str(outcome)))
+        notes.append(Note("referral", who, str(outcome), outcome.error))
         return None
     status = outcome.status_code
     if status == 200:
         try:
             return parse_offer(outcome.content)
         except ValueError as exc:
-            notes.append(Note(who, f"200 with a bad answer: {exc}"))
+            notes.append(Note("referral", who, f"200 with a bad answer: {exc}"))
             return None
-    note = Note(who, error_text(outcome))
+    note = Note("referral", who, error_text(outcome))
     notes.append(note)
     if status == 429 or (status == 503 and error_body(outcome)[0] == "no_healthy_server"):
         wait = parse_retry_after(outcome.headers.get("Retry-After"))
@@ -377,7 +390,7 @@ def ask(
     for instance in referrers.order(clock(), rng):
         remaining = until - clock()
         if remaining <= 0:
-            notes.append(Note(str(instance), "not tried: the deadline passed"))
+            notes.append(Note("referral", str(instance), "not tried: the deadline passed"))
             break
         outcome = yield assign_fetch(
             instance,
@@ -387,7 +400,7 @@ def ask(
             connect=min(connect_timeout, remaining),
             read=min(timeout, remaining),
         )
-        result = judge_answer(outcome, f"referral {instance}", notes)
+        result = judge_answer(outcome, str(instance), notes)
         if isinstance(result, Offer):
             referrers.succeeded(instance)
             return Offered(result, instance, tuple(notes))

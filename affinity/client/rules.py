@@ -106,7 +106,7 @@ class GaveUp:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReferralFailed:
-    """A referral instance gave no server (it is cooled down unless it asked to wait)."""
+    """A referral instance gave no server: it failed (cooled down), said wait, or refused."""
 
     referral: str
     reason: str
@@ -202,6 +202,10 @@ class Tries:
     def lines(self) -> tuple[str, ...]:
         return tuple(str(n) for n in self.notes)
 
+    def cause(self) -> Exception | None:
+        """The last exception met, to chain to the final error."""
+        return next((n.error for n in reversed(self.notes) if n.error is not None), None)
+
     def message(self, reason: str, now: float) -> str:
         tried = "\n  ".join(self.lines()) or "nothing could be tried"
         return (
@@ -252,8 +256,9 @@ def _loop(session: Session, tries: Tries, attempt: Callable[[], Steps[T | Retry]
             return result
         plan = _plan(session, tries)
         if isinstance(plan, str):
-            yield from _give_up(session, tries, plan)
-            raise AllAttemptsFailed(tries.message(plan, session.clock()), attempts=tries.lines())
+            yield Emit(GaveUp(attempts=tries.count, reason=plan))
+            message = tries.message(plan, session.clock())
+            raise AllAttemptsFailed(message, attempts=tries.lines()) from tries.cause()
         yield Emit(Retried(attempt=tries.count + 1, delay=plan, reason=result.reason))
         if plan > 0:
             yield Sleep(plan)
@@ -280,13 +285,9 @@ def _plan(session: Session, tries: Tries) -> float | str:
     return delay
 
 
-def _give_up(session: Session, tries: Tries, reason: str) -> Steps[None]:
-    yield Emit(GaveUp(attempts=tries.count, reason=reason))
-
-
 def _try_assign(session: Session, tries: Tries) -> Steps[str | Retry]:
     grant = yield from _ensure(session, tries, force=True)
-    return grant.server_id if grant is not None else Retry("no server assigned")
+    return grant.server_id if grant is not None else Retry(_last(tries))
 
 
 def _try_request(
@@ -295,7 +296,7 @@ def _try_request(
     grant = yield from _ensure(session, tries, force=False)
     remaining = tries.deadline - session.clock()
     if grant is None or remaining <= 0:
-        return Retry("no server assigned" if grant is None else "deadline")
+        return Retry(_last(tries) if grant is None else "deadline")
     settings = session.settings
     outcome = yield spec.fetch(
         grant,
@@ -307,7 +308,10 @@ def _try_request(
     if verdict is None:
         assert isinstance(outcome, httpx.Response)
         return outcome
-    tries.notes.append(Note(f"server {grant.server_id} ({grant.server_url})", verdict.reason))
+    error = outcome.error if isinstance(outcome, Failure) else None
+    tries.notes.append(
+        Note("server", f"{grant.server_id} ({grant.server_url})", verdict.reason, error)
+    )
     if isinstance(outcome, httpx.Response):
         yield Close(outcome)
     if verdict.failover:
@@ -319,9 +323,14 @@ def _try_request(
             f"{spec.method} is not idempotent and has no idempotency key, and the request "
             f"may have reached server {grant.server_id}; not sent again"
         )
-        yield from _give_up(session, tries, reason)
-        raise NotRetried(tries.message(reason, session.clock()), attempts=tries.lines())
+        yield Emit(GaveUp(attempts=tries.count, reason=reason))
+        message = tries.message(reason, session.clock())
+        raise NotRetried(message, attempts=tries.lines()) from tries.cause()
     return Retry(verdict.reason)
+
+
+def _last(tries: Tries) -> str:
+    return str(tries.notes[-1]) if tries.notes else "no server assigned"
 
 
 def judge(outcome: httpx.Response | Failure, spec: Spec) -> Steps[Verdict | None]:
@@ -355,21 +364,25 @@ def judge_failure(failure: Failure, spec: Spec) -> Verdict:
 def _ensure(session: Session, tries: Tries, *, force: bool) -> Steps[Grant | None]:
     """The grant to use now: asks the referral when there is none, it failed, or it is due."""
     grant, now = session.grant, session.clock()
-    if force or grant is None or session.suspect is not None or now >= grant.expires_at:
-        reason = (
-            "forced"
-            if force
-            else "first"
-            if grant is None
-            else "failover"
-            if session.suspect is not None
-            else "expired"
-        )
+    reason = _why_refer(session, force=force, now=now)
+    if reason is not None:
         return (yield from _refer(session, tries, reason, hard=True))
+    assert grant is not None
     if now >= grant.renew_at and now >= session.renew_not_before:
         renewed = yield from _refer(session, tries, "renew", hard=False)
         return renewed or grant
     return grant
+
+
+def _why_refer(session: Session, *, force: bool, now: float) -> str | None:
+    """Why the referral must be asked before sending (the reason in ``Assigned``), or None."""
+    if force:
+        return "forced"
+    if session.grant is None:
+        return "first"
+    if session.suspect is not None:
+        return "failover"
+    return "expired" if now >= session.grant.expires_at else None
 
 
 def _refer(session: Session, tries: Tries, reason: str, *, hard: bool) -> Steps[Grant | None]:
@@ -402,7 +415,7 @@ def _refer(session: Session, tries: Tries, reason: str, *, hard: bool) -> Steps[
     if not hard:
         session.renew_not_before = now + settings.cooldown
     elif result.refused is not None:
-        yield from _give_up(session, tries, str(result.refused))
+        yield Emit(GaveUp(attempts=tries.count, reason=str(result.refused)))
         raise ReferralRefused(f"{tries.what}: {result.refused}")
     elif result.wait is not None:
         tries.wait = max(tries.wait, result.wait)
@@ -423,4 +436,4 @@ def log_event(event: Event) -> None:
         case GaveUp():
             log.warning("gave up after %d attempt(s): %s", event.attempts, event.reason)
         case ReferralFailed():
-            log.warning("%s: %s", event.referral, event.reason)
+            log.warning("referral %s: %s", event.referral, event.reason)

@@ -144,7 +144,7 @@ def make_session(referrals: str | Sequence[str], options: ClientOptions) -> Sess
         budget,
         clock=clock,
         rng=given.get("rng"),
-        state_file=Path(state_file) if state_file is not None else None,
+        state_file=Path(state_file).expanduser() if state_file is not None else None,
     )
 
 
@@ -199,10 +199,14 @@ def make_spec(method: str, path: str, options: RequestOptions) -> Spec:
 class BaseClient:
     """What the sync and the async client share: options, session, TLS, events. No I/O."""
 
-    def __init__(self, referrals: str | Sequence[str], options: ClientOptions) -> None:
+    def __init__(
+        self, referrals: str | Sequence[str], options: ClientOptions, *, transport: object
+    ) -> None:
         self._session = make_session(referrals, options)
         self._on_event = options.get("on_event")
-        self._verify = tls_verify(options.get("verify", True))
+        # A transport given for tests does its own TLS, if any: skip loading the system CAs.
+        verify = options.get("verify", True)
+        self._verify = True if transport is not None and verify is True else tls_verify(verify)
 
     @property
     def server(self) -> str | None:
@@ -273,7 +277,7 @@ class Client(BaseClient):
         resolver: Resolver = resolve,
         **options: Unpack[ClientOptions],
     ) -> None:
-        super().__init__(referrals, options)
+        super().__init__(referrals, options, transport=transport)
         self._http = httpx.Client(transport=transport, **self._http_options())
         self._sleep = sleep
         self._resolver = resolver

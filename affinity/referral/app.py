@@ -61,6 +61,7 @@ class ReferralContext:
     health_sources: list[HealthSource] = field(default_factory=list)
     settings: dict[str, SharedSettings] = field(default_factory=dict)
     filtered: bool = False
+    observed: bool = False
 
     def apply_view(self, view: RegistryView) -> None:
         """Take a registry view: servers into the table, changed settings to the plugins."""
@@ -185,7 +186,9 @@ class ReferralServer:
         app.add_route(_metrics, "/metrics", methods=["GET"], name="metrics")
         app.add_route(_openapi, "/openapi.json", methods=["GET"], name="openapi")
         app.blueprint(admin_routes.admin)
-        app.register_middleware(_filter_request, "request")
+        if self.manager.has_request_filters():
+            # Sanic pays for every middleware on every request; add it only when used.
+            app.register_middleware(_filter_request, "request")
         app.register_listener(self._start, "before_server_start")
         app.register_listener(self._stop, "after_server_stop")
         self.manager.register_routes(app, self.role)
@@ -195,6 +198,7 @@ class ReferralServer:
     async def _start(self, app: Sanic[Any, Any]) -> None:
         ctx: ReferralContext = app.ctx.affinity
         ctx.filtered = self.manager.has_request_filters()
+        ctx.observed = self.manager.observes_assignments()
         await ctx.registry.start()
         ctx.apply_view(await ctx.registry.watch(-1, 0))
         app.add_task(
@@ -226,8 +230,6 @@ class ReferralServer:
 
 async def _filter_request(request: Request) -> HTTPResponse | None:
     ctx: ReferralContext = request.app.ctx.affinity
-    if not ctx.filtered:
-        return None
     info = RequestInfo(
         role="referral",
         method=request.method,

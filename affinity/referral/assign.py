@@ -25,7 +25,9 @@ _QUERY_SAFE = _PATH_SAFE + "?"
 
 def read_claims(ctx: ReferralContext, request: Request) -> Claims | None:
     """The claims of the client's token (header, else cookie); None if absent or invalid."""
-    token = request.headers.get(TOKEN_HEADER) or request.cookies.get(COOKIE)
+    token = request.headers.get(TOKEN_HEADER)
+    if not token and "cookie" in request.headers:
+        token = request.cookies.get(COOKIE)
     if not token:
         return None
     try:
@@ -76,7 +78,8 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment | 
         request=areq, server=server, token=token, expires_in=expires_in, sticky=sticky
     )
     ctx.metrics.assigned(service, sticky)
-    ctx.manager.assigned(assignment)
+    if ctx.observed:
+        ctx.manager.assigned(assignment)
     return assignment
 
 
@@ -93,7 +96,7 @@ async def assign(request: Request) -> HTTPResponse:
     """``GET /v1/assign``: JSON with the server, the token and whether it was sticky."""
     ctx: ReferralContext = request.app.ctx.affinity
     service = request.args.get("service") or ctx.config.referral.default_service
-    if not is_valid_id(service):
+    if service not in ctx.services and not is_valid_id(service):
         return error_response(
             400, "invalid_service", "service must be 1-64 letters, digits, '.', '_' or '-'"
         )

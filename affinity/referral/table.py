@@ -56,6 +56,7 @@ class ServerTable:
         self._observed: dict[str, Observation] = {}
         self._servers: dict[str, Server] = {}
         self._pools: dict[str, _PoolState] = {}
+        self._services: frozenset[str] = frozenset()
         self._version = 0
         self.assignments: dict[str, int] = {}
         self.view_index = 0
@@ -76,6 +77,7 @@ class ServerTable:
         for sid in self._registered:
             self._observed.setdefault(sid, Observation(since=now))
         self._servers = {sid: self._merge(sid) for sid in self._registered}
+        self._services = frozenset(s.service for s in self._servers.values())
         self._pools.clear()
 
     def servers(self) -> Iterable[Server]:
@@ -138,8 +140,9 @@ class ServerTable:
     def observation(self, server_id: str) -> Observation | None:
         return self._observed.get(server_id)
 
-    def services(self) -> set[str]:
-        return {s.service for s in self._servers.values()}
+    def services(self) -> frozenset[str]:
+        """Services with at least one registered server."""
+        return self._services
 
     def pool(self, service: str) -> Pool:
         """The pool of a service, rebuilt if it changed (load-only changes are batched)."""

@@ -20,6 +20,7 @@ import socket
 import stat
 import urllib.parse
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,14 @@ def mode(kind: str, name: str, value: str) -> Callable[[FakeNet], None]:
     return change
 
 
+def wait(retry_after: str) -> Callable[[FakeNet], None]:
+    def change(net: FakeNet) -> None:
+        for referral in net.referrals.values():
+            referral.retry_after = retry_after
+
+    return change
+
+
 def modes(*changes: Callable[[FakeNet], None]) -> Callable[[FakeNet], None]:
     def change(net: FakeNet) -> None:
         for c in changes:
@@ -381,6 +390,7 @@ def check_failover_to_s2(reason: str) -> Callable[[Run], None]:
 def check_post_not_resent(run: Run) -> None:
     error = run.failed()
     assert isinstance(error, NotRetried)
+    assert isinstance(error.__cause__, httpx.ReadError)
     assert len(run.net.apps["s1"].seen) == 1, "received exactly once"
     assert run.net.apps["s2"].seen == []
     assert "POST is not idempotent" in str(error) and "ReadError" in str(error)
@@ -406,7 +416,7 @@ def check_one_referral_down(run: Run) -> None:
     down = run.net.referrals["ref-a.test"]
     assert down.attempts == 1, "tried once, then skipped while cooling down"
     assert len(run.of(ReferralFailed)) == 1
-    assert "ref-a.test" in run.of(ReferralFailed)[0].referral
+    assert run.of(ReferralFailed)[0].referral == "https://ref-a.test"
 
 
 def check_cooled_referral_returns(run: Run) -> None:
@@ -417,6 +427,7 @@ def check_cooled_referral_returns(run: Run) -> None:
 def check_all_referrals_down(run: Run) -> None:
     error = run.failed()
     assert isinstance(error, AllAttemptsFailed)
+    assert isinstance(error.__cause__, httpx.ConnectError)
     text = str(error)
     assert "ref-a.test" in text and "ref-b.test" in text and "Connection refused" in text
     assert "gave up after 4 attempt(s)" in text
@@ -483,56 +494,139 @@ def check_read_timeout_get_fails_over(run: Run) -> None:
 
 POST = Call("POST", "/orders", {"content": b"order=1"})
 SCENARIOS = [
-    Scenario("assigned, token sent", (Call(), Call()), check_assigned_and_token_sent,
-             options={"service": "api"}),
-    Scenario("sticky renewal at 80%", (Call(), Advance(79), Call(), Advance(2), Call()),
-             check_sticky_renewal),
-    Scenario("421 fails over", (Call(),), check_failover_to_s2("421 misdirected"),
-             mode("app", "s1", "misdirect")),
-    Scenario("503 + Affinity-Reassign fails over", (Call(),), check_failover_to_s2("draining"),
-             mode("app", "s1", "drain")),
-    Scenario("401 token_expired re-assigns", (Call(),), check_failover_to_s2("token_expired"),
-             mode("app", "s1", "expired")),
-    Scenario("GET connect error retried", (Call(),), check_failover_to_s2("ConnectError"),
-             mode("app", "s1", "down")),
-    Scenario("streamed GET fails over before the body", (Call(stream=True),),
-             check_failover_to_s2("421"), mode("app", "s1", "misdirect")),
-    Scenario("GET read error retried elsewhere", (Call(),), check_read_timeout_get_fails_over,
-             mode("app", "s1", "reset")),
-    Scenario("POST read error not re-sent", (POST,), check_post_not_resent,
-             mode("app", "s1", "reset")),
-    Scenario("POST connect error retried", (POST,), check_post_retried_after_connect_error,
-             mode("app", "s1", "down")),
-    Scenario("POST with idempotency key retried",
-             (Call("POST", "/orders", {"json": {"n": 1}, "idempotency_key": "order-42"}),),
-             check_post_with_key, mode("app", "s1", "reset")),
-    Scenario("one referral down, cooled down", (Assign(),) * 20, check_one_referral_down,
-             mode("ref", "ref-a.test", "down")),
-    Scenario("cooled referral tried again later", (*(Assign(),) * 5, Advance(11), *(Assign(),) * 20),
-             check_cooled_referral_returns, mode("ref", "ref-a.test", "down"),
-             options={"rng": random.Random(1)}),
-    Scenario("all referrals down", (Call(),), check_all_referrals_down,
-             modes(mode("ref", "ref-a.test", "down"), mode("ref", "ref-b.test", "down"))),
-    Scenario("black-holed servers stop at the deadline", (Call(),),
-             check_black_holes_stop_at_deadline,
-             modes(mode("app", "s1", "blackhole"), mode("app", "s2", "blackhole")),
-             options={"max_attempts": 50, "retry_budget_min": 50}),
-    Scenario("no healthy server: Retry-After honoured", (Call(),), check_no_healthy_waits,
-             modes(mode("ref", "ref-a.test", "no_healthy"), mode("ref", "ref-b.test", "no_healthy"))),
-    Scenario("no healthy server: Retry-After past the deadline", (Call(),),
-             check_no_healthy_beyond_deadline,
-             modes(mode("ref", "ref-a.test", "no_healthy"), mode("ref", "ref-b.test", "no_healthy"),
-                   lambda net: [setattr(r, "retry_after", "30") for r in net.referrals.values()])),
-    Scenario("retry budget spent", (Call(),), check_budget_spent, mode("app", "s1", "down"),
-             options={"retry_budget_min": 0, "retry_budget_ratio": 0.0}),
-    Scenario("503 without Reassign is the caller's", (Call(),), check_delivered(503),
-             mode("app", "s1", "busy")),
-    Scenario("unknown service refused at once", (Call(),), check_refused,
-             modes(mode("ref", "ref-a.test", "unknown_service"),
-                   mode("ref", "ref-b.test", "unknown_service"))),
-    Scenario("DNS name with several addresses", (Call(),), check_dns_expansion,
-             lambda net: net.dns.update({"ref-a.test": ["192.0.2.10", "192.0.2.11"]}),
-             referrals=("https://ref-a.test",)),
+    Scenario(
+        "assigned, token sent",
+        (Call(), Call()),
+        check_assigned_and_token_sent,
+        options={"service": "api"},
+    ),
+    Scenario(
+        "sticky renewal at 80%",
+        (Call(), Advance(79), Call(), Advance(2), Call()),
+        check_sticky_renewal,
+    ),
+    Scenario(
+        "421 fails over",
+        (Call(),),
+        check_failover_to_s2("421 misdirected"),
+        mode("app", "s1", "misdirect"),
+    ),
+    Scenario(
+        "503 + Affinity-Reassign fails over",
+        (Call(),),
+        check_failover_to_s2("draining"),
+        mode("app", "s1", "drain"),
+    ),
+    Scenario(
+        "401 token_expired re-assigns",
+        (Call(),),
+        check_failover_to_s2("token_expired"),
+        mode("app", "s1", "expired"),
+    ),
+    Scenario(
+        "GET connect error retried",
+        (Call(),),
+        check_failover_to_s2("ConnectError"),
+        mode("app", "s1", "down"),
+    ),
+    Scenario(
+        "streamed GET fails over before the body",
+        (Call(stream=True),),
+        check_failover_to_s2("421"),
+        mode("app", "s1", "misdirect"),
+    ),
+    Scenario(
+        "GET read error retried elsewhere",
+        (Call(),),
+        check_read_timeout_get_fails_over,
+        mode("app", "s1", "reset"),
+    ),
+    Scenario(
+        "POST read error not re-sent", (POST,), check_post_not_resent, mode("app", "s1", "reset")
+    ),
+    Scenario(
+        "POST connect error retried",
+        (POST,),
+        check_post_retried_after_connect_error,
+        mode("app", "s1", "down"),
+    ),
+    Scenario(
+        "POST with idempotency key retried",
+        (Call("POST", "/orders", {"json": {"n": 1}, "idempotency_key": "order-42"}),),
+        check_post_with_key,
+        mode("app", "s1", "reset"),
+    ),
+    Scenario(
+        "one referral down, cooled down",
+        (Assign(),) * 20,
+        check_one_referral_down,
+        mode("ref", "ref-a.test", "down"),
+    ),
+    Scenario(
+        "cooled referral tried again later",
+        (*(Assign(),) * 5, Advance(11), *(Assign(),) * 20),
+        check_cooled_referral_returns,
+        mode("ref", "ref-a.test", "down"),
+        options={"rng": random.Random(1)},
+    ),
+    Scenario(
+        "all referrals down",
+        (Call(),),
+        check_all_referrals_down,
+        modes(mode("ref", "ref-a.test", "down"), mode("ref", "ref-b.test", "down")),
+    ),
+    Scenario(
+        "black-holed servers stop at the deadline",
+        (Call(),),
+        check_black_holes_stop_at_deadline,
+        modes(mode("app", "s1", "blackhole"), mode("app", "s2", "blackhole")),
+        options={"max_attempts": 50, "retry_budget_min": 50},
+    ),
+    Scenario(
+        "no healthy server: Retry-After honoured",
+        (Call(),),
+        check_no_healthy_waits,
+        modes(mode("ref", "ref-a.test", "no_healthy"), mode("ref", "ref-b.test", "no_healthy")),
+    ),
+    Scenario(
+        "no healthy server: Retry-After past the deadline",
+        (Call(),),
+        check_no_healthy_beyond_deadline,
+        modes(
+            mode("ref", "ref-a.test", "no_healthy"),
+            mode("ref", "ref-b.test", "no_healthy"),
+            wait("30"),
+        ),
+    ),
+    Scenario(
+        "retry budget spent",
+        (Call(),),
+        check_budget_spent,
+        mode("app", "s1", "down"),
+        options={"retry_budget_min": 0, "retry_budget_ratio": 0.0},
+    ),
+    Scenario(
+        "503 without Reassign is the caller's",
+        (Call(),),
+        check_delivered(503),
+        mode("app", "s1", "busy"),
+    ),
+    Scenario(
+        "unknown service refused at once",
+        (Call(),),
+        check_refused,
+        modes(
+            mode("ref", "ref-a.test", "unknown_service"),
+            mode("ref", "ref-b.test", "unknown_service"),
+        ),
+    ),
+    Scenario(
+        "DNS name with several addresses",
+        (Call(),),
+        check_dns_expansion,
+        lambda net: net.dns.update({"ref-a.test": ["192.0.2.10", "192.0.2.11"]}),
+        referrals=("https://ref-a.test",),
+    ),
 ]
 
 
@@ -566,13 +660,18 @@ def test_state_file_for_other_referrals_or_corrupt_is_ignored(tmp_path: Path) ->
     state = tmp_path / "affinity.json"
     run_sync(Scenario("save", (Call(),), lambda run: None, options={"state_file": state}))
     other = run_sync(
-        Scenario("other service", (Call(),), lambda run: None,
-                 options={"state_file": state, "service": "other"})
+        Scenario(
+            "other service",
+            (Call(),),
+            lambda run: None,
+            options={"state_file": state, "service": "other"},
+        )
     )
     assert len(other.net.assigns()) == 1
     state.write_text("{not json")
-    corrupt = run_sync(Scenario("corrupt", (Call(),), lambda run: None,
-                                options={"state_file": state}))
+    corrupt = run_sync(
+        Scenario("corrupt", (Call(),), lambda run: None, options={"state_file": state})
+    )
     assert len(corrupt.net.assigns()) == 1
     assert json.loads(state.read_text())["server_id"] == "s1", "rewritten after the referral"
 
@@ -632,7 +731,9 @@ def test_path_must_be_absolute() -> None:
         client.get("https://evil.test/")
 
 
-def _cli(argv: list[str], setup: Callable[[FakeNet], None] = lambda net: None) -> tuple[int, FakeNet]:
+def _cli(
+    argv: list[str], setup: Callable[[FakeNet], None] = lambda net: None
+) -> tuple[int, FakeNet]:
     net = FakeNet(FakeClock())
     setup(net)
     return request_main(argv, transport=httpx.MockTransport(net.handle)), net
@@ -655,3 +756,52 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ref-a.test" in capsys.readouterr().err
     assert _cli(["--referral", REFERRALS[0], "-H", "bad", "GET", "/"])[0] == 2
     assert _cli(["GET"])[0] == 2
+
+
+def test_concurrent_async_calls_all_fail_over() -> None:
+    """Ten calls in flight on a server that starts draining: every one ends on the other."""
+    clock = FakeClock()
+    net = FakeNet(clock)
+    net.apps["s1"].mode = "drain"
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0)  # let the other calls run: they are all in flight at once
+        return net.handle(request)
+
+    async def main() -> list[httpx.Response]:
+        async with AsyncClient(
+            REFERRALS,
+            transport=httpx.MockTransport(handle),
+            sleep=clock.asleep,
+            resolver=net.aresolve,
+            clock=clock,
+            rng=random.Random(2),
+            retry_budget_min=10,
+        ) as client:
+            await client.assign()
+            return await asyncio.gather(*(client.get(f"/{i}") for i in range(10)))
+
+    responses = asyncio.run(main())
+    assert {r.headers["Affinity-Server"] for r in responses} == {"s2"}
+    assert all(r.status_code == 200 for r in responses)
+    assert len(net.apps["s1"].seen) == 10, "all ten were in flight on s1"
+    assert all("s1" in r.url.params.get_list("avoid") for r in net.assigns()[1:])
+
+
+def test_threads_share_a_sync_client() -> None:
+    clock = FakeClock()
+    net = FakeNet(clock)
+    net.apps["s1"].mode = "misdirect"
+    with (
+        Client(
+            REFERRALS,
+            transport=httpx.MockTransport(net.handle),
+            sleep=lambda seconds: None,
+            resolver=net.resolve,
+            clock=clock,
+            retry_budget_min=20,
+        ) as client,
+        ThreadPoolExecutor(max_workers=8) as pool,
+    ):
+        responses = list(pool.map(lambda i: client.get(f"/{i}"), range(16)))
+    assert {r.headers["Affinity-Server"] for r in responses} == {"s2"}

@@ -440,10 +440,9 @@ def test_ttl_expiry_turns_critical_with_consul_output(
     assert agent.register(body).status_code == 200
     assert agent.ttl("pass", check_id, "alive").status_code == 200
     started = time.monotonic()
-    check = wait_for(
-        lambda: (
-            (c := agent.catalog_check(service_name, check_id)) and c["Status"] == "critical" and c
-        ),
+    check = await_check(
+        lambda: agent.catalog_check(service_name, check_id),
+        "critical",
         timing.deadline,
         "the TTL to expire",
     )
@@ -738,7 +737,10 @@ def test_http_check_output_for_error_status(
 def test_http_check_connection_refused(agent: Agent, service_name: str, timing: Timing) -> None:
     url = f"http://127.0.0.1:{closed_port()}/health"
     check_id = _register_http_check(agent, service_name, url, timing, Status="passing")
-    check = await_check(lambda: agent.agent_check(check_id), "critical", timing.deadline,
+    check = await_check(
+        lambda: agent.agent_check(check_id),
+        "critical",
+        timing.deadline,
         "the refused probe",
     )
     assert check["Output"].startswith(f'Get "{url}": dial tcp ')
@@ -753,7 +755,10 @@ def test_http_check_timeout(
     check_id = _register_http_check(
         agent, service_name, url, timing, Status="passing", Timeout="200ms"
     )
-    check = await_check(lambda: agent.agent_check(check_id), "critical", timing.deadline,
+    check = await_check(
+        lambda: agent.agent_check(check_id),
+        "critical",
+        timing.deadline,
         "the probe to time out",
     )
     assert check["Output"].startswith(f'Get "{url}": ')
@@ -827,7 +832,10 @@ def test_https_check_tls_options(
     skip = _register_http_check(agent, "skip", target.url(), timing, TLSSkipVerify=True)
     wait_for(lambda: agent.status(named) == "passing", 5.0, "verified TLS check")
     wait_for(lambda: agent.status(skip) == "passing", 5.0, "skip-verify TLS check")
-    failed = await_check(lambda: agent.agent_check(unnamed), "critical", 5.0,
+    failed = await_check(
+        lambda: agent.agent_check(unnamed),
+        "critical",
+        5.0,
         "name mismatch",
     )
     assert "tls: failed to verify certificate: x509:" in failed["Output"]

@@ -1,0 +1,106 @@
+"""Referral throughput and memory.
+
+1. Requests per second of ``GET /v1/assign`` (10,000 registered servers,
+   ``load_weighted``, a token signed per answer) against a minimal Sanic route,
+   same run, as a ratio (target >= 0.85).
+2. Peak memory of a referral holding 100,000 registered servers (target < 200 MB).
+
+Run: ``.venv/bin/python bench/bench_referral.py [--rounds 3] [--seconds 5]``
+(needs ``wrk``). Plain HTTP on loopback for both sides, so TLS cost, which is
+the same for both, does not dilute the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from affinity.testing import free_port
+from affinity.tokens import generate_keyfile
+from bench.common import alternate, median, peak_rss_mb, spawn, stop, wait_http, wrk
+
+
+def write_config(directory: Path, port: int, servers: int) -> Path:
+    generate_keyfile(directory / "keys.json", "HS256", False)
+    rows = ",\n".join(
+        f'  {{id = "s{i}", url = "https://s{i}.bench.test:8443"}}' for i in range(servers)
+    )
+    config = directory / "affinity.toml"
+    config.write_text(f"""
+[referral]
+listen = "127.0.0.1:{port}"
+insecure_http = true
+[tokens]
+keys_file = "keys.json"
+[health]
+sources = []
+[services.web]
+policy = "load_weighted"
+servers = [
+{rows}
+]
+""")
+    return config
+
+
+def throughput(rounds: int, seconds: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        port, base_port = free_port(), free_port()
+        config = write_config(Path(tmp), port, 10_000)
+        referral = spawn(["-m", "affinity", "referral", "--config", str(config)])
+        minimal = spawn(["bench/minimal_app.py", str(base_port)])
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz", referral)
+            wait_http(f"http://127.0.0.1:{base_port}/", minimal)
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/assign").json()["token"]
+            results = alternate(
+                {
+                    "minimal Sanic route": lambda: wrk(
+                        f"http://127.0.0.1:{base_port}/", seconds=seconds
+                    ),
+                    "GET /v1/assign": lambda: wrk(
+                        f"http://127.0.0.1:{port}/v1/assign", seconds=seconds
+                    ),
+                },
+                rounds,
+            )
+        finally:
+            stop(referral, minimal)
+    base = median(results["minimal Sanic route"])
+    print(f"{'endpoint':<24} {'req/s (median of ' + str(rounds) + ')':>24} {'ratio':>7}")
+    for name, values in results.items():
+        print(f"{name:<24} {median(values):>24.0f} {median(values) / base:>7.2f}")
+
+
+def memory(servers: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        config = write_config(Path(tmp), port, servers)
+        referral = spawn(["-m", "affinity", "referral", "--config", str(config)])
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz", referral, timeout=300)
+            for _ in range(20):
+                httpx.get(f"http://127.0.0.1:{port}/v1/assign")
+            print(f"peak RSS with {servers:,} servers: {peak_rss_mb(referral.pid):.0f} MiB")
+        finally:
+            stop(referral)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--servers", type=int, default=100_000)
+    args = p.parse_args()
+    throughput(args.rounds, args.seconds)
+    memory(args.servers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,483 @@
+"""The failover rules without a network: scripted outcomes, a fake clock, and properties.
+
+The rules are generators of actions, so a test can be the driver: it answers
+each action from a script and records what the rules asked for. The property
+tests throw arbitrary sequences of server failures at them and check the
+promises that matter: a bounded number of attempts, the deadline, never
+re-sending a request that may have reached a server unless that is safe, and
+always asking the referral to avoid a server that failed before going on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, cast
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from affinity.client import rules
+from affinity.client.referrers import (
+    MAX_AVOID,
+    Failure,
+    Fetch,
+    Instance,
+    Note,
+    Referrers,
+    Resolve,
+    assign_fetch,
+    normalise,
+    parse_offer,
+)
+from affinity.client.rules import (
+    Assigned,
+    Close,
+    Emit,
+    Read,
+    Sleep,
+    Spec,
+    assign_steps,
+    judge,
+    request_steps,
+)
+from affinity.client.store import Session
+from affinity.client.sync import ClientOptions, make_session, make_spec
+from affinity.errors import AllAttemptsFailed, ConfigError, NotRetried, ReferralRefused
+
+REFERRAL = "https://referral.test"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def offer(sid: str, expires_in: float = 100.0, sticky: bool = False) -> httpx.Response:
+    body = {
+        "server": {"id": sid, "url": f"https://{sid}.test"},
+        "token": f"tok.{sid}",
+        "expires_in": expires_in,
+        "sticky": sticky,
+    }
+    return httpx.Response(200, json=body)
+
+
+def answer(status: int, error: str = "", headers: dict[str, str] | None = None) -> httpx.Response:
+    body = {"error": error, "detail": "d"} if error else {}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+Responder = Callable[[Fetch], httpx.Response | Failure]
+
+
+class Driver:
+    """Performs the rules' actions from scripts, advancing a fake clock on sleeps."""
+
+    def __init__(self, clock: Clock, referral: Responder, server: Responder) -> None:
+        self.clock = clock
+        self.referral = referral
+        self.server = server
+        self.actions: list[Any] = []
+
+    def run(self, steps: rules.Steps[Any]) -> Any:
+        outcome: Any = None
+        while True:
+            try:
+                action = steps.send(outcome)
+            except StopIteration as stop:
+                return stop.value
+            self.actions.append(action)
+            outcome = self.perform(action)
+
+    def perform(self, action: Any) -> Any:
+        if isinstance(action, Fetch):
+            is_referral = action.url.endswith("/v1/assign")
+            return (self.referral if is_referral else self.server)(action)
+        if isinstance(action, Sleep):
+            self.clock.now += action.seconds
+        if isinstance(action, Resolve):
+            return Failure(OSError("no DNS in this test"))
+        return None
+
+    def fetches(self, referral: bool) -> list[Fetch]:
+        return [
+            a
+            for a in self.actions
+            if isinstance(a, Fetch) and a.url.endswith("/v1/assign") == referral
+        ]
+
+    def events(self, kind: type[Any]) -> list[Any]:
+        return [a.event for a in self.actions if isinstance(a, Emit) and isinstance(a.event, kind)]
+
+
+def session(clock: Clock, **options: Any) -> Session:
+    given = {"clock": clock, "rng": random.Random(3), **options}
+    return make_session(REFERRAL, cast(ClientOptions, given))
+
+
+def alternating() -> Responder:
+    """A referral that offers the first server not avoided, of s1..s9."""
+
+    def refer(fetch: Fetch) -> httpx.Response:
+        avoid = {v for k, v in fetch.params if k == "avoid"}
+        return offer(next(f"s{i}" for i in range(1, 10) if f"s{i}" not in avoid))
+
+    return refer
+
+
+# -- one answer at a time ----------------------------------------------------------------------
+
+GET, POST = Spec(method="GET", path="/"), Spec(method="POST", path="/")
+KEYED = Spec(method="POST", path="/", idempotency_key="k")
+REQ = httpx.Request("GET", "https://s1.test/")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "spec", "expected"),
+    [
+        (answer(200), POST, None),
+        (answer(503, "overloaded"), GET, None),
+        (answer(401, "token_required"), GET, None),
+        (answer(429, "rate_limited"), GET, None),
+        (answer(421, "misdirected"), POST, (True, True)),
+        (answer(503, "draining", {"Affinity-Reassign": "1"}), POST, (True, True)),
+        (answer(401, "token_expired"), POST, (True, True)),
+        (answer(401, "invalid_token"), POST, (True, True)),
+        (Failure(httpx.ConnectError("refused", request=REQ)), POST, (True, True)),
+        (Failure(httpx.ConnectTimeout("slow", request=REQ)), POST, (True, True)),
+        (Failure(httpx.PoolTimeout("busy", request=REQ)), POST, (False, True)),
+        (Failure(httpx.ReadTimeout("slow", request=REQ)), POST, (True, False)),
+        (Failure(httpx.ReadError("reset", request=REQ)), POST, (True, False)),
+        (Failure(httpx.WriteError("broken", request=REQ)), POST, (True, False)),
+        (Failure(httpx.RemoteProtocolError("eof", request=REQ)), POST, (True, False)),
+        (Failure(httpx.ReadTimeout("slow", request=REQ)), GET, (True, True)),
+        (Failure(httpx.ReadError("reset", request=REQ)), KEYED, (True, True)),
+    ],
+)
+def test_judge(
+    outcome: httpx.Response | Failure, spec: Spec, expected: tuple[bool, bool] | None
+) -> None:
+    steps = judge(outcome, spec)
+    try:
+        action = next(steps)
+        assert isinstance(action, Read)
+        steps.send(None)
+    except StopIteration as stop:
+        verdict = stop.value
+    assert (None if verdict is None else (verdict.failover, verdict.safe)) == expected
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])
+def test_idempotent_methods_are_resendable(method: str) -> None:
+    assert Spec(method=method, path="/").resendable
+    assert not Spec(method="PATCH", path="/").resendable
+
+
+def test_idempotency_key_given_as_header_counts() -> None:
+    spec = make_spec("post", "/o", {"headers": {"idempotency-key": "abc"}})
+    assert spec.method == "POST" and spec.idempotency_key == "abc" and spec.resendable
+
+
+def test_content_must_be_resendable() -> None:
+    with pytest.raises(TypeError, match="bytes or str"):
+        make_spec("POST", "/o", {"content": iter([b"x"])})  # type: ignore[typeddict-item]
+
+
+def test_first_action_is_the_referral_then_the_server_with_the_token() -> None:
+    clock = Clock()
+    driver = Driver(clock, alternating(), lambda f: answer(200))
+    response = driver.run(request_steps(session(clock, service="api"), GET))
+    assert response.status_code == 200
+    kinds = [type(a).__name__ for a in driver.actions]
+    assert kinds == ["Resolve", "Fetch", "Emit", "Fetch"]
+    referral, server = driver.fetches(True)[0], driver.fetches(False)[0]
+    assert referral.params == [("service", "api")]
+    assert "Affinity-Token" not in referral.headers
+    assert server.url == "https://s1.test/" and server.headers["Affinity-Token"] == "tok.s1"
+
+
+def test_timeouts_are_cut_to_the_time_left() -> None:
+    clock = Clock()
+
+    def slow_referral(fetch: Fetch) -> httpx.Response:
+        clock.now += 9.0
+        return offer("s1")
+
+    driver = Driver(clock, slow_referral, lambda f: answer(200))
+    driver.run(request_steps(session(clock, deadline=10.0), GET))
+    server = driver.fetches(False)[0]
+    assert server.connect == pytest.approx(1.0) and server.read == pytest.approx(1.0)
+
+
+def test_a_failed_renewal_keeps_the_old_token() -> None:
+    clock = Clock()
+    s = session(clock)
+    replies = iter([offer("s1", expires_in=100.0), answer(502)])
+    driver = Driver(clock, lambda f: next(replies), lambda f: answer(200))
+    driver.run(request_steps(s, GET))
+    clock.now += 85.0
+    response = driver.run(request_steps(s, GET))
+    assert response.status_code == 200
+    assert s.grant is not None and s.grant.token == "tok.s1"
+    assert len(driver.fetches(True)) == 2
+    clock.now += 1.0
+    driver.run(request_steps(s, GET))  # within the cool-down: no new renewal attempt
+    assert len(driver.fetches(True)) == 2
+
+
+def test_failure_on_a_replaced_grant_does_not_mark_the_new_one() -> None:
+    clock = Clock()
+    s = session(clock)
+    driver = Driver(clock, alternating(), lambda f: answer(200))
+    driver.run(request_steps(s, GET))
+    old = s.grant
+    driver.run(assign_steps(s))
+    assert old is not None and s.grant is not old
+    s.fail(old)
+    assert s.suspect is None
+
+
+def test_gives_up_with_every_attempt_listed() -> None:
+    clock = Clock()
+    refused = Failure(httpx.ConnectError("refused", request=REQ))
+    driver = Driver(clock, alternating(), lambda f: refused)
+    with pytest.raises(AllAttemptsFailed) as caught:
+        driver.run(request_steps(session(clock, max_attempts=3), GET))
+    assert caught.value.attempts == (
+        "server s1 (https://s1.test): ConnectError: refused",
+        "server s2 (https://s2.test): ConnectError: refused",
+        "server s3 (https://s3.test): ConnectError: refused",
+    )
+    assert "GET /: gave up after 3 attempt(s)" in str(caught.value)
+    assert "all 3 attempts made" in str(caught.value)
+
+
+def test_closes_responses_it_does_not_return() -> None:
+    clock = Clock()
+    replies = iter([answer(421, "misdirected"), answer(200)])
+    driver = Driver(clock, alternating(), lambda f: next(replies))
+    driver.run(request_steps(session(clock), GET))
+    closed = [a for a in driver.actions if isinstance(a, Close)]
+    assert len(closed) == 1 and closed[0].response.status_code == 421
+
+
+# -- properties --------------------------------------------------------------------------------
+
+KINDS = [
+    "ok",
+    "busy",
+    "421",
+    "reassign",
+    "expired",
+    "refused",
+    "connect_timeout",
+    "read_timeout",
+    "reset",
+]
+SENT = {"ok", "busy", "read_timeout", "reset"}
+"""Outcomes after which the server has (or may have) the request."""
+
+
+def scripted_server(clock: Clock, kinds: list[str]) -> Responder:
+    script = iter(kinds)
+
+    def serve(fetch: Fetch) -> httpx.Response | Failure:
+        kind = next(script, "ok")
+        request = httpx.Request(fetch.method, fetch.url)
+        match kind:
+            case "ok":
+                return answer(200)
+            case "busy":
+                return answer(503, "overloaded")
+            case "421":
+                return answer(421, "misdirected")
+            case "reassign":
+                return answer(503, "draining", {"Affinity-Reassign": "1"})
+            case "expired":
+                return answer(401, "token_expired")
+            case "refused":
+                return Failure(httpx.ConnectError("refused", request=request))
+            case "connect_timeout":
+                clock.now += fetch.connect
+                return Failure(httpx.ConnectTimeout("timed out", request=request))
+            case "read_timeout":
+                clock.now += fetch.read
+                return Failure(httpx.ReadTimeout("timed out", request=request))
+            case _:
+                return Failure(httpx.ReadError("reset", request=request))
+
+    return serve
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(KINDS), max_size=12),
+    method=st.sampled_from(["GET", "POST", "PUT"]),
+    keyed=st.booleans(),
+    max_attempts=st.integers(1, 8),
+    deadline=st.floats(0.5, 30.0),
+)
+def test_rules_keep_their_promises(
+    kinds: list[str], method: str, keyed: bool, max_attempts: int, deadline: float
+) -> None:
+    clock = Clock()
+    spec = Spec(method=method, path="/", idempotency_key="k" if keyed else None)
+    s = session(clock, max_attempts=max_attempts, deadline=deadline, retry_budget_min=100)
+    driver = Driver(clock, alternating(), scripted_server(clock, kinds))
+    start = clock.now
+    try:
+        response = driver.run(request_steps(s, spec))
+    except AllAttemptsFailed:
+        response = None
+    sent = driver.fetches(False)
+    assert len(sent) <= max_attempts
+    assert clock.now - start <= deadline + 1e-9
+    assert all(a.seconds <= 2.0 for a in driver.actions if isinstance(a, Sleep))
+    outcomes = kinds[: len(sent)] + ["ok"] * (len(sent) - len(kinds))
+    if response is not None:
+        assert outcomes[-1] in ("ok", "busy")
+    if not spec.resendable:
+        reached = [i for i, kind in enumerate(outcomes) if kind in SENT]
+        assert not reached or reached[0] == len(sent) - 1, (
+            "never sent again once it may have arrived"
+        )
+    _assert_failed_servers_avoided(driver)
+
+
+def _assert_failed_servers_avoided(driver: Driver) -> None:
+    """After a server failed, the next referral request avoids it (with its old token)."""
+    failed = [e.from_server for e in driver.events(rules.FailedOver)]
+    asks = driver.fetches(True)[1:]
+    for server, ask in zip(failed, asks, strict=False):
+        assert ("avoid", server) in ask.params
+        assert ask.headers["Affinity-Token"] == f"tok.{server}"
+
+
+# -- referrers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://r.test/", "https://r.test"),
+        ("http://r.test:8080/lb/", "http://r.test:8080/lb"),
+        ("https://[2001:db8::1]:8443", "https://[2001:db8::1]:8443"),
+    ],
+)
+def test_normalise(url: str, expected: str) -> None:
+    assert normalise(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://r.test",
+        "https://",
+        "https://u:p@r.test",
+        "https://r.test/?q=1",
+        "https://r.test:99999",
+    ],
+)
+def test_normalise_refuses(url: str) -> None:
+    with pytest.raises(ConfigError, match="referrals"):
+        normalise(url)
+
+
+def test_a_name_with_several_addresses_is_several_instances() -> None:
+    refs = Referrers(["https://r.test:8443/lb", "https://192.0.2.9"])
+    assert refs.to_resolve(0.0) == [("r.test", 8443)]
+    refs.resolved("r.test", 8443, ["192.0.2.1", "2001:db8::1", "192.0.2.1"], now=0.0)
+    assert refs.to_resolve(10.0) == []
+    assert refs.to_resolve(31.0) == [("r.test", 8443)]
+    v4, v6, literal = refs.instances()
+    assert v4.url("/v1/assign") == "https://192.0.2.1:8443/lb/v1/assign"
+    assert v6.url("/x") == "https://[2001:db8::1]:8443/lb/x"
+    assert v4.headers() == {"Host": "r.test:8443"}
+    assert v4.extensions() == {"sni_hostname": "r.test"}
+    assert literal == Instance("https://192.0.2.9") and literal.headers() == {}
+    assert str(v4) == "https://r.test:8443/lb (192.0.2.1)"
+
+
+def test_one_address_connects_by_name() -> None:
+    refs = Referrers(["https://r.test"])
+    refs.resolved("r.test", 443, ["192.0.2.1"], now=0.0)
+    assert refs.instances() == [Instance("https://r.test")]
+
+
+def test_cooling_instances_go_last_soonest_first() -> None:
+    refs = Referrers(["https://a.test", "https://b.test", "https://c.test"], cooldown=10.0)
+    a, b, c = refs.instances()
+    refs.failed(b, now=0.0)
+    refs.failed(a, now=1.0)
+    for seed in range(10):
+        assert refs.order(5.0, random.Random(seed)) == [c, b, a]
+    assert set(refs.order(10.5, random.Random(0))) == {a, b, c}
+    assert refs.order(10.5, random.Random(0))[-1] == a
+    refs.succeeded(a)
+    assert refs.cooling(5.0) == [b]
+
+
+def test_order_is_random_among_available() -> None:
+    refs = Referrers([f"https://r{i}.test" for i in range(4)])
+    firsts = {refs.order(0.0, random.Random(seed))[0] for seed in range(40)}
+    assert len(firsts) == 4
+
+
+def test_assign_fetch_sends_token_and_the_last_avoided() -> None:
+    avoid = [f"s{i}" for i in range(20)]
+    fetch = assign_fetch(
+        Instance("https://r.test"), service="api", token="t", avoid=avoid, connect=1, read=2
+    )
+    assert fetch.params[0] == ("service", "api")
+    assert [v for k, v in fetch.params if k == "avoid"] == avoid[-MAX_AVOID:]
+    assert fetch.headers["Affinity-Token"] == "t"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"nope", "not JSON"),
+        (b"[]", "no 'server'"),
+        (b'{"server": {"id": "bad id", "url": "https://s"}, "token": "t", "expires_in": 1}', "id"),
+        (b'{"server": {"id": "s1", "url": "https://s/x"}, "token": "t", "expires_in": 1}', "url"),
+        (b'{"server": {"id": "s1", "url": "https://s"}, "token": "", "expires_in": 1}', "token"),
+        (b'{"server": {"id": "s1", "url": "https://s"}, "token": "t", "expires_in": 0}', "expires"),
+        (
+            b'{"server": {"id": "s1", "url": "https://s"}, "token": "t", "expires_in": true}',
+            "expires",
+        ),
+    ],
+)
+def test_parse_offer_refuses(body: bytes, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_offer(body)
+
+
+def test_referral_refusal_stops_at_once() -> None:
+    clock = Clock()
+    driver = Driver(clock, lambda f: answer(400, "invalid_avoid"), lambda f: answer(200))
+    with pytest.raises(ReferralRefused, match="400 invalid_avoid"):
+        driver.run(request_steps(session(clock), GET))
+    assert len(driver.fetches(True)) == 1 and driver.fetches(False) == []
+
+
+def test_not_retried_names_the_way_out() -> None:
+    clock = Clock()
+    reset = Failure(httpx.ReadError("reset", request=REQ))
+    driver = Driver(clock, alternating(), lambda f: reset)
+    with pytest.raises(NotRetried, match="no idempotency key") as caught:
+        driver.run(request_steps(session(clock), POST))
+    assert caught.value.attempts == ("server s1 (https://s1.test): ReadError: reset",)
+    assert driver.events(Assigned)[0].server_id == "s1"
+
+
+def test_note_text() -> None:
+    assert str(Note("referral", "https://r", "503 no_healthy_server")) == (
+        "referral https://r: 503 no_healthy_server"
+    )
