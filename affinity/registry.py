@@ -6,6 +6,7 @@ app server makes itself known.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,17 @@ class Registrar(ABC):
 
     async def set_maintenance(self, server: Server, enabled: bool, reason: str = "") -> None:
         """Tell the registry the server is draining (maintenance) or back."""
+
+    async def watch_settings(
+        self, index: int, wait: float
+    ) -> tuple[int, Mapping[str, SharedSettings]]:
+        """Shared settings documents, once their index differs from ``index`` or ``wait`` passes.
+
+        A blocking query like :meth:`Registry.watch`. The default shares
+        nothing: it waits and answers no documents.
+        """
+        await asyncio.sleep(wait)
+        return index, {}
 
     async def aclose(self) -> None:
         """Release connections."""

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httpx
 
 from affinity import hookimpl
 from affinity.config import Config
 from affinity.errors import ConfigError, RegistrationFailed, RegistryUnavailable
-from affinity.models import Server
+from affinity.models import Server, SharedSettings
 from affinity.registry import Registrar
 from affinity.tls import client_context
 
@@ -87,8 +88,41 @@ class AdminApiRegistrar(Registrar):
         for base in self._referrals:
             await self._call("POST", f"{base}/v1/servers/{server.id}/{action}")
 
+    async def watch_settings(
+        self, index: int, wait: float
+    ) -> tuple[int, Mapping[str, SharedSettings]]:
+        """Long-poll the first referral that answers for its shared settings."""
+        errors = []
+        for base in self._referrals:
+            try:
+                response = await self._client.get(
+                    f"{base}/v1/settings",
+                    params={"index": index, "wait": wait},
+                    timeout=wait + 5.0,
+                )
+            except httpx.HTTPError as exc:
+                errors.append(f"{base}: {exc!r}")
+                continue
+            if response.status_code == 200:
+                return _parse_settings(response.json())
+            errors.append(f"{base}: HTTP {response.status_code}")
+        raise RegistryUnavailable("no referral answered for settings: " + "; ".join(errors))
+
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _parse_settings(body: Any) -> tuple[int, Mapping[str, SharedSettings]]:
+    try:
+        documents = {
+            name: SharedSettings(name=name, version=int(doc["version"]), value=doc["value"])
+            for name, doc in body["settings"].items()
+        }
+        return int(body["index"]), documents
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RegistrationFailed(
+            f"the referral answered settings of an unknown shape: {exc}"
+        ) from exc
 
 
 @hookimpl(trylast=True)

@@ -6,6 +6,8 @@ constant time. Without an admin token configured the API is closed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -144,6 +146,23 @@ async def drain(request: Request, server_id: str) -> HTTPResponse:
 @authorized
 async def resume(request: Request, server_id: str) -> HTTPResponse:
     return await _set_draining(request, server_id, False)
+
+
+@admin.get("/settings")
+@authorized
+async def list_settings(request: Request) -> HTTPResponse:
+    """All shared settings; with ``index``, a blocking query that answers once they change."""
+    ctx = _ctx(request)
+    try:
+        index = int(request.args.get("index", "0"))
+        wait = min(float(request.args.get("wait", "30")), 60.0)
+    except ValueError:
+        return error_response(400, "invalid_query", "index is an integer, wait a number of seconds")
+    if index == ctx.settings_index and wait > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.settings_event.wait(), wait)
+    documents = {name: {"version": s.version, "value": s.value} for name, s in ctx.settings.items()}
+    return json_response({"index": ctx.settings_index, "settings": documents})
 
 
 @admin.get("/settings/<name>")

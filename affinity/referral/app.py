@@ -9,6 +9,7 @@ Everything the request path needs hangs on ``app.ctx.affinity`` (a
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Iterable, Mapping
@@ -62,6 +63,8 @@ class ReferralContext:
     settings: dict[str, SharedSettings] = field(default_factory=dict)
     filtered: bool = False
     observed: bool = False
+    settings_index: int = 1
+    settings_event: asyncio.Event = field(default_factory=asyncio.Event)
 
     def apply_view(self, view: RegistryView) -> None:
         """Take a registry view: servers into the table, changed settings to the plugins."""
@@ -72,8 +75,15 @@ class ReferralContext:
             if current is None or settings.version > current.version:
                 self.settings[name] = settings
                 self.manager.settings_changed(settings)
+                self._settings_moved()
         for service in self.table.services():
             self.policy_for(service)
+
+    def _settings_moved(self) -> None:
+        """Wake the app servers long-polling ``GET /v1/settings``."""
+        self.settings_index += 1
+        event, self.settings_event = self.settings_event, asyncio.Event()
+        event.set()
 
     def mark_stale(self, reason: str) -> None:
         self.table.stale = True

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import random
 import signal
 import time
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ class Lifecycle:
             loop.add_signal_handler(sig, self.on_signal)
         await self._register()
         app.add_task(self._heartbeat(), name="affinity.heartbeat")
+        app.add_task(self._watch_settings(), name="affinity.settings")
 
     async def _after_stop(self, app: Sanic[Any, Any]) -> None:
         await self.server.manager.shutdown(app, self.server.role)
@@ -82,6 +84,26 @@ class Lifecycle:
                 await self.registrar.heartbeat(self.server.server)
             except AffinityError as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    async def _watch_settings(self) -> None:
+        """Apply shared settings (firewall rules and the like) as the registry changes them."""
+        assert self.registrar is not None
+        index, failures = 0, 0
+        versions: dict[str, int] = {}
+        while not self.stopping:
+            try:
+                index, documents = await self.registrar.watch_settings(index, 30.0)
+            except AffinityError as exc:
+                failures += 1
+                delay = random.uniform(0, min(10.0, 0.2 * 2**failures))
+                log.warning("shared settings unavailable (%s); retry in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            for name, settings in documents.items():
+                if settings.version > versions.get(name, 0):
+                    versions[name] = settings.version
+                    self.server.manager.settings_changed(settings)
 
     # -- drain ----------------------------------------------------------------------
 

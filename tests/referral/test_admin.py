@@ -162,3 +162,26 @@ def test_registrations_survive_a_referral_restart(
     with referral.admin() as fresh:
         assert fresh.get("/v1/servers/keep1").status_code == 200
         fresh.delete("/v1/servers/keep1")
+
+
+def test_settings_long_poll_wakes_on_a_change(referral: Deployment, admin: httpx.Client) -> None:
+    first = admin.get("/v1/settings", params={"index": 0}).json()
+    idle = admin.get("/v1/settings", params={"index": first["index"], "wait": 0.2}).json()
+    assert idle["index"] == first["index"]
+    results: dict[str, object] = {}
+
+    def poll() -> None:
+        with referral.admin() as c:
+            results["r"] = c.get("/v1/settings", params={"index": first["index"], "wait": 20}).json()
+
+    import threading
+
+    waiter = threading.Thread(target=poll)
+    waiter.start()
+    admin.put("/v1/settings/poll", json={"x": 1})
+    waiter.join(15)
+    answer = results["r"]
+    assert isinstance(answer, dict)
+    assert answer["index"] > first["index"]
+    assert answer["settings"]["poll"]["value"] == {"x": 1}
+    assert admin.get("/v1/settings", params={"index": "x"}).status_code == 400
