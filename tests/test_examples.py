@@ -1,0 +1,47 @@
+"""The examples work as their READMEs say."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from affinity.config import load
+from affinity.errors import ConfigError
+from affinity.manager import PluginManager
+from affinity.models import AssignRequest, Pool, Server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_custom_policy_is_found_through_its_entry_point(tmp_path: Path) -> None:
+    names = {ep.name for ep in metadata.entry_points(group="affinity")}
+    assert "zone_policy" in names, "pip install -e examples/custom_policy (scripts/setup does)"
+    path = tmp_path / "affinity.toml"
+    path.write_text('[services.web]\npolicy = "zone"\npolicy_options = { zone = "eu" }\n')
+    config = load(path, env={})
+    manager = PluginManager(env={})
+    assert "zone_policy" in manager.names()
+    policy = manager.make_policy("web", config)
+    servers = {
+        "s1": Server(id="s1", service="web", url="https://s1.example.test", meta={"zone": "us"}),
+        "s2": Server(id="s2", service="web", url="https://s2.example.test", meta={"zone": "eu"}),
+    }
+    pool = Pool.build("web", servers)
+    assert policy.choose(pool, AssignRequest(service="web", client_id="c")) == servers["s2"]
+    avoid = AssignRequest(service="web", client_id="c", avoid=frozenset({"s2"}))
+    assert policy.choose(pool, avoid) == servers["s1"]
+
+
+def test_custom_policy_options_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "affinity.toml"
+    path.write_text('[services.web]\npolicy = "zone"\n')
+    with pytest.raises(ConfigError, match="services.web.policy_options.zone"):
+        PluginManager(env={}).make_policy("web", load(path, env={}))
+
+
+def test_hello_config_is_valid() -> None:
+    config = load(ROOT / "examples" / "hello" / "affinity.toml", env={})
+    assert config.server.id == "s1"
+    PluginManager(env={}).make_policy("web", config)
