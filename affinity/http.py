@@ -94,6 +94,8 @@ def normalise_path(raw: str) -> str:
     Firewall rules match on this, so ``/x/../admin``, ``/%61dmin`` and
     ``//admin`` are all ``/admin``.
     """
+    if "%" not in raw and "//" not in raw and "/." not in raw and "?" not in raw and raw[:1] == "/":
+        return raw  # already what the router sees: the common case, kept cheap
     path = urllib.parse.unquote(raw.split("?", 1)[0], errors="replace")
     trailing = path.endswith("/") and len(path) > 1
     path = posixpath.normpath("/" + path.lstrip("/"))
@@ -104,4 +106,7 @@ def normalise_path(raw: str) -> str:
 
 def client_ip(request: Request) -> str:
     """The client's address: from proxy headers only when a trusted proxy is configured."""
-    return request.remote_addr or request.ip or ""
+    config = request.app.config
+    if config.PROXIES_COUNT or config.REAL_IP_HEADER or config.FORWARDED_SECRET:
+        return request.remote_addr or request.ip or ""
+    return request.ip or ""

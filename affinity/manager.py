@@ -15,7 +15,7 @@ import importlib.metadata
 import inspect
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -56,6 +56,7 @@ class PluginManager:
         env: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if env is None else env
+        self._filters: list[Callable[..., Any]] | None = None
         self._pm = pluggy.PluginManager("affinity")
         self._pm.add_hookspecs(hookspecs)
         if env.get("AFFINITY_TRACE_PLUGINS"):
@@ -95,6 +96,7 @@ class PluginManager:
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register one more plugin object or module."""
         self._register(plugin, name)
+        self._filters = None
 
     def names(self) -> list[str]:
         """Names of the registered plugins, in registration order."""
@@ -166,8 +168,23 @@ class PluginManager:
     # -- request path --------------------------------------------------------------
 
     def reject_request(self, request: RequestInfo) -> Rejection | None:
-        rejection: Rejection | None = self._pm.hook.affinity_reject_request(request=request)
-        return rejection
+        """Ask the request filters, first objection wins.
+
+        Called for every request, so the implementations are looked up once
+        (until the next registration) and called directly, as pluggy's own
+        first-result loop would, unless one is a wrapper.
+        """
+        filters = self._filters
+        if filters is None:
+            filters = self._filters = _plain_impls(self._pm.hook.affinity_reject_request)
+        if not filters:
+            rejection: Rejection | None = self._pm.hook.affinity_reject_request(request=request)
+            return rejection
+        for function in filters:
+            result: Rejection | None = function(request=request)
+            if result is not None:
+                return result
+        return None
 
     def has_request_filters(self) -> bool:
         """False when no plugin implements ``affinity_reject_request`` (no RequestInfo needed)."""
@@ -198,6 +215,22 @@ class PluginManager:
 
     def settings_changed(self, settings: SharedSettings) -> None:
         self._pm.hook.affinity_settings_changed(settings=settings)
+
+
+def _plain_impls(caller: Any) -> list[Callable[..., Any]]:
+    """The functions of a hook in call order, or [] if any is a wrapper (use pluggy then)."""
+    impls = caller.get_hookimpls()
+    if any(impl.hookwrapper or impl.wrapper for impl in impls):
+        return []
+    return [_bind(impl) for impl in reversed(impls)]
+
+
+def _bind(impl: Any) -> Callable[..., Any]:
+    """A call taking ``request=``, whatever subset of the arguments the implementation takes."""
+    if "request" in impl.argnames:
+        return impl.function  # type: ignore[no-any-return]
+    function = impl.function
+    return lambda request: function()
 
 
 def _import(name: str) -> object:

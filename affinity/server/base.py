@@ -140,6 +140,9 @@ class AppServer:
         app.config.REAL_IP_HEADER = self.config.server.real_ip_header or None
         app.ctx.affinity = self
         app.error_handler.add(Exception, exception_response)
+        self.filtered = self.manager.has_request_filters()
+        if self.tokens.jwks is not None:
+            app.register_middleware(guard.learn_keys, "request")
         app.register_middleware(guard.on_request, "request")
         app.register_middleware(guard.on_response, "response")
         app.add_route(guard.health, HEALTH_PATH, methods=["GET"], name="affinity_health")

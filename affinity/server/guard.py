@@ -8,6 +8,7 @@ missing-but-required token), then drain (503 + ``Affinity-Reassign``).
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -59,12 +60,19 @@ class TokenCheck:
                 cache_size=tokens.cache_size,
             )
 
-    async def verify(self, token: str) -> Claims:
-        """Verify a token; with JWKS, an unknown ``kid`` triggers one bounded refresh."""
+    def verify(self, token: str) -> Claims:
+        """Verify a token with the keys at hand (synchronous: the request path)."""
         if self.verifier is not None:
             return self.verifier.verify(token)
         assert self.jwks is not None
-        return await self.jwks.verify(token)
+        return self.jwks.verify_nowait(token)
+
+    async def learn_key(self, token: str) -> None:
+        """With JWKS, fetch the referral's keys once (rate-limited) if the token's key is new."""
+        if self.jwks is None:
+            return
+        with contextlib.suppress(InvalidToken):
+            await self.jwks.verify(token)
 
     async def start(self) -> None:
         if self.jwks is not None:
@@ -81,16 +89,32 @@ def _ca(config: Config) -> Any:
     return client_context(config.server.referral_ca)
 
 
-async def on_request(request: Request) -> HTTPResponse | None:
+async def learn_keys(request: Request) -> None:
+    """JWKS mode only, before :func:`on_request`: an unknown ``kid`` may be a rotated key."""
+    server: AppServer = request.app.ctx.affinity
+    token = request.headers.get(TOKEN_HEADER)
+    if token:
+        try:
+            server.tokens.verify(token)
+        except UnknownKey:
+            await server.tokens.learn_key(token)
+        except InvalidToken:
+            pass
+
+
+def on_request(request: Request) -> HTTPResponse | None:
+    """Synchronous on purpose: Sanic awaits nothing for a plain function, a cost per request."""
     server: AppServer = request.app.ctx.affinity
     request.ctx.client_id = None
     request.ctx.claims = None
     request.ctx.counted = False
     if request.path.startswith(_AFFINITY_PATHS):
         return None
-    token = request.headers.get(TOKEN_HEADER) or request.cookies.get(COOKIE)
-    claims, problem = await _check_token(server, token)
-    if server.manager.has_request_filters():
+    token = request.headers.get(TOKEN_HEADER)
+    if not token and "cookie" in request.headers:
+        token = request.cookies.get(COOKIE)
+    claims, problem = _check_token(server, token)
+    if server.filtered:
         rejection = server.manager.reject_request(
             RequestInfo(
                 role="server",
@@ -118,7 +142,7 @@ async def on_request(request: Request) -> HTTPResponse | None:
     return None
 
 
-async def on_response(request: Request, response: BaseHTTPResponse) -> HTTPResponse | None:
+def on_response(request: Request, response: BaseHTTPResponse) -> HTTPResponse | None:
     server: AppServer = request.app.ctx.affinity
     if getattr(request.ctx, "counted", False):
         request.ctx.counted = False
@@ -129,7 +153,7 @@ async def on_response(request: Request, response: BaseHTTPResponse) -> HTTPRespo
     return None
 
 
-async def _check_token(
+def _check_token(
     server: AppServer, token: str | None
 ) -> tuple[Claims | None, HTTPResponse | None]:
     if not token:
@@ -139,7 +163,7 @@ async def _check_token(
             )
         return None, None
     try:
-        claims = await server.tokens.verify(token)
+        claims = server.tokens.verify(token)
     except ExpiredToken:
         return None, error_response(
             401, "token_expired", "the affinity token has expired; ask the referral again"

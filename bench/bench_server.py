@@ -1,0 +1,80 @@
+"""App-server overhead: a route behind affinity (token check + an enabled no-op filter)
+against the same route on a plain Sanic app, same run, as a ratio (target >= 0.9).
+
+Run: ``.venv/bin/python bench/bench_server.py [--rounds 3] [--seconds 5]`` (needs ``wrk``).
+Plain HTTP on loopback for both, so TLS, which costs both the same, does not dilute it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from affinity.testing import free_port  # noqa: E402
+from affinity.tokens import KeyRing, TokenIssuer, generate_keyfile  # noqa: E402
+from bench.common import alternate, median, spawn, stop, wait_http, wrk  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=5)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        generate_keyfile(d / "keys.json", "HS256", False)
+        (d / "admin-token").write_text(secrets.token_urlsafe(24))
+        ref_port, app_port, base_port = free_port(), free_port(), free_port()
+        (d / "affinity.toml").write_text(f"""
+[referral]
+listen = "127.0.0.1:{ref_port}"
+insecure_http = true
+admin_token_file = "admin-token"
+[tokens]
+keys_file = "keys.json"
+[health]
+sources = []
+[server]
+id = "s1"
+service = "web"
+listen = "127.0.0.1:{app_port}"
+insecure_http = true
+referral_url = "http://127.0.0.1:{ref_port}"
+admin_token_file = "admin-token"
+heartbeat_interval = 3600
+""")
+        env = {"AFFINITY_DISABLE_PLUGIN_AUTOLOAD": "1", "AFFINITY_PLUGINS": "bench.noop_filter"}
+        config = str(d / "affinity.toml")
+        referral = spawn(["-m", "affinity", "referral", "--config", config], env)
+        app = spawn(["-m", "affinity", "serve", "bench/bench_app.py:Bench", "--config", config],
+                    env)
+        minimal = spawn(["bench/minimal_app.py", str(base_port)])
+        try:
+            for url, proc in ((f"http://127.0.0.1:{ref_port}/healthz", referral),
+                              (f"http://127.0.0.1:{app_port}/.well-known/affinity/health", app),
+                              (f"http://127.0.0.1:{base_port}/", minimal)):
+                wait_http(url, proc)
+            issuer = TokenIssuer(KeyRing.load(d / "keys.json"))
+            token = issuer.issue("s1", issuer.new_client_id(), "web")[0]
+            results = alternate({
+                "plain Sanic route": lambda: wrk(f"http://127.0.0.1:{base_port}/",
+                                                 seconds=args.seconds),
+                "AppServer route": lambda: wrk(f"http://127.0.0.1:{app_port}/",
+                                               seconds=args.seconds,
+                                               headers=[f"Affinity-Token: {token}"]),
+            }, args.rounds)
+        finally:
+            stop(referral, app, minimal)
+    base = median(results["plain Sanic route"])
+    print(f"{'route':<20} {'req/s (median of ' + str(args.rounds) + ')':>24} {'ratio':>7}")
+    for name, values in results.items():
+        print(f"{name:<20} {median(values):>24.0f} {median(values) / base:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
