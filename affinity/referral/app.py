@@ -10,6 +10,7 @@ Everything the request path needs hangs on ``app.ctx.affinity`` (a
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 from collections.abc import Iterable, Mapping
@@ -78,6 +79,9 @@ class ReferralContext:
                 self._settings_moved()
         for service in self.table.services():
             self.policy_for(service)
+        # A large view is long-lived: keep the cyclic collector from rescanning it
+        # on every full collection (a per-request cost that grows with the pool).
+        gc.freeze()
 
     def _settings_moved(self) -> None:
         """Wake the app servers long-polling ``GET /v1/settings``."""
