@@ -50,12 +50,17 @@ def serve(
     source: str,
     workers: int = 1,
 ) -> None:
-    """Build the app and serve it until SIGINT or SIGTERM."""
+    """Build the app and serve it until SIGINT or SIGTERM.
+
+    With several workers, ``factory`` must be picklable (a module-level
+    function or a ``functools.partial`` of one): Sanic starts each worker as a
+    fresh process that builds its own app, so nothing in memory is shared.
+    """
     context = ssl_for(settings, section, source)
-    app = factory()
     if workers > 1:
-        msg = "several workers are started with a process manager (one 'affinity' per worker)"
-        raise ConfigError(msg, key=f"{section}.workers", source=source)
+        _serve_workers(factory, settings, workers)
+        return
+    app = factory()
     app.run(
         host=settings.listen.host,
         port=settings.listen.port,
@@ -64,3 +69,24 @@ def serve(
         access_log=False,
         motd=False,
     )
+
+
+def _serve_workers(
+    factory: Callable[[], Sanic[Any, Any]], settings: ListenSettings, workers: int
+) -> None:
+    from sanic.worker.loader import AppLoader
+
+    loader = AppLoader(factory=factory)
+    app = loader.load()
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = {"cert": str(settings.tls_cert), "key": str(settings.tls_key)}
+    app.prepare(
+        host=settings.listen.host,
+        port=settings.listen.port,
+        ssl=tls,
+        workers=workers,
+        access_log=False,
+        motd=False,
+    )
+    Sanic.serve(primary=app, app_loader=loader)
