@@ -17,13 +17,22 @@ hookimpl = pluggy.HookimplMarker("affinity")
 """Decorator for plugin hook implementations: ``@affinity.hookimpl``."""
 
 if TYPE_CHECKING:
-    from affinity.client import AsyncClient, Client
-    from affinity.config import Config, load
-    from affinity.errors import AffinityError, ConfigError, InvalidToken
-    from affinity.models import HealthStatus, Load, Server
-    from affinity.policy import Policy
-    from affinity.referral.app import ReferralServer
-    from affinity.server.base import AppServer, route
+    # ``X as X`` marks a re-export, so ``from affinity import Client`` type-checks under
+    # mypy --strict (no implicit re-export) in users' code too.
+    from affinity.client import AsyncClient as AsyncClient
+    from affinity.client import Client as Client
+    from affinity.config import Config as Config
+    from affinity.config import load as load
+    from affinity.errors import AffinityError as AffinityError
+    from affinity.errors import ConfigError as ConfigError
+    from affinity.errors import InvalidToken as InvalidToken
+    from affinity.models import HealthStatus as HealthStatus
+    from affinity.models import Load as Load
+    from affinity.models import Server as Server
+    from affinity.policy import Policy as Policy
+    from affinity.referral.app import ReferralServer as ReferralServer
+    from affinity.server.base import AppServer as AppServer
+    from affinity.server.base import route as route
 
 # Public names and where they live; imported on first use so that
 # ``import affinity`` (done by every plugin) stays cheap.

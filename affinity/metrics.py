@@ -86,8 +86,19 @@ class ReferralMetrics:
             "Requests refused by a request filter",
             ["status", "error"],
         )
+        # Client failure reports: each one only wakes a health check (a client can lie), so
+        # this counter is how an operator sees that clients are failing over, and from where.
+        self._avoided = CountCollector(
+            "affinity_avoid_reports",
+            "Servers named in a client's avoid (the client failed on them)",
+            ["service", "server"],
+        )
         collectors: tuple[Collector, ...] = (
-            self._assignments, self._no_server, self._rejected, _ServerCollector(servers),
+            self._assignments,
+            self._no_server,
+            self._rejected,
+            self._avoided,
+            _ServerCollector(servers),
         )
         for collector in collectors:
             self.registry.register(collector)
@@ -100,6 +111,9 @@ class ReferralMetrics:
 
     def rejected(self, status: int, error: str) -> None:
         self._rejected.inc((str(status), error))
+
+    def avoided(self, service: str, server_id: str) -> None:
+        self._avoided.inc((service, server_id))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

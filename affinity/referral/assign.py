@@ -55,6 +55,7 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment | 
             for source in ctx.health_sources:
                 source.recheck(server_id)
             ctx.manager.server_avoided(service, server_id, address)
+            ctx.metrics.avoided(service, server_id)
     previous = claims.sid if claims is not None and claims.svc == service else None
     areq = AssignRequest(
         service=service,

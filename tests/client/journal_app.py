@@ -1,0 +1,48 @@
+"""An app server whose side effects outlive it, for the client's live tests.
+
+A POST that reached a server which then died must not be executed twice; to
+prove it, the count of executions has to survive the server. Every server of
+a deployment appends one line per executed POST to the same journal file
+(``JOURNAL`` in the environment), so the test reads, after the fact, how many
+times and where a request ran, whichever servers died on the way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sanic import HTTPResponse, Request
+from sanic.response import json
+
+from affinity import AppServer, route
+
+
+class Journal(AppServer):
+    """``/whoami``; ``POST /record`` writes a journal line; ``POST /crash`` writes one and dies."""
+
+    name = "journal"
+
+    def setup(self, app: Any) -> None:
+        self.journal = Path(os.environ["JOURNAL"])
+
+    def _record(self, request: Request) -> None:
+        # Closed (so in the kernel's hands) before anything else happens: os._exit keeps it.
+        with self.journal.open("a") as out:
+            out.write(f"{self.server_id} {request.body.decode()}\n")
+
+    @route("/whoami")
+    async def whoami(self, request: Request) -> HTTPResponse:
+        return json({"server": self.server_id, "client": request.ctx.client_id})
+
+    @route("/record", methods=["POST"])
+    async def record(self, request: Request) -> HTTPResponse:
+        self._record(request)
+        return json({"server": self.server_id, "recorded": True})
+
+    @route("/crash", methods=["POST"])
+    async def crash(self, request: Request) -> HTTPResponse:
+        """Executes the request, then dies before answering: the worst moment for a client."""
+        self._record(request)
+        os._exit(1)
