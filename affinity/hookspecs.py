@@ -174,6 +174,19 @@ def affinity_report_load(server_id: str) -> Mapping[str, float] | None:
     """
 
 
+@hookspec
+def affinity_report_counters() -> Mapping[str, int] | None:
+    """Contribute event counters (refusals by rule id and the like); every result is merged.
+
+    Called when metrics are read (the referral's ``/metrics``, an app server's
+    ``/.well-known/affinity/metrics``), never on the request path, so a plugin
+    counts in a plain dict and pays nothing per request for being observable.
+    Prefix every key with the plugin's name (``ratelimit.default``,
+    ``ipfilter.deny[0]``) so that plugins never collide. Values are totals since
+    the process started: Prometheus sums them across processes. Synchronous, no I/O.
+    """
+
+
 # -- shared settings (firewall rules and the like) ----------------------------
 
 

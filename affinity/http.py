@@ -108,5 +108,8 @@ def client_ip(request: Request) -> str:
     """The client's address: from proxy headers only when a trusted proxy is configured."""
     config = request.app.config
     if config.PROXIES_COUNT or config.REAL_IP_HEADER or config.FORWARDED_SECRET:
-        return request.remote_addr or request.ip or ""
+        forwarded = request.remote_addr
+        if forwarded:
+            # Sanic brackets an IPv6 "for" ("[2001:db8::1]"); filters parse plain addresses.
+            return forwarded[1:-1] if forwarded[:1] == "[" else forwarded
     return request.ip or ""

@@ -208,6 +208,13 @@ class PluginManager:
             figures.update(result)
         return figures
 
+    def report_counters(self) -> dict[str, int]:
+        """Every plugin's counters, merged (keys carry the plugin's name, so none collide)."""
+        counters: dict[str, int] = {}
+        for result in reversed(self._pm.hook.affinity_report_counters()):
+            counters.update(result)
+        return counters
+
     # -- shared settings -------------------------------------------------------------
 
     def check_settings(self, settings: SharedSettings) -> None:
@@ -215,6 +222,22 @@ class PluginManager:
 
     def settings_changed(self, settings: SharedSettings) -> None:
         self._pm.hook.affinity_settings_changed(settings=settings)
+
+    def apply_settings(self, settings: SharedSettings) -> ConfigError | None:
+        """Check a document, then put it in force if every plugin accepts it.
+
+        Whatever the registry delivers is checked again before it is applied:
+        a document may reach the registry without the admin API's check
+        (written straight into Consul KV), and a plugin may judge it against
+        this process's own file options. Returns the refusal (the previous
+        version stays in force), or None once the document is in force.
+        """
+        try:
+            self.check_settings(settings)
+        except ConfigError as exc:
+            return exc
+        self.settings_changed(settings)
+        return None
 
 
 def _plain_impls(caller: Any) -> list[Callable[..., Any]]:

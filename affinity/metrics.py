@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -66,6 +66,51 @@ class CountCollector(Collector):
         yield family
 
 
+class PluginCollector(Collector):
+    """Plugins' counters and the shared settings in force, read at scrape time.
+
+    The plugins count in plain dicts of their own (``affinity_report_counters``)
+    and the versions are what the process keeps anyway, so observing the
+    firewall costs the request path nothing.
+    """
+
+    def __init__(
+        self,
+        counters: Callable[[], Mapping[str, int]],
+        versions: Callable[[], Mapping[str, int]],
+    ) -> None:
+        self._counters = counters
+        self._versions = versions
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "affinity_plugin_events",
+            "Events counted by plugins in this process by rule id (a refusal counts "
+            "against the rule that refused)",
+            labels=["rule"],
+        )
+        for rule, value in sorted(self._counters().items()):
+            events.add_metric([rule], value)
+        yield events
+        versions = GaugeMetricFamily(
+            "affinity_settings_version",
+            "Version of each shared settings document in force in this process",
+            labels=["name"],
+        )
+        for name, version in sorted(self._versions().items()):
+            versions.add_metric([name], version)
+        yield versions
+
+
+def settings_refused_counter() -> CountCollector:
+    """Shared settings documents refused whole: the previous version stayed in force."""
+    return CountCollector(
+        "affinity_settings_refused",
+        "Shared settings documents refused whole (the previous version stays in force)",
+        ["name"],
+    )
+
+
 class ReferralMetrics:
     """Counters the referral updates on the request path, and the text exposition."""
 
@@ -102,6 +147,8 @@ class ReferralMetrics:
         )
         for collector in collectors:
             self.registry.register(collector)
+        self._refused = settings_refused_counter()
+        self.registry.register(self._refused)
 
     def assigned(self, service: str, sticky: bool) -> None:
         self._assignments.inc((service, "true" if sticky else "false"))
@@ -112,8 +159,67 @@ class ReferralMetrics:
     def rejected(self, status: int, error: str) -> None:
         self._rejected.inc((str(status), error))
 
+    def settings_refused(self, name: str) -> None:
+        self._refused.inc((name,))
+
+    def observe_plugins(
+        self, counters: Callable[[], Mapping[str, int]], versions: Callable[[], Mapping[str, int]]
+    ) -> None:
+        """Publish the plugins' counters and the settings versions, both read at scrape time."""
+        self.registry.register(PluginCollector(counters, versions))
+
     def avoided(self, service: str, server_id: str) -> None:
         self._avoided.inc((service, server_id))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ServerMetrics:
+    """An app server's ``/.well-known/affinity/metrics``: plugin counters, settings, load.
+
+    Everything is read at scrape time from what the server keeps anyway, so
+    the request path updates no metric.
+    """
+
+    def __init__(
+        self,
+        *,
+        counters: Callable[[], Mapping[str, int]],
+        versions: Callable[[], Mapping[str, int]],
+        load: Callable[[], Mapping[str, float]],
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._refused = settings_refused_counter()
+        self.registry.register(self._refused)
+        self.registry.register(PluginCollector(counters, versions))
+        self.registry.register(_LoadCollector(load))
+
+    def settings_refused(self, name: str) -> None:
+        self._refused.inc((name,))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+SERVER_GAUGES = {
+    "active_clients": "Clients seen with a valid token within the activity window",
+    "inflight": "Requests being served now",
+    "capacity": "Configured capacity (0: not set)",
+    "draining": "1 while the server is draining",
+}
+
+
+class _LoadCollector(Collector):
+    """The figures of the server's health answer (:data:`SERVER_GAUGES`), as gauges."""
+
+    def __init__(self, load: Callable[[], Mapping[str, float]]) -> None:
+        self._load = load
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self._load()
+        for name, documentation in SERVER_GAUGES.items():
+            if name in figures:
+                yield GaugeMetricFamily(
+                    f"affinity_server_{name}", documentation, value=figures[name]
+                )

@@ -62,10 +62,19 @@ class ReferralContext:
     metrics: ReferralMetrics
     health_sources: list[HealthSource] = field(default_factory=list)
     settings: dict[str, SharedSettings] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
+    """Per document, the version last refused, so that a bad one is reported once."""
     filtered: bool = False
     observed: bool = False
     settings_index: int = 1
     settings_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.metrics.observe_plugins(self.manager.report_counters, self.settings_versions)
+
+    def settings_versions(self) -> dict[str, int]:
+        """The version in force of each shared settings document."""
+        return {name: settings.version for name, settings in self.settings.items()}
 
     def apply_view(self, view: RegistryView) -> None:
         """Take a registry view: servers into the table, changed settings to the plugins."""
@@ -74,8 +83,21 @@ class ReferralContext:
         for name, settings in view.settings.items():
             current = self.settings.get(name)
             if current is None or settings.version > current.version:
+                if self.refused.get(name) == settings.version:
+                    continue  # refused and reported once already
+                refusal = self.manager.apply_settings(settings)
+                if refusal is not None:
+                    self.refused[name] = settings.version
+                    self.metrics.settings_refused(name)
+                    log.warning(
+                        "refused shared settings %r version %d whole, version %d stays: %s",
+                        name,
+                        settings.version,
+                        current.version if current else 0,
+                        refusal,
+                    )
+                    continue
                 self.settings[name] = settings
-                self.manager.settings_changed(settings)
                 self._settings_moved()
         for service in self.table.services():
             self.policy_for(service)
@@ -187,6 +209,14 @@ class ReferralServer:
         referral = self.config.referral
         app.config.PROXIES_COUNT = referral.proxies_count or None
         app.config.REAL_IP_HEADER = referral.real_ip_header or None
+        app.config.FORWARDED_SECRET = (
+            self.config.read_secret(
+                referral.forwarded_secret_file,
+                "AFFINITY_FORWARDED_SECRET",
+                "referral.forwarded_secret_file",
+            )
+            or None
+        )
         app.ctx.affinity = self.make_context()
         app.error_handler.add(Exception, exception_response)
         app.add_route(assign_routes.assign, "/v1/assign", methods=["GET"], name="assign")
@@ -242,7 +272,8 @@ class ReferralServer:
         )
 
 
-async def _filter_request(request: Request) -> HTTPResponse | None:
+def _filter_request(request: Request) -> HTTPResponse | None:
+    """Synchronous on purpose: Sanic awaits nothing for a plain function, a cost per request."""
     ctx: ReferralContext = request.app.ctx.affinity
     info = RequestInfo(
         role="referral",

@@ -27,12 +27,14 @@ from affinity.config import Config
 from affinity.errors import ConfigError
 from affinity.http import exception_response
 from affinity.manager import PluginManager
+from affinity.metrics import ServerMetrics
 from affinity.models import HealthStatus, Load, Server, worst
 from affinity.names import check_id, check_origin
 from affinity.server import guard, lifecycle
 from affinity.server.activity import ActiveClients
 
 HEALTH_PATH = "/.well-known/affinity/health"
+METRICS_PATH = "/.well-known/affinity/metrics"
 F = TypeVar("F", bound=Callable[..., Awaitable[HTTPResponse]])
 _names = itertools.count(1)
 
@@ -83,6 +85,11 @@ class AppServer:
         self.active = ActiveClients(settings.active_window, settings.active_max)
         self.tokens = guard.TokenCheck(config)
         self.lifecycle = lifecycle.Lifecycle(self)
+        self.server_metrics = ServerMetrics(
+            counters=self.manager.report_counters,
+            versions=lambda: self.lifecycle.settings,
+            load=self._gauges,
+        )
         self.app = self.create_app()
 
     # -- what developers override ---------------------------------------------
@@ -125,6 +132,15 @@ class AppServer:
             extra=extra,
         )
 
+    def _gauges(self) -> dict[str, float]:
+        """The load figures of the metrics endpoint (plugins' extra figures stay in health)."""
+        return {
+            "active_clients": self.active.count(),
+            "inflight": self.inflight,
+            "capacity": self.config.server.capacity,
+            "draining": 1 if self.draining else 0,
+        }
+
     def reassigning(self) -> bool:
         """True once draining has lasted past the drain grace: clients are sent elsewhere."""
         started = self.drain_started
@@ -138,6 +154,14 @@ class AppServer:
         app.config.FALLBACK_ERROR_FORMAT = "json"
         app.config.PROXIES_COUNT = self.config.server.proxies_count or None
         app.config.REAL_IP_HEADER = self.config.server.real_ip_header or None
+        app.config.FORWARDED_SECRET = (
+            self.config.read_secret(
+                self.config.server.forwarded_secret_file,
+                "AFFINITY_FORWARDED_SECRET",
+                "server.forwarded_secret_file",
+            )
+            or None
+        )
         app.ctx.affinity = self
         app.error_handler.add(Exception, exception_response)
         self.filtered = self.manager.has_request_filters()
@@ -146,6 +170,7 @@ class AppServer:
         app.register_middleware(guard.on_request, "request")
         app.register_middleware(guard.on_response, "response")
         app.add_route(guard.health, HEALTH_PATH, methods=["GET"], name="affinity_health")
+        app.add_route(guard.metrics, METRICS_PATH, methods=["GET"], name="affinity_metrics")
         app.add_route(
             lifecycle.admin_drain,
             "/.well-known/affinity/drain",

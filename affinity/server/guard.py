@@ -4,6 +4,8 @@ Order: the token is verified first (silently, so a rate limiter can key on the
 client id), then the request filters decide (403 / 429), then the token's
 verdict applies (421 for another server, 401 for an invalid, expired or
 missing-but-required token), then drain (503 + ``Affinity-Reassign``).
+affinity's own ``/.well-known/affinity/`` endpoints skip the token check and
+drain, not the filters.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from affinity.http import (
     rejection_response,
 )
 from affinity.keys import load_keyring
+from affinity.metrics import CONTENT_TYPE
 from affinity.models import Claims, HealthStatus, RequestInfo
 from affinity.tokens import TokenVerifier
 
@@ -109,25 +112,17 @@ def on_request(request: Request) -> HTTPResponse | None:
     request.ctx.claims = None
     request.ctx.counted = False
     if request.path.startswith(_AFFINITY_PATHS):
-        return None
+        # affinity's own endpoints take no token, but the filters still apply: an
+        # address the firewall refuses may not probe health, drain or read metrics.
+        return _filter(server, request, None) if server.filtered else None
     token = request.headers.get(TOKEN_HEADER)
     if not token and "cookie" in request.headers:
         token = request.cookies.get(COOKIE)
     claims, problem = _check_token(server, token)
     if server.filtered:
-        rejection = server.manager.reject_request(
-            RequestInfo(
-                role="server",
-                method=request.method,
-                path=normalise_path(request.path),
-                client_ip=client_ip(request),
-                client_id=claims.cid if claims else None,
-                server_id=server.server_id,
-                headers=request.headers,
-            )
-        )
-        if rejection is not None:
-            return rejection_response(rejection)
+        refused = _filter(server, request, claims.cid if claims else None)
+        if refused is not None:
+            return refused
     if problem is not None:
         return problem
     if claims is not None:
@@ -140,6 +135,22 @@ def on_request(request: Request) -> HTTPResponse | None:
     server.idle.clear()
     request.ctx.counted = True
     return None
+
+
+def _filter(server: AppServer, request: Request, client_id: str | None) -> HTTPResponse | None:
+    """Ask the request filters (ipfilter, ratelimit...); their refusal as an answer, or None."""
+    rejection = server.manager.reject_request(
+        RequestInfo(
+            role="server",
+            method=request.method,
+            path=normalise_path(request.path),
+            client_ip=client_ip(request),
+            client_id=client_id,
+            server_id=server.server_id,
+            headers=request.headers,
+        )
+    )
+    return None if rejection is None else rejection_response(rejection)
 
 
 def on_response(request: Request, response: BaseHTTPResponse) -> HTTPResponse | None:
@@ -188,6 +199,17 @@ def _reassign(server: AppServer) -> HTTPResponse:
         retry_after=random.uniform(1.0, spread),
         headers={"Affinity-Reassign": "1"},
     )
+
+
+async def metrics(request: Request) -> HTTPResponse:
+    """``GET /.well-known/affinity/metrics``: Prometheus text of this server process.
+
+    Filter refusals by rule (from the plugins), the shared settings versions in
+    force, settings refused, and the load figures. Like health it needs no token;
+    the request filters still apply to it.
+    """
+    server: AppServer = request.app.ctx.affinity
+    return HTTPResponse(server.server_metrics.exposition(), content_type=CONTENT_TYPE)
 
 
 async def health(request: Request) -> HTTPResponse:

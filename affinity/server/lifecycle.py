@@ -23,6 +23,7 @@ from sanic import HTTPResponse, Request, Sanic
 
 from affinity.errors import AffinityError
 from affinity.http import error_response, json_response
+from affinity.models import SharedSettings
 from affinity.registry import Registrar
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ class Lifecycle:
         self.server = server
         self.registrar: Registrar | None = None
         self.stopping = False
+        self.settings: dict[str, int] = {}
+        """Version in force of each shared settings document."""
+        self._refused: dict[str, int] = {}
         self._app: Sanic[Any, Any] | None = None
 
     def install(self, app: Sanic[Any, Any]) -> None:
@@ -89,7 +93,6 @@ class Lifecycle:
         """Apply shared settings (firewall rules and the like) as the registry changes them."""
         assert self.registrar is not None
         index, failures = 0, 0
-        versions: dict[str, int] = {}
         while not self.stopping:
             try:
                 index, documents = await self.registrar.watch_settings(index, 30.0)
@@ -100,10 +103,27 @@ class Lifecycle:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            for name, settings in documents.items():
-                if settings.version > versions.get(name, 0):
-                    versions[name] = settings.version
-                    self.server.manager.settings_changed(settings)
+            for settings in documents.values():
+                self._apply(settings)
+
+    def _apply(self, settings: SharedSettings) -> None:
+        """Put a newer document in force unless a plugin refuses it (reported once per version)."""
+        name, version = settings.name, settings.version
+        if version <= self.settings.get(name, 0) or self._refused.get(name) == version:
+            return
+        refusal = self.server.manager.apply_settings(settings)
+        if refusal is None:
+            self.settings[name] = version
+            return
+        self._refused[name] = version
+        self.server.server_metrics.settings_refused(name)
+        log.warning(
+            "refused shared settings %r version %d whole, version %d stays: %s",
+            name,
+            version,
+            self.settings.get(name, 0),
+            refusal,
+        )
 
     # -- drain ----------------------------------------------------------------------
 

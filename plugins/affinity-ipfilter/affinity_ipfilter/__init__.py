@@ -11,6 +11,8 @@ and embedders that want their own instance use :class:`IPFilter` directly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from affinity import hookimpl
 from affinity.models import Rejection, RequestInfo, SharedSettings
 from affinity_ipfilter.filter import NAME, IPFilter, PluginConfig
@@ -23,6 +25,7 @@ __all__ = [
     "affinity_check_settings",
     "affinity_configure",
     "affinity_reject_request",
+    "affinity_report_counters",
     "affinity_settings_changed",
     "normalise_path",
     "path_variants",
@@ -46,6 +49,12 @@ def affinity_reject_request(request: RequestInfo) -> Rejection | None:
     a bucket slot on it.
     """
     return STATE.reject(request)
+
+
+@hookimpl
+def affinity_report_counters() -> Mapping[str, int]:
+    """Refusals of this process by rule id; the core publishes them as metrics."""
+    return STATE.counters()
 
 
 @hookimpl

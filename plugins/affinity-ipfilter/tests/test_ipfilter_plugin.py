@@ -66,6 +66,7 @@ def test_hooks_through_pluggy(pm: pluggy.PluginManager) -> None:
         "ipfilter.deny[0]": 1,
         "ipfilter.settings.deny[0]": 1,
     }
+    assert pm.hook.affinity_report_counters() == [affinity_ipfilter.STATE.counters()]
 
 
 def test_config_error_from_configure_names_the_file(pm: pluggy.PluginManager) -> None:

@@ -12,6 +12,8 @@ clock) use :class:`RateLimiter` directly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from affinity import hookimpl
 from affinity.models import Rejection, RequestInfo, SharedSettings
 from affinity_ratelimit.gcra import Cell, Decision, GcraTable
@@ -31,6 +33,7 @@ __all__ = [
     "affinity_check_settings",
     "affinity_configure",
     "affinity_reject_request",
+    "affinity_report_counters",
     "affinity_settings_changed",
     "normalise_path",
     "path_variants",
@@ -50,6 +53,12 @@ def affinity_configure(config: PluginConfig) -> None:
 def affinity_reject_request(request: RequestInfo) -> Rejection | None:
     """Refuse a request over its client's limit (``429 rate_limited``, ``Retry-After``)."""
     return STATE.reject(request)
+
+
+@hookimpl
+def affinity_report_counters() -> Mapping[str, int]:
+    """Refusals of this process by rule id; the core publishes them as metrics."""
+    return STATE.counters()
 
 
 @hookimpl

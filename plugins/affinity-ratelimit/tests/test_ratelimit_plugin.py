@@ -65,6 +65,7 @@ def test_hooks_through_pluggy(pm: pluggy.PluginManager) -> None:
     assert affinity_ratelimit.STATE.version == 2
     assert pm.hook.affinity_reject_request(request=request) is None
     assert affinity_ratelimit.STATE.counters() == {"ratelimit.default": 1}
+    assert pm.hook.affinity_report_counters() == [{"ratelimit.default": 1}]
 
 
 def test_installed_but_unconfigured_limits_nothing(pm: pluggy.PluginManager) -> None:
