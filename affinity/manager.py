@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "affinity.builtin.policies",
     "affinity.builtin.registry_embedded",
     "affinity.builtin.registrar_admin",
+    "affinity.builtin.registry_consul",
     "affinity.builtin.health_active",
 )
 """Built-in behaviour, written as plugins through the same hooks as any other."""

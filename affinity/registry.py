@@ -21,13 +21,14 @@ class RegistryView:
     """Everything a registry knows at one index: servers of all services and shared settings.
 
     ``stale`` is True when the registry could not be reached and this is the
-    last known view.
+    last known view; ``stale_reason`` then says why (shown in ``GET /v1/servers``).
     """
 
     index: int
     servers: tuple[Server, ...] = ()
     settings: Mapping[str, SharedSettings] = field(default_factory=dict)
     stale: bool = False
+    stale_reason: str = ""
 
 
 class Registry(ABC):

@@ -79,7 +79,10 @@ class ReferralContext:
     def apply_view(self, view: RegistryView) -> None:
         """Take a registry view: servers into the table, changed settings to the plugins."""
         self.table.apply_view(view)
-        self.table.stale_reason = "" if not view.stale else self.table.stale_reason
+        if view.stale:
+            self.table.stale_reason = view.stale_reason or self.table.stale_reason
+        else:
+            self.table.stale_reason = ""
         for name, settings in view.settings.items():
             current = self.settings.get(name)
             if current is None or settings.version > current.version:

@@ -1,0 +1,170 @@
+"""The blocking-query loop every Consul watch runs, with the rules Consul asks clients to follow.
+
+* The index is an integer (python-consul2 hands back the header string, and
+  ``'10' < '9'``); a returned 0 counts as 1, so the loop never degrades into
+  non-blocking reads.
+* When the index goes backwards (snapshot restore, an agent restarted without
+  its data), the lower index becomes the new baseline: the data that came with
+  it is current, and waiting on the old, larger index would hang for a whole
+  ``wait``.
+* After an error the next read is a plain one (index 0): the agent that comes
+  back may be a fresh one whose indexes restarted at 1.
+* Each wait is jittered down by up to 10 % so referrals started together do
+  not all come back to the agent in the same instant.
+* A token bucket bounds reads per second, so a value that churns degrades to
+  polling instead of a busy loop; errors back off exponentially with full
+  jitter up to a cap, which is also the longest a recovered agent waits to be
+  noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from affinity.errors import RegistryError
+
+log = logging.getLogger("affinity.registry")
+
+T = TypeVar("T")
+Fetch = Callable[[int, float], Awaitable[tuple[int, T]]]
+
+
+class TokenBucket:
+    """At most ``burst`` reads at once, refilled at ``rate`` per second."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def take(self) -> None:
+        """Wait until a token is available, then use it."""
+        self._refill()
+        while self._tokens < 1.0:
+            await self._sleep((1.0 - self._tokens) / self.rate)
+            self._refill()
+        self._tokens -= 1.0
+
+
+def next_index(sent: int, returned: int) -> int:
+    """The index for the next blocking read after ``returned`` answered ``sent``."""
+    returned = max(returned, 1)
+    if returned < sent:
+        log.info("Consul index went backwards (%d < %d); starting over from it", returned, sent)
+    return returned
+
+
+def backoff_delay(failures: int, cap: float) -> float:
+    """Exponential back-off with full jitter: uniform in [0, min(cap, 0.1 * 2**failures)]."""
+    return random.uniform(0.0, min(cap, 0.1 * 2 ** min(failures, 30)))
+
+
+def jittered(wait: float, jitter: float = 0.1) -> float:
+    """A blocking wait a little shorter than ``wait``, never longer."""
+    return wait * random.uniform(1.0 - jitter, 1.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pacing:
+    """How one loop paces its reads: wait, rate limit and error back-off."""
+
+    wait: float
+    rate: float
+    burst: int
+    backoff_cap: float
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+@dataclass(slots=True)
+class _Status:
+    failures: int = 0
+    reads: int = 0
+    first_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class BlockingLoop(Generic[T]):
+    """One watched Consul read: fetch with index and wait, hand results on, survive errors.
+
+    ``apply`` gets every successful result (a wake-up is not a promise of
+    change; the receiver compares). ``failed`` gets the reason while reads
+    fail and ``None`` once one succeeds again, so the owner can mark its view
+    stale and fresh.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        fetch: Fetch[T],
+        apply: Callable[[T], None],
+        failed: Callable[[str, str | None], None],
+        pacing: Pacing,
+    ) -> None:
+        self.what = what
+        self._fetch = fetch
+        self._apply = apply
+        self._failed = failed
+        self._pacing = pacing
+        self._bucket = TokenBucket(pacing.rate, pacing.burst, sleep=pacing.sleep)
+        self.status = _Status()
+
+    @property
+    def first_done(self) -> asyncio.Event:
+        """Set once the first read has succeeded or failed."""
+        return self.status.first_done
+
+    async def run(self) -> None:
+        """Read until cancelled."""
+        index = 0
+        while True:
+            await self._bucket.take()
+            try:
+                returned, data = await self._fetch(index, jittered(self._pacing.wait))
+            except RegistryError as exc:
+                index = 0
+                await self._fail(exc)
+                continue
+            index = next_index(index, returned)
+            self._succeed(data)
+
+    def _succeed(self, data: T) -> None:
+        status = self.status
+        status.reads += 1
+        if status.failures:
+            log.info("Consul answers %s again after %d failed reads", self.what, status.failures)
+            status.failures = 0
+        self._failed(self.what, None)
+        self._apply(data)
+        status.first_done.set()
+
+    async def _fail(self, exc: RegistryError) -> None:
+        status = self.status
+        status.failures += 1
+        delay = backoff_delay(status.failures, self._pacing.backoff_cap)
+        if status.failures == 1:
+            log.warning("Consul read of %s failed (%s); keeping the last view", self.what, exc)
+        else:
+            log.debug("Consul read of %s failed again (%s); retry in %.2fs", self.what, exc, delay)
+        self._failed(self.what, str(exc))
+        status.first_done.set()
+        await self._pacing.sleep(delay)
