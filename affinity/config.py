@@ -143,6 +143,20 @@ class HealthSettings:
     panic_threshold: float = 0.5
     ca_file: Path | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse values that would stop checks or make rise/fall meaningless."""
+        for key in ("interval", "fast_interval", "timeout"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be more than 0 seconds, got {getattr(self, key)!r}")
+        for key in ("rise", "fall"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)!r}")
+        if not 0 <= self.jitter <= 0.5:
+            raise ValueError(f"jitter must be from 0 to 0.5, got {self.jitter!r}")
+        for key in ("max_passive_share", "panic_threshold"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"{key} must be from 0 to 1, got {getattr(self, key)!r}")
+
 
 SECTIONS: Mapping[str, type[Any]] = {
     "referral": ReferralSettings,

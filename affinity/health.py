@@ -25,8 +25,14 @@ class HealthSink(Protocol):
         draining: bool | None = None,
         reason: str = "",
         latency: float | None = None,
+        failed: bool = False,
     ) -> None:
-        """Record a health observation for a server."""
+        """Record a health observation for a server.
+
+        ``reason`` says why the status is what it is; ``failed`` marks a check
+        that did not get a proper answer (kept as the server's last failure
+        even while ``fall`` has not been reached and the status stays passing).
+        """
         ...
 
 

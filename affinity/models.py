@@ -66,9 +66,12 @@ class Load:
 class Server:
     """One app server of a service, as the referral sees it.
 
-    ``since`` is the time (``time.time()``) of the last health change, used for
-    slow start; ``load_version`` increases with every load report so a policy
-    can tell a fresh report from the one it already counted.
+    ``since`` is the time (``time.time()``) of the last health change;
+    ``load_version`` increases with every load report so a policy can tell a
+    fresh report from the one it already counted. ``ramp`` is the share of
+    ``weight`` in effect: below 1.0 while the server is in slow start (newly
+    added, recovered or resumed), so that it is not handed a flood of clients
+    while its caches are cold. Policies weigh servers by ``effective_weight``.
     """
 
     id: str
@@ -81,11 +84,27 @@ class Server:
     draining: bool = False
     since: float = 0.0
     load_version: int = 0
+    ramp: float = 1.0
+
+    @property
+    def effective_weight(self) -> float:
+        """The weight policies use: ``weight`` scaled down during slow start."""
+        return self.weight * self.ramp
 
     @property
     def assignable(self) -> bool:
         """True when new clients may be sent here."""
         return self.health is HealthStatus.PASSING and not self.draining and self.weight > 0
+
+    @property
+    def keeps_clients(self) -> bool:
+        """True when the clients already here may stay (sticky), even if no new ones may come.
+
+        Draining, weight 0 and a full server stop new clients only: the server
+        is healthy and sends its clients away itself (``503`` with
+        ``Affinity-Reassign``) when it wants them gone.
+        """
+        return self.health is HealthStatus.PASSING
 
     @property
     def at_capacity(self) -> bool:

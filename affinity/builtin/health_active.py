@@ -1,15 +1,19 @@
 """Active health checks: the referral polls each server's health endpoint.
 
-Each server gets one checking task, so there is never more than one check in
-flight per server. Checks run every ``interval`` seconds with ``±jitter`` so
-the checks of many servers do not beat in step, and every ``fast_interval``
-while a server is changing state. A server goes critical after ``fall``
-failed checks in a row and passing again after ``rise`` good ones (HAProxy's
-hysteresis, with faster defaults: 1 s, fall 2, rise 2, so a dead server is
-noticed in about 2 s instead of HAProxy's 6 s). A draining or warning answer
-from a live server applies at once. A client's ``avoid`` only wakes the
-server's checker early (at most once per ``recheck_interval``): a client can
-lie, so only a failed check ejects a server.
+Each server gets one checking task that waits for each check to end before
+the next, so there is never more than one check in flight per server: a
+server that hangs is not piled up with connections. Checks run every
+``interval`` seconds with ``±jitter`` so the checks of many servers do not
+beat in step, and every ``fast_interval`` while a server is changing state.
+A server goes critical after ``fall`` failed checks in a row and passing
+again after ``rise`` good ones (HAProxy's hysteresis, with faster defaults:
+1 s, fall 2, rise 2, so a dead server is noticed in about 2 s instead of
+HAProxy's 6 s). ``timeout`` bounds each phase of a check (connecting with
+the TLS handshake, then the answer), through httpx's own timeouts: cancelling
+a request from outside would leave its socket open. A draining or warning
+answer from a live server applies at once. A client's ``avoid`` only wakes
+the server's checker early (at most once per ``recheck_interval``): a client
+can lie, so only failed checks eject a server.
 """
 
 from __future__ import annotations
@@ -51,12 +55,38 @@ class CheckResult:
 
 
 @dataclass(slots=True)
-class _State:
-    server: Server
-    task: asyncio.Task[None] | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+class Hysteresis:
+    """Rise/fall counting: the state flips only after enough results in a row disagree."""
+
+    rise: int
+    fall: int
     up: bool = True
     streak: int = 0
+
+    def feed(self, ok: bool) -> bool:
+        """Count one result; True when it flipped the state."""
+        if ok == self.up:
+            self.streak = 0
+            return False
+        self.streak += 1
+        if self.streak < (self.rise if ok else self.fall):
+            return False
+        self.up, self.streak = ok, 0
+        return True
+
+    @property
+    def changing(self) -> bool:
+        """True while results disagree with the state (checks then come faster)."""
+        return self.streak > 0
+
+
+@dataclass(slots=True)
+class _State:
+    server: Server
+    counter: Hysteresis
+    task: asyncio.Task[None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: bool = False
     last_recheck: float = float("-inf")
 
 
@@ -115,6 +145,17 @@ def _load(data: dict[str, Any]) -> Load | None:
     )
 
 
+def status_of(up: bool, result: CheckResult) -> HealthStatus:
+    """What the referral reports: critical while down, the answer's status while up.
+
+    A failed check of a server that is still up (fewer than ``fall`` in a row)
+    leaves it passing: one lost packet must not move its clients.
+    """
+    if not up:
+        return HealthStatus.CRITICAL
+    return result.status if result.ok else HealthStatus.PASSING
+
+
 class ActiveHealthChecker(HealthSource):
     """Polls every server's health endpoint with rise/fall hysteresis."""
 
@@ -128,10 +169,8 @@ class ActiveHealthChecker(HealthSource):
             limits=httpx.Limits(max_keepalive_connections=1000, max_connections=None),
         )
         self._states: dict[str, _State] = {}
-        self._sink: HealthSink | None = None
 
     async def run(self, sink: HealthSink) -> None:
-        self._sink = sink
         try:
             while True:
                 self._sync(sink)
@@ -142,19 +181,30 @@ class ActiveHealthChecker(HealthSource):
                     state.task.cancel()
 
     def _sync(self, sink: HealthSink) -> None:
+        """Start a checker for each new server, stop those of removed or moved servers."""
         current = {s.id: s for s in sink.servers()}
         for sid in list(self._states):
             if sid not in current or current[sid].url != self._states[sid].server.url:
-                state = self._states.pop(sid)
-                if state.task is not None:
-                    state.task.cancel()
+                self._stop(self._states.pop(sid))
         for sid, server in current.items():
             if sid not in self._states:
-                state = _State(server=server)
+                state = _State(
+                    server=server, counter=Hysteresis(self.settings.rise, self.settings.fall)
+                )
                 self._states[sid] = state
                 state.task = asyncio.get_running_loop().create_task(
                     self._watch(state, sink), name=f"affinity.check.{sid}"
                 )
+
+    @staticmethod
+    def _stop(state: _State) -> None:
+        """Let the task end after its check in flight, rather than cancel it mid-request.
+
+        Cancelling an httpx request from outside leaves its socket open; the
+        check ends within its own timeout anyway.
+        """
+        state.stopped = True
+        state.wake.set()
 
     def recheck(self, server_id: str) -> None:
         state = self._states.get(server_id)
@@ -165,63 +215,58 @@ class ActiveHealthChecker(HealthSource):
         state.wake.set()
 
     async def _watch(self, state: _State, sink: HealthSink) -> None:
-        first = True
-        while True:
-            if not first:
-                await self._pause(state)
-            first = False
+        s = self.settings
+        await asyncio.sleep(random.uniform(0, s.interval * s.jitter))  # spread start-up checks
+        while not state.stopped:
+            # Cleared before the check, so an avoid arriving during it wakes the next one.
+            state.wake.clear()
             result = await self.check(state.server)
+            if state.stopped:
+                return
             self._record(state, result, sink)
+            await self._pause(state)
+
+    def _delay(self, state: _State) -> float:
+        """Seconds to the next check: jittered, shorter while the state is changing."""
+        s = self.settings
+        base = min(s.fast_interval, s.interval) if state.counter.changing else s.interval
+        return base * random.uniform(1 - s.jitter, 1 + s.jitter)
 
     async def _pause(self, state: _State) -> None:
-        s = self.settings
-        base = s.fast_interval if state.streak else s.interval
-        delay = base * random.uniform(1 - s.jitter, 1 + s.jitter)
-        state.wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.wake.wait(), delay)
+            await asyncio.wait_for(state.wake.wait(), self._delay(state))
 
     async def check(self, server: Server) -> CheckResult:
-        """One health request, bounded by the timeout."""
+        """One health request, each phase bounded by the timeout."""
         started = time.monotonic()
         try:
             response = await self._client.get(server.url + HEALTH_PATH)
-        except httpx.TimeoutException:
-            return CheckResult(ok=False, reason=f"timed out after {self.settings.timeout}s")
+        except httpx.TimeoutException as exc:
+            reason = f"{type(exc).__name__}: no answer within {self.settings.timeout}s"
+            result = CheckResult(ok=False, reason=reason)
         except httpx.HTTPError as exc:
-            return CheckResult(ok=False, reason=f"{type(exc).__name__}: {exc}"[:200])
-        result = parse_answer(response.status_code, response.content[:MAX_BODY])
+            result = CheckResult(ok=False, reason=f"{type(exc).__name__}: {exc}"[:200])
+        else:
+            result = parse_answer(response.status_code, response.content[:MAX_BODY])
         result.latency = time.monotonic() - started
         return result
 
     def _record(self, state: _State, result: CheckResult, sink: HealthSink) -> None:
-        s = self.settings
-        if result.ok == state.up:
-            state.streak = 0
-        else:
-            state.streak += 1
-            if state.streak >= (s.rise if result.ok else s.fall):
-                state.up = result.ok
-                state.streak = 0
-                log.warning(
-                    "server %s is %s: %s",
-                    state.server.id,
-                    "up" if result.ok else "down",
-                    result.reason or "answering",
-                )
-        if state.up and result.ok:
-            status = result.status
-        elif state.up:
-            status = HealthStatus.PASSING
-        else:
-            status = HealthStatus.CRITICAL
+        if state.counter.feed(result.ok):
+            log.warning(
+                "server %s is %s: %s",
+                state.server.id,
+                "up" if result.ok else "down",
+                result.reason or "answering",
+            )
         sink.set_health(
             state.server.id,
-            status,
+            status_of(state.counter.up, result),
             load=result.load,
             draining=result.draining if result.ok else None,
             reason=result.reason,
             latency=result.latency,
+            failed=not result.ok,
         )
 
     async def aclose(self) -> None:

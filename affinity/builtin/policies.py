@@ -7,8 +7,10 @@ view, load-only changes batched) and pick in O(1), so a pick costs about the
 same at 100 servers as at 100,000 (``bench/bench_policies.py``).
 ``consistent`` scores every assignable server per pick (O(n)): that is what
 makes its answer the same in every process. Every policy skips
-``request.avoid`` and returns None when nothing is left. One policy object
-lives per service per worker process; nothing here is shared between them.
+``request.avoid`` and returns None when nothing is left. Weights are
+``Server.effective_weight``: the configured weight, scaled down while a server
+is in slow start. One policy object lives per service per worker process;
+nothing here is shared between them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ __all__ = [
 
 _REDRAWS = 8
 """Draws that may land on an avoided server before a policy filters the pool (O(n))."""
+
+_RR_UNITS = 100
+"""Round-robin slots per unit of effective weight, so slow-start ramps keep 1 % steps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,8 @@ def _read_options(
 def _fallback(servers: tuple[Server, ...], avoid: frozenset[str], rng: random.Random) -> int | None:
     """Weighted pick of an index among the non-avoided servers, by scanning: after redraws."""
     left = [i for i, s in enumerate(servers) if s.id not in avoid]
-    return rng.choices(left, weights=[servers[i].weight for i in left])[0] if left else None
+    weights = [servers[i].effective_weight for i in left]
+    return rng.choices(left, weights=weights)[0] if left else None
 
 
 class _BuiltinPolicy(Policy):
@@ -103,23 +109,27 @@ class _BuiltinPolicy(Policy):
 class _Rotation:
     """Interleaved weighted round robin (as in LVS) over one pool's assignable servers.
 
-    Servers are ordered by weight, heaviest first; round ``r`` visits the
-    prefix of servers whose weight is at least ``r``, so over a cycle each
-    server is visited ``weight`` times. ``levels`` groups consecutive rounds that
-    visit the same prefix: ``(rounds, count)`` pairs, one per distinct weight.
+    Servers are ordered by slots (effective weight in hundredths, at least
+    one, so a server in slow start gets its share), most first; round ``r``
+    visits the prefix of servers with at least ``r`` slots, so over a cycle each
+    server is visited once per slot. ``levels`` groups consecutive rounds that
+    visit the same prefix: ``(rounds, count)`` pairs, one per distinct slot count.
+    Slots are divided by their greatest common divisor, so plain integer
+    weights keep a cycle of ``sum(weights)`` picks.
     """
 
     __slots__ = ("levels", "order", "source")
 
     def __init__(self, servers: tuple[Server, ...]) -> None:
         self.source = servers
-        self.order = sorted(servers, key=lambda s: -s.weight)  # stable: ids ascending within
-        weights = sorted({s.weight for s in servers})
+        slots = {s.id: max(1, round(s.effective_weight * _RR_UNITS)) for s in servers}
+        self.order = sorted(servers, key=lambda s: -slots[s.id])  # stable: ids ascending within
+        weights = sorted(set(slots.values()))
         unit = math.gcd(*weights) if weights else 1
         count, previous = len(self.order), 0
         self.levels: list[tuple[int, int]] = []
         for weight in weights:
-            while count and self.order[count - 1].weight < weight:
+            while count and slots[self.order[count - 1].id] < weight:
                 count -= 1
             self.levels.append(((weight - previous) // unit, count))
             previous = weight
@@ -204,7 +214,7 @@ class _Sampler:
         self.source = self.servers = servers
         self.size = n = len(servers)
         self.table: array[float] | None = None
-        weights = [s.weight for s in servers]
+        weights = [s.effective_weight for s in servers]
         if n == 0 or min(weights) == max(weights):
             return
         total = sum(weights)
@@ -340,7 +350,8 @@ class LoadWeightedPolicy(_SamplingPolicy):
         }
         loads = array("d")
         for server in self._sampler.servers:
-            per_client = 1.0 / ((server.load.capacity or self._default_capacity) * server.weight)
+            capacity = (server.load.capacity or self._default_capacity) * server.effective_weight
+            per_client = 1.0 / capacity
             version, count = carried.get(server.id, (server.load_version, 0.0))
             count = count if version == server.load_version else 0.0
             loads.extend((server.load.active_clients * per_client, per_client, count))
@@ -408,13 +419,15 @@ class ConsistentPolicy(_BuiltinPolicy):
         if self._table.source is pool.assignable:
             return self._table
         servers = pool.assignable
-        capacities = [(s.load.capacity or self._default_capacity) * s.weight for s in servers]
+        capacities = [
+            (s.load.capacity or self._default_capacity) * s.effective_weight for s in servers
+        ]
         loads = [s.load.active_clients / c for s, c in zip(servers, capacities, strict=True)]
         mean = sum(loads) / len(loads) if loads else 0.0
         slack = self.slack_clients
         bound = self._load_factor * mean
         entries = tuple(
-            (s, s.id.encode("utf-8", "surrogatepass"), float(s.weight), load > bound + slack / c)
+            (s, s.id.encode("utf-8", "surrogatepass"), s.effective_weight, load > bound + slack / c)
             for s, load, c in zip(servers, loads, capacities, strict=True)
         )
         self._table = _Table(servers, entries)

@@ -133,17 +133,8 @@ class ReferralContext:
 
     def service_summary(self) -> dict[str, Any]:
         """Per service: servers, assignable ones, and whether fewer than the panic share are."""
-        summary: dict[str, Any] = {}
-        threshold = self.config.health.panic_threshold
-        for service in sorted(self.table.services() | set(self.services)):
-            pool = self.table.pool(service)
-            total, healthy = len(pool.servers), len(pool.assignable)
-            summary[service] = {
-                "total": total,
-                "assignable": healthy,
-                "below_threshold": total > 0 and healthy < threshold * total,
-            }
-        return summary
+        services = sorted(self.table.services() | self.services)
+        return {service: self.table.summary(service) for service in services}
 
 
 class ReferralServer:
@@ -170,7 +161,9 @@ class ReferralServer:
 
     def make_context(self) -> ReferralContext:
         config = self.config
-        table = ServerTable()
+        table = ServerTable(
+            slow_start=config.health.slow_start, panic_threshold=config.health.panic_threshold
+        )
         policies = {s: self.manager.make_policy(s, config) for s in config.services}
         tokens = config.tokens
         return ReferralContext(

@@ -85,9 +85,16 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment | 
 
 
 def _pick(ctx: ReferralContext, areq: AssignRequest) -> tuple[Server | None, bool]:
+    """The client's own server if it may stay there, else the policy's choice.
+
+    A client stays on a server that is passing even when it is draining, full
+    or at weight 0: those stop new clients only. A draining server sends its
+    clients away itself (``503`` + ``Affinity-Reassign`` after the drain
+    grace), and they come back with ``avoid``, which always moves them.
+    """
     if areq.previous is not None and areq.previous not in areq.avoid:
         current = ctx.table.get(areq.previous)
-        if current is not None and current.service == areq.service and current.assignable:
+        if current is not None and current.service == areq.service and current.keeps_clients:
             return current, True
     pool = ctx.table.pool(areq.service)
     return ctx.policies[areq.service].choose(pool, areq), False

@@ -5,10 +5,25 @@ views; health sources feed it observations; the request path reads pools.
 Pools are rebuilt lazily: at once when a server's assignability changes, and
 at most once per ``load_refresh`` seconds when only load figures changed, so a
 large pool is not rebuilt on every health answer.
+
+Slow start: a server that becomes assignable after the first view (added,
+recovered or resumed) has its weight ramped linearly from 1 % to 100 % over
+``slow_start`` seconds, so a cold server is not handed a flood of clients. A
+pool holding a ramping server is rebuilt every ``load_refresh`` seconds until
+the ramp ends; the first view does not ramp, so restarting a referral does not
+slow-start a fleet that is already serving.
+
+Panic threshold: when fewer than ``panic_threshold`` of a service's servers can
+take new clients, the table logs a warning once per crossing (and once when the
+service is back above it). It keeps assigning to the few that can: unlike
+Envoy it never sends clients to servers it believes unhealthy, because an
+affinity client fails over by itself, through the referral, when a server
+does not answer.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -17,10 +32,20 @@ from typing import Any
 from affinity.models import HealthStatus, Load, Pool, Server, worst
 from affinity.registry import RegistryView
 
+log = logging.getLogger("affinity.referral")
+
+MIN_RAMP = 0.01
+"""Share of its weight a server gets at the start of slow start (never 0: it must be drawable)."""
+
 
 @dataclass(slots=True)
 class Observation:
-    """What the health sources last said of one server."""
+    """What the health sources last said of one server.
+
+    ``failure`` and ``failed_at`` keep the last failed check, which a later good
+    check does not erase; ``ramp_from`` is the monotonic time a slow-start ramp
+    began, None when the server is at full weight.
+    """
 
     status: HealthStatus = HealthStatus.PASSING
     load: Load | None = None
@@ -30,6 +55,9 @@ class Observation:
     latency: float | None = None
     since: float = 0.0
     load_version: int = 0
+    failure: str = ""
+    failed_at: float = 0.0
+    ramp_from: float | None = None
 
 
 @dataclass(slots=True)
@@ -46,17 +74,24 @@ class ServerTable:
         self,
         *,
         load_refresh: float = 0.5,
+        slow_start: float = 0.0,
+        panic_threshold: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
         self._wall = wall
         self._load_refresh = load_refresh
+        self._slow_start = slow_start
+        self._panic_threshold = panic_threshold
         self._registered: dict[str, Server] = {}
         self._observed: dict[str, Observation] = {}
         self._servers: dict[str, Server] = {}
-        self._pools: dict[str, _PoolState] = {}
+        self._by_service: dict[str, tuple[str, ...]] = {}
         self._services: frozenset[str] = frozenset()
+        self._pools: dict[str, _PoolState] = {}
+        self._below: set[str] = set()
+        self._seeded = False
         self._version = 0
         self.assignments: dict[str, int] = {}
         self.view_index = 0
@@ -69,6 +104,7 @@ class ServerTable:
         """Replace the registered servers with a registry view."""
         self.view_index = view.index
         self.stale = view.stale
+        before = self._servers
         self._registered = {s.id: s for s in view.servers}
         for sid in list(self._observed):
             if sid not in self._registered:
@@ -77,8 +113,18 @@ class ServerTable:
         for sid in self._registered:
             self._observed.setdefault(sid, Observation(since=now))
         self._servers = {sid: self._merge(sid) for sid in self._registered}
-        self._services = frozenset(s.service for s in self._servers.values())
+        if self._seeded:
+            for sid, server in self._servers.items():
+                self._note_transition(before.get(sid), server)
+        self._seeded = True
+        members: dict[str, list[str]] = {}
+        for sid, server in self._servers.items():
+            members.setdefault(server.service, []).append(sid)
+        self._by_service = {service: tuple(ids) for service, ids in members.items()}
+        self._services = frozenset(self._by_service)
         self._pools.clear()
+        for service in self._by_service.keys() | self._below:
+            self._check_threshold(service)
 
     def servers(self) -> Iterable[Server]:
         """The merged servers of all services."""
@@ -93,18 +139,14 @@ class ServerTable:
         draining: bool | None = None,
         reason: str = "",
         latency: float | None = None,
+        failed: bool = False,
     ) -> None:
         """Record a health observation for a server (ignored for unknown servers)."""
         obs = self._observed.get(server_id)
         if obs is None:
             return
         before = self._servers[server_id]
-        if status is not obs.status:
-            obs.since = self._wall()
-        obs.status = status
-        obs.reason = reason
-        obs.checked_at = self._wall()
-        obs.latency = latency
+        self._observe(obs, status, reason, latency, failed)
         if draining is not None:
             obs.draining = draining
         if load is not None:
@@ -112,13 +154,31 @@ class ServerTable:
             obs.load_version += 1
         after = self._merge(server_id)
         self._servers[server_id] = after
-        state = self._pools.get(after.service)
-        if state is None:
-            return
+        self._note_transition(before, after)
         if before.assignable != after.assignable or before.at_capacity != after.at_capacity:
-            del self._pools[after.service]
-        else:
-            state.dirty = True
+            self._pools.pop(after.service, None)
+            self._check_threshold(after.service)
+        elif after.service in self._pools:
+            self._pools[after.service].dirty = True
+
+    def _observe(
+        self,
+        obs: Observation,
+        status: HealthStatus,
+        reason: str,
+        latency: float | None,
+        failed: bool,
+    ) -> None:
+        now = self._wall()
+        if status is not obs.status:
+            obs.since = now
+        obs.status = status
+        obs.reason = reason
+        obs.checked_at = now
+        obs.latency = latency
+        if failed:
+            obs.failure = reason
+            obs.failed_at = now
 
     def _merge(self, server_id: str) -> Server:
         reg = self._registered[server_id]
@@ -131,6 +191,62 @@ class ServerTable:
             since=obs.since,
             load_version=obs.load_version,
         )
+
+    def _note_transition(self, before: Server | None, after: Server) -> None:
+        """Start a slow-start ramp when a server becomes assignable (added, recovered, resumed)."""
+        if self._slow_start > 0 and after.assignable and (before is None or not before.assignable):
+            self._observed[after.id].ramp_from = self._clock()
+
+    def _ramp(self, server_id: str, now: float) -> float:
+        """The share of its weight a server has now: below 1.0 during slow start."""
+        obs = self._observed.get(server_id)
+        if obs is None or obs.ramp_from is None:
+            return 1.0
+        elapsed = now - obs.ramp_from
+        if elapsed >= self._slow_start:
+            obs.ramp_from = None
+            return 1.0
+        return max(MIN_RAMP, elapsed / self._slow_start)
+
+    # -- panic threshold -------------------------------------------------------------
+
+    def _counts(self, service: str) -> tuple[int, int]:
+        """Servers of a service, and how many of them can take new clients."""
+        ids = self._by_service.get(service, ())
+        ready = sum(1 for sid in ids if _takes_clients(self._servers[sid]))
+        return len(ids), ready
+
+    def _is_below(self, total: int, ready: int) -> bool:
+        return total > 0 and ready < self._panic_threshold * total
+
+    def _check_threshold(self, service: str) -> None:
+        """Log once when a service crosses the panic threshold, either way."""
+        total, ready = self._counts(service)
+        below = self._is_below(total, ready)
+        if below == (service in self._below):
+            return
+        share = f"{self._panic_threshold:.0%}"
+        if below:
+            self._below.add(service)
+            log.warning(
+                "service %r: only %d of %d servers can take new clients, below the panic "
+                "threshold of %s; clients go to those %d only (the others are critical, "
+                "draining or full)",
+                service,
+                ready,
+                total,
+                share,
+                ready,
+            )
+        else:
+            self._below.discard(service)
+            log.warning(
+                "service %r: %d of %d servers can take new clients, back above %s",
+                service,
+                ready,
+                total,
+                share,
+            )
 
     # -- reading -----------------------------------------------------------------
 
@@ -145,16 +261,33 @@ class ServerTable:
         return self._services
 
     def pool(self, service: str) -> Pool:
-        """The pool of a service, rebuilt if it changed (load-only changes are batched)."""
+        """The pool of a service, rebuilt if it changed (load-only and ramp changes batched)."""
         state = self._pools.get(service)
         now = self._clock()
         if state is not None and not (state.dirty and now - state.built_at >= self._load_refresh):
             return state.pool
         self._version += 1
-        members = {sid: s for sid, s in self._servers.items() if s.service == service}
+        members: dict[str, Server] = {}
+        ramping = False
+        for sid in self._by_service.get(service, ()):
+            server = self._servers[sid]
+            ramp = self._ramp(sid, now)
+            if ramp < 1.0:
+                server, ramping = replace(server, ramp=ramp), True
+            members[sid] = server
         pool = Pool.build(service, members, version=self._version)
-        self._pools[service] = _PoolState(pool=pool, built_at=now)
+        self._pools[service] = _PoolState(pool=pool, dirty=ramping, built_at=now)
         return pool
+
+    def summary(self, service: str) -> dict[str, Any]:
+        """Servers of a service, how many can take new clients, and whether that is too few."""
+        pool = self.pool(service)
+        total, ready = len(pool.servers), len(pool.assignable)
+        return {
+            "total": total,
+            "assignable": ready,
+            "below_threshold": self._is_below(total, ready),
+        }
 
     def note_assigned(self, server_id: str) -> None:
         self.assignments[server_id] = self.assignments.get(server_id, 0) + 1
@@ -162,25 +295,37 @@ class ServerTable:
     def describe(self, server: Server) -> dict[str, Any]:
         """A server as ``GET /v1/servers`` shows it."""
         obs = self._observed.get(server.id) or Observation()
+        ramp = self._ramp(server.id, self._clock())
+        load = server.load
         return {
             "id": server.id,
             "service": server.service,
             "url": server.url,
             "weight": server.weight,
+            "effective_weight": round(server.weight * ramp, 3),
+            "slow_start": ramp < 1.0,
             "meta": dict(server.meta),
             "health": server.health.value,
             "draining": server.draining,
-            "assignable": server.assignable and not server.at_capacity,
+            "at_capacity": server.at_capacity,
+            "assignable": _takes_clients(server),
             "load": {
-                "active_clients": server.load.active_clients,
-                "inflight": server.load.inflight,
-                "capacity": server.load.capacity,
+                "active_clients": load.active_clients,
+                "inflight": load.inflight,
+                "capacity": load.capacity,
+                **load.extra,
             },
             "last_check": {
                 "at": obs.checked_at or None,
                 "latency": obs.latency,
                 "reason": obs.reason,
             },
+            "last_failure": {"at": obs.failed_at or None, "reason": obs.failure},
             "since": server.since,
             "assignments": self.assignments.get(server.id, 0),
         }
+
+
+def _takes_clients(server: Server) -> bool:
+    """True when new clients may be sent to a server (the test ``Pool.build`` applies)."""
+    return server.assignable and not server.at_capacity
