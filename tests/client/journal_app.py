@@ -9,6 +9,7 @@ times and where a request ran, whichever servers died on the way.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,26 @@ from affinity import AppServer, route
 
 
 class Journal(AppServer):
-    """``/whoami``; ``POST /record`` writes a journal line; ``POST /crash`` writes one and dies."""
+    """``/whoami``; ``POST /record`` writes a journal line; ``POST /crash`` writes one and dies.
+
+    ``GET /once/<how>/<marker>`` writes a line too; on the first server to see
+    the marker it then dies (``die``) or never answers (``stall``), and on the
+    next one it answers: a GET that fails in flight and must be sent again.
+    """
 
     name = "journal"
 
     def setup(self, app: Any) -> None:
         self.journal = Path(os.environ["JOURNAL"])
 
-    def _record(self, request: Request) -> None:
+    def _record(self, request: Request, marker: str | None = None) -> bool:
+        """Write the journal line; True when it is the first line for this marker."""
+        marker = request.body.decode() if marker is None else marker
+        seen = self.journal.read_text() if self.journal.exists() else ""
         # Closed (so in the kernel's hands) before anything else happens: os._exit keeps it.
         with self.journal.open("a") as out:
-            out.write(f"{self.server_id} {request.body.decode()}\n")
+            out.write(f"{self.server_id} {marker}\n")
+        return f" {marker}\n" not in seen
 
     @route("/whoami")
     async def whoami(self, request: Request) -> HTTPResponse:
@@ -46,3 +56,11 @@ class Journal(AppServer):
         """Executes the request, then dies before answering: the worst moment for a client."""
         self._record(request)
         os._exit(1)
+
+    @route("/once/<how>/<marker>")
+    async def once(self, request: Request, how: str, marker: str) -> HTTPResponse:
+        if self._record(request, marker):
+            if how == "die":
+                os._exit(1)
+            await asyncio.Event().wait()  # "stall": the connection stays open, silent
+        return json({"server": self.server_id, "marker": marker})

@@ -259,6 +259,26 @@ def test_a_post_that_reached_a_server_which_died_is_not_sent_again(fleet: Deploy
     assert after.status_code == 200 and after.json()["server"] != victim
 
 
+@pytest.mark.parametrize("how", ["die", "stall"])
+def test_a_get_that_failed_in_flight_is_sent_again_to_another_server(
+    fleet: Deployment, how: str
+) -> None:
+    """The server dies after reading it, or never answers (read timeout): GET is idempotent."""
+    marker = uuid.uuid4().hex
+    events: list[Event] = []
+    with client(fleet, timeout=1.0, on_event=events.append) as c:
+        victim = c.get("/whoami").json()["server"]
+        r = c.get(f"/once/{how}/{marker}")
+    assert r.status_code == 200
+    moved_to = r.json()["server"]
+    assert moved_to != victim
+    assert journal(fleet, marker) == [f"{victim} {marker}", f"{moved_to} {marker}"]
+    expected = "RemoteProtocolError" if how == "die" else "ReadTimeout"
+    assert [(e.from_server, e.reason.split(":")[0]) for e in failovers(events)] == [
+        (victim, expected)
+    ]
+
+
 def test_a_post_whose_connection_failed_is_sent_to_another_server(fleet: Deployment) -> None:
     marker = uuid.uuid4().hex
     events: list[Event] = []
@@ -453,7 +473,11 @@ def run_the_headline(d: Deployment) -> None:
         twenty_more("requests after the last restart")
     finally:
         stop.touch()
-        runner.wait(20)
+        try:
+            runner.wait(20)
+        finally:
+            runner.kill()  # a no-op once it has exited; never left running
+            runner.wait()
     results = lines()
     failures = [line for line in results if line.startswith("FAIL")]
     assert failures == []
