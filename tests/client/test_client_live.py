@@ -17,6 +17,7 @@ script) have deployments of their own.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 import subprocess
@@ -216,6 +217,36 @@ def test_a_token_for_another_server_gets_421_and_the_client_moves(
     assert (saved["server_id"], saved["server_url"]) == ("s2", fleet.server_urls["s2"])
 
 
+def lifetime(token: str) -> int:
+    """``exp - iat`` of a token, read without verifying (the test's own token)."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return int(claims["exp"]) - int(claims["iat"])
+
+
+def test_the_token_is_renewed_at_80_percent_and_the_client_stays_put(
+    fleet: Deployment, tmp_path: Path
+) -> None:
+    """The client's clock jumps past 80 % of the token's life; wall time (the servers') does not."""
+    now = [1000.0]
+    events: list[Event] = []
+    state = tmp_path / "state.json"
+    with client(fleet, clock=lambda: now[0], state_file=state, on_event=events.append) as c:
+        first = c.get("/whoami")
+        written = state.stat().st_ino
+        now[0] += 0.9 * lifetime(c.token or "")
+        second = c.get("/whoami")
+        token = c.token
+    assert first.json() == second.json(), "same server, same client id"
+    assert [(e.reason, e.server_id, e.sticky) for e in events if isinstance(e, Assigned)] == [
+        ("first", first.json()["server"], False),
+        ("renew", first.json()["server"], True),
+    ]
+    # Saved again (replaced atomically: a new file), with the renewed token.
+    assert state.stat().st_ino != written
+    assert json.loads(state.read_text())["token"] == token
+
+
 def test_a_drained_server_sends_its_clients_elsewhere_with_503_reassign(fleet: Deployment) -> None:
     events: list[Event] = []
     with client(fleet, on_event=events.append) as c, fleet.client() as http:
@@ -323,6 +354,18 @@ def test_one_of_two_referrals_down_costs_one_failed_connection(fleet: Deployment
     assert [e.referral for e in failed] == [second]
     assert "ConnectError" in failed[0].reason
     assert [e.reason for e in events if isinstance(e, Assigned)] == ["first", "forced"]
+
+
+def test_tls_is_checked_a_client_that_does_not_trust_the_ca_gets_nothing(
+    fleet: Deployment,
+) -> None:
+    with (
+        Client(fleet.referral_url, deadline=DEADLINE) as c,  # the system CAs only
+        pytest.raises(AllAttemptsFailed, match="CERTIFICATE_VERIFY_FAILED") as info,
+    ):
+        c.get("/whoami")
+    assert c.server is None, "nothing was learnt from an unverified referral"
+    assert "server " not in str(info.value), "no app server was contacted"
 
 
 # -- the CLI ---------------------------------------------------------------------------------------
