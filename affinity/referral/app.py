@@ -10,10 +10,13 @@ Everything the request path needs hangs on ``app.ctx.affinity`` (a
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import importlib
 import itertools
 import logging
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,13 +262,30 @@ class ReferralServer:
         """Serve until stopped (SIGINT / SIGTERM)."""
         from affinity.serving import serve
 
+        factory: Callable[[], Sanic[Any, Any]] = self.create_app
+        if self.config.referral.workers > 1:
+            factory = functools.partial(
+                build_worker_app,
+                type(self).__module__,
+                type(self).__qualname__,
+                self.config.source,
+            )
         serve(
-            self.create_app,
+            factory,
             self.config.referral,
             section="referral",
             source=self.config.source,
             workers=self.config.referral.workers,
         )
+
+
+def build_worker_app(module: str, qualname: str, source: str) -> Sanic[Any, Any]:
+    """Build a referral app in a fresh worker process (picklable: names, not objects)."""
+    from affinity.config import load
+
+    cls = getattr(importlib.import_module(module), qualname)
+    server: ReferralServer = cls(load(source))
+    return server.create_app()
 
 
 def _filter_request(request: Request) -> HTTPResponse | None:
@@ -293,7 +313,7 @@ async def _jwks(request: Request) -> HTTPResponse:
 
 async def _healthz(request: Request) -> HTTPResponse:
     ctx: ReferralContext = request.app.ctx.affinity
-    return json_response({"status": "ok", "stale": ctx.table.stale})
+    return json_response({"status": "ok", "stale": ctx.table.stale, "worker": os.getpid()})
 
 
 async def _metrics(request: Request) -> HTTPResponse:

@@ -1,0 +1,27 @@
+"""App servers that hold only the referral's public keys (EdDSA, JWKS)."""
+
+from __future__ import annotations
+
+from affinity.testing import Deployment
+from affinity.tokens import KeyRing, TokenIssuer, generate_keyfile
+
+
+def test_server_verifies_with_the_referrals_jwks(deployment: Deployment) -> None:
+    generate_keyfile(deployment.dir / "keys.json", "EdDSA", True)
+    deployment.start_referral()
+    jwks = f"{deployment.referral_url}/.well-known/jwks.json"
+    deployment.start_server(
+        "s1", env={"AFFINITY_TOKENS_KEYS_FILE": "", "AFFINITY_TOKENS_JWKS_URL": jwks}
+    )
+    with deployment.client() as c:
+        published = c.get(jwks).json()["keys"]
+        assert [k["kty"] for k in published] == ["OKP"]
+        assert all("d" not in k for k in published)  # public halves only
+        assigned = c.get(deployment.referral_url + "/v1/assign").json()
+        url = deployment.server_urls["s1"]
+        ok = c.get(url + "/", headers={"Affinity-Token": assigned["token"]})
+        assert ok.status_code == 200 and ok.json()["server"] == "s1"
+        stranger = TokenIssuer(KeyRing.generate("EdDSA")).issue("s1", "c", "web")[0]
+        refused = c.get(url + "/", headers={"Affinity-Token": stranger})
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "invalid_token"
