@@ -18,7 +18,7 @@ import orjson
 from sanic import HTTPResponse, Request
 from sanic.exceptions import SanicException
 
-from affinity.models import Rejection
+from affinity.models import Rejection, RequestInfo
 
 log = logging.getLogger("affinity.http")
 
@@ -102,6 +102,21 @@ def normalise_path(raw: str) -> str:
     if path.startswith("//"):
         path = "/" + path.lstrip("/")
     return path + "/" if trailing and path != "/" else path
+
+
+def request_info(
+    request: Request, role: str, *, client_id: str | None = None, server_id: str | None = None
+) -> RequestInfo:
+    """What the request filters see of a request (the same on the referral and app servers)."""
+    return RequestInfo(
+        role=role,
+        method=request.method,
+        path=normalise_path(request.path),
+        client_ip=client_ip(request),
+        client_id=client_id,
+        server_id=server_id,
+        headers=request.headers,
+    )
 
 
 def client_ip(request: Request) -> str:

@@ -25,16 +25,15 @@ from sanic import HTTPResponse, Request, Sanic
 from affinity.config import Config
 from affinity.health import HealthSource
 from affinity.http import (
-    client_ip,
     exception_response,
     json_response,
-    normalise_path,
     rejection_response,
+    request_info,
 )
 from affinity.keys import load_keyring
 from affinity.manager import PluginManager
 from affinity.metrics import CONTENT_TYPE, ReferralMetrics
-from affinity.models import RequestInfo, SharedSettings
+from affinity.models import SharedSettings
 from affinity.policy import Policy
 from affinity.referral import admin as admin_routes
 from affinity.referral import assign as assign_routes
@@ -291,15 +290,7 @@ def build_worker_app(module: str, qualname: str, source: str) -> Sanic[Any, Any]
 def _filter_request(request: Request) -> HTTPResponse | None:
     """Synchronous on purpose: Sanic awaits nothing for a plain function, a cost per request."""
     ctx: ReferralContext = request.app.ctx.affinity
-    info = RequestInfo(
-        role="referral",
-        method=request.method,
-        path=normalise_path(request.path),
-        client_ip=client_ip(request),
-        client_id=None,
-        headers=request.headers,
-    )
-    rejection = ctx.manager.reject_request(info)
+    rejection = ctx.manager.reject_request(request_info(request, "referral"))
     if rejection is None:
         return None
     ctx.metrics.rejected(rejection.status, rejection.error)

@@ -20,15 +20,14 @@ from sanic.response import BaseHTTPResponse
 from affinity.config import Config
 from affinity.errors import ExpiredToken, InvalidToken, UnknownKey
 from affinity.http import (
-    client_ip,
     error_response,
     json_response,
-    normalise_path,
     rejection_response,
+    request_info,
 )
 from affinity.keys import load_keyring
 from affinity.metrics import CONTENT_TYPE
-from affinity.models import Claims, HealthStatus, RequestInfo
+from affinity.models import Claims, HealthStatus
 from affinity.tokens import TokenVerifier
 
 if TYPE_CHECKING:
@@ -140,15 +139,7 @@ def on_request(request: Request) -> HTTPResponse | None:
 def _filter(server: AppServer, request: Request, client_id: str | None) -> HTTPResponse | None:
     """Ask the request filters (ipfilter, ratelimit...); their refusal as an answer, or None."""
     rejection = server.manager.reject_request(
-        RequestInfo(
-            role="server",
-            method=request.method,
-            path=normalise_path(request.path),
-            client_ip=client_ip(request),
-            client_id=client_id,
-            server_id=server.server_id,
-            headers=request.headers,
-        )
+        request_info(request, "server", client_id=client_id, server_id=server.server_id)
     )
     return None if rejection is None else rejection_response(rejection)
 
@@ -164,9 +155,7 @@ def on_response(request: Request, response: BaseHTTPResponse) -> HTTPResponse | 
     return None
 
 
-def _check_token(
-    server: AppServer, token: str | None
-) -> tuple[Claims | None, HTTPResponse | None]:
+def _check_token(server: AppServer, token: str | None) -> tuple[Claims | None, HTTPResponse | None]:
     if not token:
         if server.config.server.require_token:
             return None, error_response(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from affinity.testing import Deployment
+from affinity.testing import Deployment, wait_until
 from affinity.tokens import KeyRing, TokenIssuer, generate_keyfile
 
 
@@ -13,6 +13,7 @@ def test_server_verifies_with_the_referrals_jwks(deployment: Deployment) -> None
     deployment.start_server(
         "s1", env={"AFFINITY_TOKENS_KEYS_FILE": "", "AFFINITY_TOKENS_JWKS_URL": jwks}
     )
+    wait_until(lambda: deployment.assignable() == {"s1"}, 10, what="s1 assignable")
     with deployment.client() as c:
         published = c.get(jwks).json()["keys"]
         assert [k["kty"] for k in published] == ["OKP"]
