@@ -191,6 +191,7 @@ async def put_settings(request: Request, name: str) -> HTTPResponse:
     try:
         ctx.manager.check_settings(proposed)
     except ConfigError as exc:
+        ctx.metrics.settings_refused(name)
         return error_response(400, "invalid_settings", f"rejected whole, previous kept: {exc}")
     try:
         stored = await ctx.registry.put_settings(name, value)
