@@ -120,7 +120,11 @@ class Deployment:
         server: str = "",
         extra_config: str = "",
         env: Mapping[str, str] | None = None,
+        registry: str = "",
     ) -> None:
+        """``registry`` holds the lines of a ``[registry]`` table (for example
+        ``'backend = "consul"\n[registry.options]\naddress = "127.0.0.1:8500"'``);
+        empty keeps the embedded registry."""
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.certs = make_dev_certs(directory / "certs", "affinity.test")
@@ -135,11 +139,13 @@ class Deployment:
             self._config_text(
                 services, extra_config, health=health, referral=referral, server=server
             )
+            + (f"\n[registry]\n{registry}\n" if registry else "")
         )
         self.env = {**os.environ, **(env or {})}
         self.env.pop("AFFINITY_ADMIN_TOKEN", None)
         self.env.pop("AFFINITY_TOKEN_KEYS", None)
         self.referrals: list[Process] = []
+        self.referral_urls: list[str] = []
         self.servers: dict[str, Process] = {}
         self.server_urls: dict[str, str] = {}
 
@@ -179,16 +185,30 @@ heartbeat_interval = 0.5
 
     # -- processes --------------------------------------------------------------------
 
-    def start_referral(self, *, wait: bool = True, env: Mapping[str, str] | None = None) -> Process:
+    def start_referral(
+        self,
+        *,
+        wait: bool = True,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+    ) -> Process:
+        """Start a referral; with ``port``, another instance on that port (its URL is
+        appended to ``referral_urls``), as several replicas behind DNS round robin."""
+        url = self.referral_url
+        listen: dict[str, str] = {}
+        if port is not None:
+            url = f"https://127.0.0.1:{port}"
+            listen = {"AFFINITY_REFERRAL_LISTEN": f"127.0.0.1:{port}"}
         proc = Process(
             "referral",
             ["referral", "--config", str(self.config)],
-            {**self.env, **(env or {})},
+            {**self.env, **listen, **(env or {})},
             self.dir / f"referral-{len(self.referrals)}.log",
         )
         self.referrals.append(proc)
+        self.referral_urls.append(url)
         if wait:
-            self.wait_http(f"{self.referral_url}/healthz", proc)
+            self.wait_http(f"{url}/healthz", proc)
         return proc
 
     def start_server(
@@ -240,18 +260,19 @@ heartbeat_interval = 0.5
         kwargs.setdefault("timeout", 5.0)
         return httpx.Client(verify=client_context(self.ca), **kwargs)
 
-    def admin(self) -> httpx.Client:
-        """A client for the referral's admin API."""
+    def admin(self, referral_url: str | None = None) -> httpx.Client:
+        """A client for a referral's admin API (the first one unless ``referral_url``)."""
         return self.client(
-            base_url=self.referral_url, headers={"Authorization": f"Bearer {self.admin_token}"}
+            base_url=referral_url or self.referral_url,
+            headers={"Authorization": f"Bearer {self.admin_token}"},
         )
 
-    def registered(self) -> set[str]:
-        with self.admin() as c:
+    def registered(self, referral_url: str | None = None) -> set[str]:
+        with self.admin(referral_url) as c:
             return {s["id"] for s in c.get("/v1/servers").json()["servers"]}
 
-    def assignable(self) -> set[str]:
-        with self.admin() as c:
+    def assignable(self, referral_url: str | None = None) -> set[str]:
+        with self.admin(referral_url) as c:
             return {s["id"] for s in c.get("/v1/servers").json()["servers"] if s["assignable"]}
 
     # -- teardown ---------------------------------------------------------------------------

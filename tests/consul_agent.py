@@ -2320,6 +2320,7 @@ class AgentStandIn:
             return
         if self._server is not None:
             self._run(self._server.stop())
+            self._run(_cancel_leftovers())
         self._shutdown_loop()
 
     def reset(self) -> None:
@@ -2401,6 +2402,20 @@ class AgentStandIn:
         thread.join(timeout=10)
         loop.close()
         self._loop = self._thread = self._server = None
+
+
+async def _cancel_leftovers() -> None:
+    """Cancel request handlers still blocked after the server closed, and wait for them.
+
+    aiohttp does not cancel a handler when its client hangs up, so a blocking query whose
+    client went away keeps waiting; without this the loop would close under it and asyncio
+    would report "Task was destroyed but it is pending".
+    """
+    current = asyncio.current_task()
+    leftovers = [t for t in asyncio.all_tasks() if t is not current]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
 
 
 class StandInProcess:

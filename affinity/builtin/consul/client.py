@@ -90,7 +90,7 @@ class PooledHTTPClient(consul.base.HTTPClient):  # type: ignore[misc]
             ) as resp:
                 content = await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else repr(exc)
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
             msg = f"Consul agent at {self.base_uri} is unreachable ({what}): {reason}"
             raise RegistryUnavailable(msg) from exc
         body = content.decode("utf-8", "replace")

@@ -1,0 +1,684 @@
+"""The Consul registry backend against the stand-in (or a real agent with AFFINITY_TEST_CONSUL).
+
+Why these tests: the backend is the only way a multi-host deployment learns its
+servers, so each promise of issue 6 has one test here — a registration is seen
+within 100 ms of the agent seeing it passing, a dead server leaves within its
+check's interval + timeout, a forgetful agent gets the server back, an
+unreachable agent leaves the last view in force (marked stale) and the view
+recovers as soon as it answers, indexes that go backwards are followed, drain
+flags and settings reach every referral — plus the plumbing that makes those
+hold: option validation, the environment never overriding explicit settings,
+one pooled connection per watch, tokens kept out of logs.
+
+Each test uses its own service-name and KV prefixes, so it also runs against a
+shared real agent; stand-in-only manipulations (reset, down, restart, freeze,
+ACL mode) skip there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from affinity.builtin.consul import blocking
+from affinity.builtin.consul.catalog import health_of, server_from_entry
+from affinity.builtin.consul.client import PooledHTTPClient
+from affinity.builtin.consul.options import ConsulOptions, parse_options
+from affinity.builtin.consul.registrar import ConsulRegistrar
+from affinity.builtin.consul.registry import ConsulRegistry
+from affinity.builtin.registry_consul import affinity_make_registrar, affinity_make_registry
+from affinity.config import Config, load
+from affinity.errors import ConfigError, RegistrationFailed
+from affinity.models import HealthStatus, Server
+from affinity.registry import RegistryView
+from tests.consul.conftest import real_agent_url
+
+if TYPE_CHECKING:
+    from tests.consul.conftest import HealthTarget, Timing
+    from tests.consul_agent import AgentStandIn, StandInProcess
+
+pytestmark = pytest.mark.consul
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def write_config(
+    path: Path, options: dict[str, Any], services: tuple[str, ...] = ("web",), server: str = ""
+) -> Path:
+    lines = ['[registry]\nbackend = "consul"\n[registry.options]']
+    lines += [f"{key} = {toml_value(value)}" for key, value in options.items()]
+    lines += [f"[services.{name}]" for name in services]
+    if server:
+        lines.insert(0, f"[server]\n{server}\n")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Consul:
+    """Makes registries and registrars on one agent, each test under its own prefixes, and
+    closes and cleans up everything at the end."""
+
+    def __init__(self, url: str, tmp_path: Path, timing: Timing) -> None:
+        self.url = url
+        self.tmp_path = tmp_path
+        self.timing = timing
+        run = uuid.uuid4().hex[:8]
+        self.prefix = f"t{run}-"
+        self.kv_prefix = f"affinity-test/{run}/"
+        self.closing: list[ConsulRegistry | ConsulRegistrar] = []
+        self.registered: list[tuple[ConsulRegistrar, Server]] = []
+
+    def options(self, **overrides: Any) -> dict[str, Any]:
+        real = real_agent_url() is not None
+        return {
+            "address": self.url,
+            "service_prefix": self.prefix,
+            "kv_prefix": self.kv_prefix,
+            "wait": 1.0,
+            "timeout": 2.0,
+            "backoff_cap": 0.3,
+            "check_interval": self.timing.interval_s,
+            "check_timeout": 1.0 if real else 0.2,
+            **overrides,
+        }
+
+    def config(self, services: tuple[str, ...] = ("web",), **overrides: Any) -> Config:
+        path = self.tmp_path / f"affinity-{uuid.uuid4().hex[:6]}.toml"
+        return load(write_config(path, self.options(**overrides), services), env={})
+
+    async def registry(self, services: tuple[str, ...] = ("web",), **overrides: Any) -> Any:
+        registry = affinity_make_registry(self.config(services, **overrides))
+        assert isinstance(registry, ConsulRegistry)
+        self.closing.append(registry)
+        await registry.start()
+        return registry
+
+    def registrar(self, **overrides: Any) -> ConsulRegistrar:
+        registrar = affinity_make_registrar(self.config(**overrides))
+        assert isinstance(registrar, ConsulRegistrar)
+        self.closing.append(registrar)
+        return registrar
+
+    async def register(
+        self, registrar: ConsulRegistrar, target: HealthTarget, server_id: str = "s1"
+    ) -> Server:
+        server = Server(
+            id=f"{self.prefix}{server_id}",
+            service="web",
+            url=f"http://127.0.0.1:{target.port}",
+            weight=3,
+            meta={"zone": "eu"},
+        )
+        await registrar.register(server)
+        self.registered.append((registrar, server))
+        return server
+
+    async def aclose(self) -> None:
+        for registrar, server in self.registered:
+            try:
+                await registrar.deregister(server)
+            except Exception:
+                logging.getLogger(__name__).debug("cleanup of %s failed", server.id)
+        for item in reversed(self.closing):
+            await item.aclose()
+        async with httpx.AsyncClient(base_url=self.url) as http:
+            with contextlib.suppress(httpx.HTTPError):
+                await http.delete(f"/v1/kv/{self.kv_prefix}", params={"recurse": ""})
+
+
+@pytest.fixture
+async def consul(consul_url: str, tmp_path: Path, timing: Timing) -> AsyncIterator[Consul]:
+    harness = Consul(consul_url, tmp_path, timing)
+    yield harness
+    await harness.aclose()
+
+
+async def view_until(
+    registry: ConsulRegistry, predicate: Callable[[RegistryView], bool], timeout: float
+) -> RegistryView:
+    """The first view that satisfies ``predicate``; fails after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    view = await registry.watch(-1, 0)
+    while not predicate(view):
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise AssertionError(f"no view satisfied the condition in {timeout}s; last: {view}")
+        view = await registry.watch(view.index, remaining)
+    return view
+
+
+def status_of(view: RegistryView, server_id: str) -> HealthStatus | None:
+    found = [s for s in view.servers if s.id == server_id]
+    return found[0].health if found else None
+
+
+def passing(server_id: str) -> Callable[[RegistryView], bool]:
+    return lambda view: status_of(view, server_id) is HealthStatus.PASSING
+
+
+# --------------------------------------------------------------------------------------
+# Options: validated before anything connects, explicit settings win over the environment
+
+
+def test_defaults_and_the_backend_answers_only_for_consul(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "a.toml", {})
+    options = parse_options(load(path, env={}), env={})
+    assert options.base_url == "http://127.0.0.1:8500"
+    assert (options.kv_prefix, options.tag, options.wait) == ("affinity/", "affinity", 30.0)
+    embedded = load(None, env={})
+    assert affinity_make_registry(embedded) is None
+    assert affinity_make_registrar(embedded) is None
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"adress": "x"}, "registry.options.adress"),
+        ({"address": "ftp://x:1"}, "registry.options.address"),
+        ({"address": "x:1", "port": 2}, "registry.options.address"),
+        ({"port": 70000}, "registry.options.port"),
+        ({"scheme": "tcp"}, "registry.options.scheme"),
+        ({"wait": 0}, "registry.options.wait"),
+        ({"wait": "30s"}, "registry.options.wait"),
+        ({"check_interval": True}, "registry.options.check_interval"),
+        ({"kv_prefix": "affinity"}, "registry.options.kv_prefix"),
+        ({"kv_prefix": "/affinity/"}, "registry.options.kv_prefix"),
+        ({"kv_prefix": "a/../b/"}, "registry.options.kv_prefix"),
+        ({"service_prefix": "a b"}, "registry.options.service_prefix"),
+        ({"tags": ["ok", "not ok"]}, "registry.options.tags[1]"),
+        ({"token_file": "missing-token"}, "registry.options.token_file"),
+        ({"ca_file": "ca.pem"}, "registry.options.ca_file"),
+        ({"tls_skip_verify": "no"}, "registry.options.tls_skip_verify"),
+        ({"watch_burst": 0}, "registry.options.watch_burst"),
+    ],
+)
+def test_bad_options_name_the_key(tmp_path: Path, options: dict[str, Any], key: str) -> None:
+    path = write_config(tmp_path / "affinity.toml", options)
+    with pytest.raises(ConfigError) as caught:
+        affinity_make_registry(load(path, env={}))
+    assert caught.value.key == key
+    assert caught.value.source == str(path)
+
+
+def test_server_meta_consul_would_refuse_is_a_config_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "a.toml", {}, server='meta = { "a.b" = "x" }')
+    with pytest.raises(ConfigError, match=r"server\.meta\.a\.b"):
+        affinity_make_registrar(load(path, env={}))
+
+
+def test_explicit_settings_win_over_the_consul_environment(tmp_path: Path) -> None:
+    """python-consul2 lets CONSUL_HTTP_* override its arguments (reference §7.7); we do not."""
+    (tmp_path / "token").write_text("from-file\n")
+    env = {
+        "CONSUL_HTTP_ADDR": "https://elsewhere:1",
+        "CONSUL_HTTP_SSL": "true",
+        "CONSUL_HTTP_TOKEN": "from-env",
+    }
+    path = write_config(tmp_path / "a.toml", {"address": "127.0.0.1:8501", "token_file": "token"})
+    options = parse_options(load(path, env={}), env=env)
+    assert (options.base_url, options.token) == ("http://127.0.0.1:8501", "from-file")
+    assert "from-file" not in repr(options)
+    # With nothing in the file, the environment is the fallback ...
+    bare = parse_options(load(write_config(tmp_path / "b.toml", {}), env={}), env=env)
+    assert (bare.base_url, bare.token) == ("https://elsewhere:1", "from-env")
+    # ... and affinity's own variable beats the file.
+    ours = parse_options(load(path, env={}), env={**env, "AFFINITY_CONSUL_TOKEN": "ours"})
+    assert (ours.token, ours.token_source) == ("ours", "AFFINITY_CONSUL_TOKEN")
+
+
+def test_example_configs_are_valid() -> None:
+    """examples/consul's files load and make a registry and a registrar without connecting."""
+    for name in ("referral.toml", "server.toml"):
+        config = load(ROOT / "examples" / "consul" / name, env={})
+        assert config.registry.backend == "consul"
+        options = parse_options(config, env={})
+        assert options.check_interval > 0 and options.kv_prefix.endswith("/")
+        made = (affinity_make_registry if name == "referral.toml" else affinity_make_registrar)(
+            config
+        )
+        assert made is not None
+
+
+# --------------------------------------------------------------------------------------
+# The blocking-query rules, without an agent
+
+
+def test_index_rules() -> None:
+    assert blocking.next_index(0, 0) == 1, "a returned 0 counts as 1: never a 0 after a read"
+    assert blocking.next_index(5, 9) == 9
+    assert blocking.next_index(10, 9) == 9, "backwards: the lower index is the new baseline"
+
+
+def test_waits_are_jittered_down_and_client_timeouts_cover_them() -> None:
+    waits = [blocking.jittered(30.0) for _ in range(200)]
+    assert all(27.0 <= w <= 30.0 for w in waits) and len(set(waits)) > 1
+    client = PooledHTTPClient(ConsulOptions(timeout=2.0))
+    assert client._timeout([("index", 5), ("wait", "30000ms")]) == pytest.approx(2.0 + 30 * 17 / 16)
+    assert client._timeout({"recurse": 1}) == 2.0
+
+
+def test_backoff_is_bounded_by_its_cap() -> None:
+    delays = [blocking.backoff_delay(n, 0.5) for n in range(1, 60) for _ in range(5)]
+    assert max(delays) <= 0.5 and min(delays) >= 0.0
+
+
+async def test_token_bucket_turns_churn_into_polling() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    bucket = blocking.TokenBucket(2.0, 3, clock=lambda: now[0], sleep=sleep)
+    for _ in range(9):
+        await bucket.take()
+    assert len(slept) == 6
+    assert now[0] == pytest.approx(3.0), "3 at once, then 6 more at 2 per second"
+
+
+# --------------------------------------------------------------------------------------
+# Consul's words to affinity's
+
+
+def entry(checks: list[dict[str, str]], **service: Any) -> dict[str, Any]:
+    base = {
+        "ID": "s1",
+        "Service": "web",
+        "Tags": ["affinity"],
+        "Address": "10.0.0.5",
+        "Port": 8443,
+        "Meta": {"affinity_url": "https://s1.example.test", "affinity_weight": "2", "zone": "eu"},
+    }
+    return {"Node": {"Address": "10.0.0.1"}, "Service": {**base, **service}, "Checks": checks}
+
+
+SERF = {"CheckID": "serfHealth", "Status": "passing"}
+
+
+@pytest.mark.parametrize(
+    ("checks", "status", "draining"),
+    [
+        ([SERF, {"CheckID": "service:s1", "Status": "passing"}], HealthStatus.PASSING, False),
+        ([SERF, {"CheckID": "service:s1", "Status": "warning"}], HealthStatus.WARNING, False),
+        ([SERF, {"CheckID": "service:s1", "Status": "critical"}], HealthStatus.CRITICAL, False),
+        (
+            [
+                {"CheckID": "serfHealth", "Status": "critical"},
+                {"CheckID": "c", "Status": "passing"},
+            ],
+            HealthStatus.CRITICAL,
+            False,
+        ),
+        (
+            [SERF, {"CheckID": "_service_maintenance:s1", "Status": "critical"}],
+            HealthStatus.MAINTENANCE,
+            True,
+        ),
+        ([{"CheckID": "_node_maintenance", "Status": "critical"}], HealthStatus.MAINTENANCE, True),
+        ([SERF, {"CheckID": "c", "Status": "bogus"}], HealthStatus.CRITICAL, False),
+    ],
+)
+def test_check_states_map_to_health(
+    checks: list[dict[str, str]], status: HealthStatus, draining: bool
+) -> None:
+    assert health_of(checks) == (status, draining)
+
+
+def test_entries_become_servers_or_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    server = server_from_entry(entry([SERF]), "")
+    assert server is not None
+    assert (server.url, server.weight, dict(server.meta)) == (
+        "https://s1.example.test",
+        2,
+        {"zone": "eu"},
+    )
+    bare = server_from_entry(entry([SERF], Meta=None), "")
+    assert bare is not None and bare.url == "https://10.0.0.5:8443"
+    prefixed = server_from_entry(entry([SERF], Service="app-web"), "app-")
+    assert prefixed is not None and prefixed.service == "web"
+    for bad in (
+        entry([SERF], ID="../etc"),
+        entry([SERF], Meta={"affinity_url": "https://evil.test/path"}),
+        entry([SERF], Meta={"affinity_url": "https://x.test", "affinity_weight": "lots"}),
+        {"Service": None},
+    ):
+        assert server_from_entry(bad, "") is None
+    assert "skipping a Consul service entry" in caplog.text
+
+
+# --------------------------------------------------------------------------------------
+# Registration, health, deregistration, maintenance
+
+
+async def test_registration_is_seen_within_100ms_of_the_agent_seeing_it_passing(
+    consul: Consul, make_health_target: Callable[..., HealthTarget]
+) -> None:
+    target = make_health_target()
+    target.status = 503
+    registry = await consul.registry()
+    server = await consul.register(consul.registrar(), target)
+    first = await view_until(registry, lambda v: status_of(v, server.id) is not None, 5.0)
+    assert status_of(first, server.id) is HealthStatus.CRITICAL, "a new check starts critical"
+    registered = next(s for s in first.servers if s.id == server.id)
+    assert (registered.url, registered.weight, dict(registered.meta)) == (
+        server.url,
+        3,
+        {"zone": "eu"},
+    )
+
+    async def agent_sees_passing() -> float:
+        """A blocking query of our own on the agent: returns the moment the check passes."""
+        name, index = consul.prefix + "web", 0
+        async with httpx.AsyncClient(base_url=consul.url, timeout=30) as http:
+            while True:
+                r = await http.get(f"/v1/health/service/{name}", params={"index": index})
+                index = int(r.headers["X-Consul-Index"])
+                checks = [c for e in r.json() for c in e["Checks"]]
+                if checks and all(c["Status"] == "passing" for c in checks):
+                    return time.monotonic()
+
+    agent_task = asyncio.create_task(agent_sees_passing())
+    await asyncio.sleep(0.05)
+    target.status = 200
+    await view_until(registry, passing(server.id), consul.timing.deadline)
+    seen_by_registry = time.monotonic()
+    seen_by_agent = await asyncio.wait_for(agent_task, 5.0)
+    lag = seen_by_registry - seen_by_agent
+    logging.getLogger(__name__).info("registry saw passing %.1f ms after the agent", lag * 1000)
+    assert lag < 0.1
+
+
+@pytest.mark.parametrize("how", ["killed", "hangs"])
+async def test_a_dead_server_leaves_within_interval_plus_timeout(
+    consul: Consul, make_health_target: Callable[..., HealthTarget], how: str
+) -> None:
+    target = make_health_target()
+    registry = await consul.registry()
+    options = consul.options()
+    server = await consul.register(consul.registrar(), target)
+    await view_until(registry, passing(server.id), consul.timing.deadline)
+    killed = time.monotonic()
+    if how == "hangs":
+        target.hang()  # alive but stuck: the probe times out
+    else:
+        target.close()  # the process is gone: connection refused
+    await view_until(registry, lambda v: status_of(v, server.id) is not HealthStatus.PASSING, 10.0)
+    took = time.monotonic() - killed
+    bound = options["check_interval"] + options["check_timeout"]
+    slack = 1.0 if real_agent_url() else 0.25
+    assert took <= bound + slack, f"{took:.2f}s > interval + timeout ({bound}s)"
+    target.release()
+
+
+async def test_maintenance_drains_and_deregistration_removes(
+    consul: Consul, health_target: HealthTarget
+) -> None:
+    registry = await consul.registry()
+    registrar = consul.registrar()
+    server = await consul.register(registrar, health_target)
+    await view_until(registry, passing(server.id), consul.timing.deadline)
+    await registrar.set_maintenance(server, True, "draining")
+    view = await view_until(
+        registry, lambda v: status_of(v, server.id) is HealthStatus.MAINTENANCE, 2.0
+    )
+    assert next(s for s in view.servers if s.id == server.id).draining
+    await registrar.set_maintenance(server, False)
+    await view_until(registry, passing(server.id), 2.0)
+    await registrar.deregister(server)
+    await view_until(registry, lambda v: status_of(v, server.id) is None, 2.0)
+    await registrar.deregister(server)  # already gone: no error
+
+
+async def test_discovery_watches_tagged_services_only(
+    consul: Consul, health_target: HealthTarget
+) -> None:
+    registry = await consul.registry(services=())
+    async with httpx.AsyncClient(base_url=consul.url) as http:
+        for name, tags in (("app", ["affinity"]), ("redis", [])):
+            body = {
+                "Name": consul.prefix + name,
+                "ID": f"{consul.prefix}{name}-1",
+                "Tags": tags,
+                "Port": health_target.port,
+                "Address": "127.0.0.1",
+            }
+            assert (await http.put("/v1/agent/service/register", json=body)).status_code == 200
+        try:
+            view = await view_until(
+                registry, lambda v: any(s.service == "app" for s in v.servers), 5.0
+            )
+            assert {s.service for s in view.servers} == {"app"}
+        finally:
+            for name in ("app", "redis"):
+                await http.put(f"/v1/agent/service/deregister/{consul.prefix}{name}-1")
+
+
+# --------------------------------------------------------------------------------------
+# Trouble: a forgetful agent, an unreachable one, a frozen one, indexes going backwards
+
+
+async def test_an_agent_that_lost_its_state_gets_the_server_back(
+    consul: Consul, health_target: HealthTarget, standin: AgentStandIn
+) -> None:
+    registry = await consul.registry()
+    registrar = consul.registrar()
+    server = await consul.register(registrar, health_target)
+    await view_until(registry, passing(server.id), 5.0)
+    await registrar.set_maintenance(server, True, "draining")
+    await asyncio.to_thread(standin.reset)  # a -dev agent restart: everything forgotten
+    await view_until(registry, lambda v: status_of(v, server.id) is None, 3.0)
+    await registrar.heartbeat(server)
+    # Registered again (critical until its check passes, so never assignable in between),
+    # with maintenance mode restored.
+    await view_until(registry, lambda v: status_of(v, server.id) is HealthStatus.MAINTENANCE, 3.0)
+
+
+async def test_an_unreachable_agent_leaves_the_last_view_in_force_marked_stale(
+    consul: Consul, health_target: HealthTarget, standin: AgentStandIn
+) -> None:
+    registry = await consul.registry()
+    server = await consul.register(consul.registrar(), health_target)
+    before = await view_until(registry, passing(server.id), 5.0)
+    await asyncio.to_thread(standin.down)
+    try:
+        stale = await view_until(registry, lambda v: v.stale, 2.0)
+        assert stale.servers == before.servers, "the last known servers stay"
+        assert "unreachable" in stale.stale_reason
+    finally:
+        await asyncio.to_thread(standin.up)
+    recovered = time.monotonic()
+    fresh = await view_until(registry, lambda v: not v.stale, 2.0)
+    assert time.monotonic() - recovered <= consul.options()["backoff_cap"] + 0.3
+    assert fresh.stale_reason == "" and passing(server.id)(fresh)
+
+
+async def test_a_restarted_agent_process_is_followed(
+    consul: Consul,
+    health_target: HealthTarget,
+    make_standin_process: Callable[..., StandInProcess],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    process = make_standin_process("--min-check-interval", "50ms")
+    consul.url = process.url
+    registry = await consul.registry()
+    registrar = consul.registrar()
+    server = await consul.register(registrar, health_target)
+    await view_until(registry, passing(server.id), 5.0)
+    await asyncio.to_thread(process.restart)  # killed; back on the same port, index at 1
+    await registrar.heartbeat(server)  # the agent forgot it: registered again
+    view = await view_until(registry, lambda v: not v.stale and passing(server.id)(v), 5.0)
+    assert view.stale_reason == ""
+
+
+async def test_a_frozen_agent_times_out_instead_of_hanging(
+    consul: Consul,
+    health_target: HealthTarget,
+    make_standin_process: Callable[..., StandInProcess],
+) -> None:
+    process = make_standin_process("--min-check-interval", "50ms")
+    consul.url = process.url
+    registry = await consul.registry(timeout=0.5)
+    server = await consul.register(consul.registrar(), health_target)
+    await view_until(registry, passing(server.id), 5.0)
+    frozen = time.monotonic()
+    process.freeze()
+    try:
+        view = await view_until(registry, lambda v: v.stale, 5.0)
+        # wait (1 s) + Consul's jitter (wait/16) + timeout (0.5 s): the client timeout.
+        assert time.monotonic() - frozen <= 1.0 * 17 / 16 + 0.5 + 0.3
+        assert passing(server.id)(view), "the last view stays in force"
+    finally:
+        process.thaw()
+    await view_until(registry, lambda v: not v.stale, 3.0)
+
+
+async def test_an_index_that_goes_backwards_is_followed(
+    consul: Consul,
+    make_health_target: Callable[..., HealthTarget],
+    standin: AgentStandIn,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "affinity.registry")
+    registry = await consul.registry()
+    registrar = consul.registrar()
+    first = await consul.register(registrar, make_health_target(), "s1")
+    await view_until(registry, passing(first.id), 5.0)
+    await asyncio.to_thread(standin.force_index, 2)
+    await asyncio.sleep(1.3)  # the blocking read on the old index ends after one wait (1 s)
+    assert "index went backwards" in caplog.text
+    # Following the lower index, the next change shows at once; a loop still waiting on
+    # the old index would see it only after another whole wait.
+    second = await consul.register(registrar, make_health_target(), "s2")
+    await view_until(registry, lambda v: status_of(v, second.id) is not None, 0.3)
+
+
+# --------------------------------------------------------------------------------------
+# KV: drain flags and shared settings, seen by every referral
+
+
+async def test_a_drain_flag_reaches_every_registry(
+    consul: Consul, health_target: HealthTarget
+) -> None:
+    one, two = await consul.registry(), await consul.registry()
+    server = await consul.register(consul.registrar(), health_target)
+    for registry in (one, two):
+        await view_until(registry, passing(server.id), 5.0)
+    assert not await one.set_draining("unknown", True)
+    started = time.monotonic()
+    assert await one.set_draining(server.id, True)
+    for registry in (one, two):
+        view = await view_until(registry, lambda v: any(s.draining for s in v.servers), 1.0)
+        assert not next(s for s in view.servers if s.id == server.id).assignable
+    assert time.monotonic() - started < 1.0
+    assert await two.set_draining(server.id, False)
+    await view_until(one, lambda v: not any(s.draining for s in v.servers), 1.0)
+
+
+async def test_settings_are_versioned_with_cas_and_reach_servers(
+    consul: Consul, caplog: pytest.LogCaptureFixture
+) -> None:
+    one, two = await consul.registry(), await consul.registry()
+    registrar = consul.registrar()
+    index, documents = await registrar.watch_settings(0, 1.0)
+    assert documents == {}
+    waiting = asyncio.create_task(registrar.watch_settings(index, 5.0))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    assert (await one.put_settings("ipfilter", {"deny": ["10.0.0.0/8"]})).version == 1
+    _, seen = await asyncio.wait_for(waiting, 2.0)
+    assert time.monotonic() - started < 1.0
+    assert seen["ipfilter"].value == {"deny": ["10.0.0.0/8"]}
+    assert (await two.put_settings("ipfilter", {"deny": []})).version == 2
+    racing = await asyncio.gather(
+        *(r.put_settings("ipfilter", {"n": i}) for i, r in enumerate((one, two, one)))
+    )
+    assert sorted(s.version for s in racing) == [3, 4, 5], "CAS: no version written twice"
+
+    def at_version_5(view: RegistryView) -> bool:
+        current = view.settings.get("ipfilter")
+        return current is not None and current.version == 5
+
+    await view_until(one, at_version_5, 2.0)
+    await view_until(two, at_version_5, 2.0)
+    async with httpx.AsyncClient(base_url=consul.url) as http:
+        await http.put(f"/v1/kv/{consul.kv_prefix}settings/broken", content=b"{not json")
+    await asyncio.sleep(0.3)
+    assert "ignoring shared settings 'broken'" in caplog.text
+    with pytest.raises(RegistrationFailed):
+        await one.put_settings("../x", {})
+
+
+# --------------------------------------------------------------------------------------
+# Connections and tokens
+
+
+async def test_one_pooled_session_serves_every_call(
+    consul: Consul, health_target: HealthTarget
+) -> None:
+    registrar = consul.registrar()
+    server = await consul.register(registrar, health_target)
+    for _ in range(20):
+        await registrar.heartbeat(server)
+    assert registrar.client.http.connections_opened == 1
+    registry = await consul.registry()
+    await view_until(registry, lambda v: status_of(v, server.id) is not None, 5.0)
+    for draining in (True, False) * 5:
+        assert await registry.set_draining(server.id, draining)
+    await asyncio.sleep(0.2)
+    # One kept-alive connection per blocking loop (kv, catalog, service) and one for writes.
+    assert registry.client.http.connections_opened <= 4
+
+
+@pytest.fixture
+def acl_standin(make_standin: Callable[..., AgentStandIn]) -> AgentStandIn:
+    return make_standin(acl_tokens=frozenset({"s3cr3t-consul-token"}))
+
+
+async def test_the_token_comes_from_a_file_and_never_shows(
+    acl_standin: AgentStandIn,
+    tmp_path: Path,
+    timing: Timing,
+    health_target: HealthTarget,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    harness = Consul(acl_standin.url, tmp_path, timing)
+    (tmp_path / "consul-token").write_text("s3cr3t-consul-token\n")
+    # Whatever python-consul2 would take from the environment must not win.
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "127.0.0.1:1")
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "wrong-token")
+    try:
+        registry = await harness.registry(token_file=str(tmp_path / "consul-token"))
+        registrar = harness.registrar(token_file=str(tmp_path / "consul-token"))
+        server = await harness.register(registrar, health_target)
+        await view_until(registry, lambda v: status_of(v, server.id) is not None, 5.0)
+        monkeypatch.delenv("CONSUL_HTTP_TOKEN")
+        anonymous = harness.registrar()
+        with pytest.raises(RegistrationFailed, match="Permission denied"):
+            await anonymous.register(server)
+    finally:
+        await harness.aclose()
+    assert "s3cr3t-consul-token" not in caplog.text
