@@ -168,9 +168,7 @@ async def kv_per_server(
         backoff_cap=1.0,
     )
     loops = [
-        asyncio.create_task(
-            BlockingLoop("bench", w.fetch, w.apply, lambda *_: None, pacing).run()
-        )
+        asyncio.create_task(BlockingLoop("bench", w.fetch, w.apply, lambda *_: None, pacing).run())
         for w in watchers
     ]
     writes = 0
