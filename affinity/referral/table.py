@@ -230,13 +230,12 @@ class ServerTable:
             self._below.add(service)
             log.warning(
                 "service %r: only %d of %d servers can take new clients, below the panic "
-                "threshold of %s; clients go to those %d only (the others are critical, "
+                "threshold of %s; new clients go to those only (the others are critical, "
                 "draining or full)",
                 service,
                 ready,
                 total,
                 share,
-                ready,
             )
         else:
             self._below.discard(service)
