@@ -14,14 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from affinity.models import Rejection, RequestInfo, SharedSettings
-from affinity_ipfilter.networks import parse_address
+from affinity_ipfilter.networks import Address, parse_address
 from affinity_ipfilter.paths import path_variants
-from affinity_ipfilter.rules import RuleSet, compile_rules
+from affinity_ipfilter.rules import CACHE_KEY_LENGTH, CACHE_SIZE, RuleSet, compile_rules
 
 NAME = "ipfilter"
 """The plugin's name: its entry point, its config table and its shared settings document."""
@@ -45,6 +44,27 @@ class _InForce:
     version: int = 0
     file: RuleSet = field(default_factory=RuleSet)
     shared: RuleSet = field(default_factory=RuleSet)
+    active: tuple[RuleSet, ...] = ()
+    """The rule sets that have a rule, in checking order (empty: admit without looking)."""
+    decisions: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
+    """(role, address, path) -> the refusing rule or None, remembered for these rules only:
+    app-server clients are sticky and come back with the same requests."""
+
+    @classmethod
+    def of(cls, version: int, file: RuleSet, shared: RuleSet) -> _InForce:
+        active = tuple(rules for rules in (file, shared) if rules.active)
+        return cls(version=version, file=file, shared=shared, active=active)
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any, text: str) -> None:
+    """Keep ``value`` in a bounded cache: dropped whole when full, so memory stays bounded and
+    a client rotating addresses or paths costs what it would without the cache. ``text`` is
+    the request's part of the key (address, path): a long one is not kept."""
+    if len(text) > CACHE_KEY_LENGTH:
+        return
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
 
 
 class IPFilter:
@@ -58,6 +78,10 @@ class IPFilter:
     def __init__(self) -> None:
         self._in_force = _InForce()
         self._counts: dict[str, int] = {}
+        # Parsing an address and reading a path are most of a check's cost, and the
+        # same clients and paths come back request after request: keep the results.
+        self._addresses: dict[str, Address | None] = {}
+        self._forms: dict[str, frozenset[str]] = {}
 
     # -- configuration --------------------------------------------------------
 
@@ -69,7 +93,7 @@ class IPFilter:
             source=config.source,
             id_prefix=f"{NAME}.",
         )
-        self._in_force = _InForce(file=rules)
+        self._in_force = _InForce.of(0, rules, RuleSet())
         self._counts = {}
 
     @staticmethod
@@ -98,7 +122,7 @@ class IPFilter:
         except ValueError as exc:
             log.warning("ignoring shared settings %r version %d: %s", NAME, settings.version, exc)
             return False
-        self._in_force = _InForce(version=settings.version, file=current.file, shared=shared)
+        self._in_force = _InForce.of(settings.version, current.file, shared)
         return True
 
     # -- request path -----------------------------------------------------------
@@ -106,20 +130,50 @@ class IPFilter:
     def reject(self, request: RequestInfo) -> Rejection | None:
         """Refuse with ``403 forbidden`` when a rule says so; None admits."""
         in_force = self._in_force
-        if not (in_force.file.active or in_force.shared.active):
+        if not in_force.active:
             return None
-        addr = parse_address(request.client_ip)
-        forms = cache(lambda: path_variants(request.path))
-        for rules in (in_force.file, in_force.shared):
+        key = (request.role, request.client_ip, request.path)
+        try:
+            rule_id = in_force.decisions[key]
+        except KeyError:
+            rule_id = self._decide(in_force.active, request)
+            _remember(in_force.decisions, key, rule_id, request.client_ip + request.path)
+        if rule_id is None:
+            return None
+        self._counts[rule_id] = self._counts.get(rule_id, 0) + 1
+        addr = self._address(request.client_ip)
+        # Only the canonical form of a parsed address is echoed, never raw input.
+        who = f"address {addr}" if addr is not None else "the client address"
+        return Rejection(
+            status=403, error="forbidden", detail=f"{who} is not allowed", rule=rule_id
+        )
+
+    def _decide(self, active: tuple[RuleSet, ...], request: RequestInfo) -> str | None:
+        """The id of the first rule that refuses the request, or None."""
+        addr = self._address(request.client_ip)
+        path = request.path
+
+        def forms() -> frozenset[str]:
+            try:
+                return self._forms[path]
+            except KeyError:
+                readings = path_variants(path)
+                _remember(self._forms, path, readings, path)
+                return readings
+
+        for rules in active:
             rule_id = rules.check(request.role, addr, forms)
             if rule_id is not None:
-                self._counts[rule_id] = self._counts.get(rule_id, 0) + 1
-                # Only the canonical form of a parsed address is echoed, never raw input.
-                who = f"address {addr}" if addr is not None else "the client address"
-                return Rejection(
-                    status=403, error="forbidden", detail=f"{who} is not allowed", rule=rule_id
-                )
+                return rule_id
         return None
+
+    def _address(self, text: str) -> Address | None:
+        try:
+            return self._addresses[text]
+        except KeyError:
+            addr = parse_address(text)
+            _remember(self._addresses, text, addr, text)
+            return addr
 
     # -- observation --------------------------------------------------------------
 

@@ -18,6 +18,10 @@ from affinity.errors import ConfigError
 from affinity_ipfilter.networks import Address, Network, NetworkSet, parse_networks
 from affinity_ipfilter.paths import ancestors, normalise_prefix
 
+CACHE_SIZE = 4096
+"""Most addresses, path readings and path-rule matches remembered (all dropped when full)."""
+CACHE_KEY_LENGTH = 256
+"""Longer addresses or paths are worked out each time, so the caches stay small."""
 ROLES = frozenset({"referral", "server"})
 OPTIONS = frozenset({"allow", "deny", "paths", "roles"})
 PATH_OPTIONS = frozenset({"prefix", "allow", "deny"})
@@ -43,6 +47,11 @@ class RuleSet:
     deny: NetworkSet = field(default_factory=NetworkSet)
     paths: Mapping[str, tuple[PathRule, ...]] = field(default_factory=lambda: MappingProxyType({}))
     allow_id: str = "ipfilter.allow"
+    _applying: dict[frozenset[str], tuple[PathRule, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """The path rules each set of path readings falls under, remembered: the same paths come
+    back request after request. Bounded like the filter's caches; dies with the rule set."""
 
     @property
     def active(self) -> bool:
@@ -63,7 +72,7 @@ class RuleSet:
             return None
         if addr is not None and (hit := self.deny.match(addr)) is not None:
             return hit
-        path_rules = self._path_rules(forms()) if self.paths else ()
+        path_rules = self._applicable(forms()) if self.paths else ()
         for rule in path_rules:
             if addr is not None and (hit := rule.deny.match(addr)) is not None:
                 return hit
@@ -73,6 +82,18 @@ class RuleSet:
         if self.allow and (addr is None or self.allow.match(addr) is None):
             return self.allow_id
         return None
+
+    def _applicable(self, forms: frozenset[str]) -> tuple[PathRule, ...]:
+        try:
+            return self._applying[forms]
+        except KeyError:
+            pass
+        rules = tuple(self._path_rules(forms))
+        if max(map(len, forms)) <= CACHE_KEY_LENGTH:
+            if len(self._applying) >= CACHE_SIZE:
+                self._applying.clear()
+            self._applying[forms] = rules
+        return rules
 
     def _path_rules(self, forms: frozenset[str]) -> list[PathRule]:
         found: dict[int, PathRule] = {}

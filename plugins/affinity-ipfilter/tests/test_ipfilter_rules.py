@@ -211,3 +211,23 @@ def test_failed_reconfigure_keeps_the_previous_rules() -> None:
     with pytest.raises(ConfigError):
         f.configure(FakeConfig({"deny": ["bogus"]}))
     assert rule(f, "10.0.0.1") == "ipfilter.deny[0]"
+
+
+def test_decisions_hold_while_remembered_addresses_and_paths_come_and_go() -> None:
+    """Parsed addresses and path readings are remembered in bounded caches; answers never change."""
+    from affinity_ipfilter.filter import CACHE_KEY_LENGTH, CACHE_SIZE
+
+    f = make(deny=["10.0.0.0/16"], paths=[{"prefix": "/admin", "allow": ["10.1.0.0/16"]}])
+    for round_ in range(2):  # the second round answers from the caches
+        for i in range(CACHE_SIZE + 500):  # more than fit: the caches are dropped and refilled
+            ip = f"10.{i % 3}.{i // 250 % 250}.{i % 250}"
+            path = "/admin/x" if i % 2 else f"/p{i}"
+            expected = {0: "ipfilter.deny[0]", 1: None, 2: None}[i % 3]
+            if expected is None and path == "/admin/x" and i % 3 == 2:
+                expected = "ipfilter.paths[0].allow"
+            assert rule(f, ip, path) == expected, (round_, ip, path)
+    assert len(f._addresses) <= CACHE_SIZE and len(f._forms) <= CACHE_SIZE
+    assert len(f._in_force.decisions) <= CACHE_SIZE
+    long_path = "/admin/" + "a" * CACHE_KEY_LENGTH
+    assert rule(f, "10.2.0.1", long_path) == "ipfilter.paths[0].allow"
+    assert long_path not in f._forms  # long paths are worked out each time, not kept

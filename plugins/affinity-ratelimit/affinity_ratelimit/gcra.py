@@ -75,6 +75,18 @@ class GcraTable:
 
     def admit(self, key: Hashable, cell: Cell, now_ns: int) -> Decision:
         """Decide one request for ``key`` at time ``now_ns``; admitted requests move the TAT."""
+        refused = self.take(key, cell, now_ns)
+        if refused is not None:
+            return refused
+        ahead = self._tats[key] - now_ns
+        return Decision(True, (cell.tolerance_ns - ahead) // cell.interval_ns, 0, ahead)
+
+    def take(self, key: Hashable, cell: Cell, now_ns: int) -> Decision | None:
+        """Like :meth:`admit`, but None when admitted: the request path's call.
+
+        Admitted is the common answer, and building a Decision for it would be
+        a third of the cost of the whole decision.
+        """
         tats = self._tats
         tat = tats.get(key)
         new_tat = (now_ns if tat is None or tat < now_ns else tat) + cell.interval_ns
@@ -88,7 +100,7 @@ class GcraTable:
         else:
             tats.move_to_end(key)
         tats[key] = new_tat
-        return Decision(True, (tolerance - ahead) // cell.interval_ns, 0, ahead)
+        return None
 
     def _make_room(self, now_ns: int) -> None:
         while len(self._tats) >= self.max_keys:

@@ -22,7 +22,7 @@ from affinity.errors import ConfigError
 from affinity.models import Rejection, RequestInfo, SharedSettings
 from affinity_ratelimit.gcra import NS, GcraTable
 from affinity_ratelimit.headers import render
-from affinity_ratelimit.options import Policy, compile_policy
+from affinity_ratelimit.options import ClientKey, Limit, Policy, compile_policy
 
 NAME = "ratelimit"
 """The plugin's name: its entry point, its config table and its shared settings document."""
@@ -39,10 +39,37 @@ class PluginConfig(Protocol):
     def plugin_options(self, name: str) -> Mapping[str, Any]: ...
 
 
+CACHE_SIZE = 4096
+"""Most limit choices and address keys remembered per policy (the lot is dropped when full)."""
+CACHE_KEY_LENGTH = 256
+"""Longer paths or addresses are worked out each time, so the caches stay small."""
+
+
 @dataclass(frozen=True, slots=True)
 class _InForce:
+    """The policy in force and what was worked out from it, swapped as one reference.
+
+    Choosing the limit for a path and parsing an address are most of a
+    decision's cost, and the same paths and clients come back request after
+    request, so both are remembered here, next to the policy they depend on:
+    a new policy starts with empty caches.
+    """
+
     version: int = 0
     policy: Policy = field(default_factory=Policy)
+    limits: dict[tuple[str, str], Limit | None] = field(default_factory=dict)
+    addresses: dict[str, tuple[str, str | int]] = field(default_factory=dict)
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any, text: str) -> None:
+    """Keep ``value`` in a bounded cache: dropped whole when full, so memory stays bounded and
+    a client rotating addresses or paths costs what it would without the cache. ``text`` is
+    the request's part of the key (path or address): a long one is not kept."""
+    if len(text) > CACHE_KEY_LENGTH:
+        return
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
 
 
 def _ceil_seconds(ns: int) -> int:
@@ -111,13 +138,28 @@ class RateLimiter:
 
     def reject(self, request: RequestInfo) -> Rejection | None:
         """Refuse with ``429 rate_limited`` when the client is over its limit; None admits."""
-        policy = self._in_force.policy
-        limit = policy.select(request.role, request.path)
+        in_force = self._in_force
+        policy = in_force.policy
+        where = (request.role, request.path)
+        try:
+            limit = in_force.limits[where]
+        except KeyError:
+            limit = policy.select(*where)
+            _remember(in_force.limits, where, limit, request.path)
         if limit is None:
             return None
-        now_ns = self._now_ns()
-        decision = self._table.admit(policy.client_key(request, limit), limit.cell, now_ns)
-        if decision.allowed:
+        if limit.key == "client_or_ip" and request.client_id:
+            key: ClientKey = (limit.name, "client", request.client_id)
+        else:  # Policy.client_key, with the address part remembered
+            ip = request.client_ip
+            try:
+                kind, value = in_force.addresses[ip]
+            except KeyError:
+                kind, value = policy.address_key(ip)
+                _remember(in_force.addresses, ip, (kind, value), ip)
+            key = (limit.name, kind, value)
+        decision = self._table.take(key, limit.cell, self._now_ns())
+        if decision is None:
             return None
         self._counts[limit.rule_id] = self._counts.get(limit.rule_id, 0) + 1
         retry_after = _ceil_seconds(decision.wait_ns)

@@ -340,3 +340,15 @@ def test_bad_options_raise_config_error_naming_the_key(
     assert info.value.key == key
     assert info.value.source == "/etc/affinity/affinity.toml"
     assert words in str(info.value)
+
+
+def test_many_addresses_and_paths_keep_the_caches_bounded_and_answers_right() -> None:
+    from affinity_ratelimit.limiter import CACHE_SIZE
+
+    limiter = make(rate=0.001, burst=1, limits=[{"name": "x", "prefix": "/x", "rate": 1000.0}])
+    for i in range(CACHE_SIZE + 500):
+        ip = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
+        assert limiter.reject(req(ip, path=f"/p{i}")) is None  # a fresh allowance each
+        assert limiter.reject(req(ip, path=f"/p{i}")).rule == "ratelimit.default"  # type: ignore[union-attr]
+    in_force = limiter._in_force
+    assert len(in_force.limits) <= CACHE_SIZE and len(in_force.addresses) <= CACHE_SIZE

@@ -128,3 +128,18 @@ def test_reconfigure_starts_over() -> None:
     assert limiter.counters() == {}
     assert limiter.table_size == 0
     assert admitted(limiter, 5) == 1
+
+
+def test_remembered_limit_choices_do_not_outlive_their_policy() -> None:
+    """Limit choices and address keys are cached with the policy; a new version starts afresh."""
+    limiter = make(limits=[{"name": "a", "prefix": "/a", "rate": 1.0, "burst": 1}])
+    request = RequestInfo(role="server", method="GET", path="/a/x", client_ip="192.0.2.1")
+    assert limiter.reject(request) is None
+    assert limiter.reject(request).rule == "ratelimit.a"  # type: ignore[union-attr]
+    moved = [{"name": "b", "prefix": "/b", "rate": 1.0, "burst": 1}]
+    assert limiter.apply_settings(doc(1, limits=moved))
+    assert limiter.reject(request) is None  # /a has no limit any more
+    assert limiter.reject(request) is None
+    other = RequestInfo(role="server", method="GET", path="/b", client_ip="192.0.2.1")
+    assert limiter.reject(other) is None
+    assert limiter.reject(other).rule == "ratelimit.b"  # type: ignore[union-attr]
