@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from affinity.errors import RegistryUnavailable
 from affinity.models import HealthStatus, Server, SharedSettings, worst
 from affinity.names import check_origin, is_valid_id
 
@@ -137,6 +138,15 @@ def read_kv(
             if document is not None:
                 settings[document.name] = document
     return frozenset(draining), settings
+
+
+def modify_index(entry: Mapping[str, Any]) -> int:
+    """A KV entry's ModifyIndex, for check-and-set."""
+    try:
+        return int(entry["ModifyIndex"])
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = f"Consul answered a KV entry without ModifyIndex: {exc!r}"
+        raise RegistryUnavailable(msg) from exc
 
 
 def drain_key(prefix: str, server_id: str) -> str:

@@ -33,6 +33,7 @@ from affinity.builtin.consul.catalog import (
     discovered,
     drain_key,
     encode_settings,
+    modify_index,
     read_kv,
     servers_from_entries,
     settings_document,
@@ -166,6 +167,7 @@ class ConsulRegistry(Registry):
     ) -> None:
         loop: BlockingLoop[Any] = BlockingLoop(what, fetch, apply, self.board.failed, self._pacing)
         task = asyncio.get_running_loop().create_task(loop.run(), name=f"affinity.consul.{what}")
+        task.add_done_callback(_report_crash)
         self._loops[what] = (loop, task)
 
     def _watch_service(self, service: str) -> None:
@@ -242,7 +244,7 @@ class ConsulRegistry(Registry):
             known = self.board.settings.get(name)
             version = max(stored.version if stored else 0, known.version if known else 0) + 1
             document = SharedSettings(name=name, version=version, value=dict(value))
-            cas = int(entry["ModifyIndex"]) if entry else 0
+            cas = modify_index(entry) if entry else 0
             if await self.client.kv_put(key, encode_settings(document), cas=cas):
                 self.board.settings = {**self.board.settings, name: document}
                 self.board.publish()
@@ -258,3 +260,9 @@ class ConsulRegistry(Registry):
         self._loops.clear()
         if self._client is not None:
             await self._client.aclose()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A loop that died of a bug would freeze its part of the view without a word; say so."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("Consul watch %s stopped", task.get_name(), exc_info=task.exception())
