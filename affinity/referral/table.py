@@ -9,7 +9,9 @@ large pool is not rebuilt on every health answer.
 Slow start: a server that becomes assignable after the first view (added,
 recovered or resumed) has its weight ramped linearly from 1 % to 100 % over
 ``slow_start`` seconds, so a cold server is not handed a flood of clients. A
-pool holding a ramping server is rebuilt every ``load_refresh`` seconds until
+pool holding a ramping server is rebuilt every ``load_refresh`` seconds (or
+every twentieth of ``slow_start`` when that is longer, so that a long ramp of
+a large pool is not an O(n) rebuild twice a second) until
 the ramp ends; the first view does not ramp, so restarting a referral does not
 slow-start a fleet that is already serving.
 
@@ -36,6 +38,9 @@ log = logging.getLogger("affinity.referral")
 
 MIN_RAMP = 0.01
 """Share of its weight a server gets at the start of slow start (never 0: it must be drawable)."""
+
+RAMP_STEPS = 20
+"""Pool rebuilds a slow-start ramp needs at least (more when ``load_refresh`` is shorter)."""
 
 
 @dataclass(slots=True)
@@ -65,6 +70,7 @@ class _PoolState:
     pool: Pool
     dirty: bool = False
     built_at: float = 0.0
+    ramp_due: float = float("inf")
 
 
 class ServerTable:
@@ -263,7 +269,7 @@ class ServerTable:
         """The pool of a service, rebuilt if it changed (load-only and ramp changes batched)."""
         state = self._pools.get(service)
         now = self._clock()
-        if state is not None and not (state.dirty and now - state.built_at >= self._load_refresh):
+        if state is not None and not self._due(state, now):
             return state.pool
         self._version += 1
         members: dict[str, Server] = {}
@@ -275,8 +281,14 @@ class ServerTable:
                 server, ramping = replace(server, ramp=ramp), True
             members[sid] = server
         pool = Pool.build(service, members, version=self._version)
-        self._pools[service] = _PoolState(pool=pool, dirty=ramping, built_at=now)
+        step = max(self._load_refresh, self._slow_start / RAMP_STEPS)
+        due = now + step if ramping else float("inf")
+        self._pools[service] = _PoolState(pool=pool, built_at=now, ramp_due=due)
         return pool
+
+    def _due(self, state: _PoolState, now: float) -> bool:
+        """True when a built pool must be rebuilt: batched load changes, or a ramp step."""
+        return now >= state.ramp_due or (state.dirty and now - state.built_at >= self._load_refresh)
 
     def summary(self, service: str) -> dict[str, Any]:
         """Servers of a service, how many can take new clients, and whether that is too few."""

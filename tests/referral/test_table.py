@@ -174,6 +174,18 @@ def test_a_new_server_ramps_linearly_and_its_pool_is_rebuilt_meanwhile() -> None
     assert t.pool("web") is built, "no more rebuilds once the ramp is over"
 
 
+def test_a_long_ramp_rebuilds_its_pool_in_twenty_steps_not_every_load_refresh() -> None:
+    clock = Clock()
+    t = table(clock, slow_start=60.0, load_refresh=0.5)
+    t.apply_view(view(server("s1")))
+    t.apply_view(view(server("s1"), server("s2"), index=2))
+    built = t.pool("web")
+    clock.now += 2.9
+    assert t.pool("web") is built
+    clock.now += 0.1
+    assert t.pool("web").servers["s2"].ramp == pytest.approx(0.05)
+
+
 @pytest.mark.parametrize("how", ["recovered", "resumed"])
 def test_a_recovered_or_resumed_server_ramps_again(how: str) -> None:
     clock = Clock()
