@@ -29,6 +29,7 @@ from affinity.http import (
     json_response,
     rejection_response,
     request_info,
+    trust_proxies,
 )
 from affinity.keys import load_keyring
 from affinity.manager import PluginManager
@@ -205,15 +206,15 @@ class ReferralServer:
         app.config.ACCESS_LOG = False
         app.config.FALLBACK_ERROR_FORMAT = "json"
         referral = self.config.referral
-        app.config.PROXIES_COUNT = referral.proxies_count or None
-        app.config.REAL_IP_HEADER = referral.real_ip_header or None
-        app.config.FORWARDED_SECRET = (
-            self.config.read_secret(
+        trust_proxies(
+            app,
+            count=referral.proxies_count,
+            real_ip_header=referral.real_ip_header,
+            forwarded_secret=self.config.read_secret(
                 referral.forwarded_secret_file,
                 "AFFINITY_FORWARDED_SECRET",
                 "referral.forwarded_secret_file",
-            )
-            or None
+            ),
         )
         app.ctx.affinity = self.make_context()
         app.error_handler.add(Exception, exception_response)

@@ -25,7 +25,7 @@ from sanic import HTTPResponse, Sanic
 
 from affinity.config import Config
 from affinity.errors import ConfigError
-from affinity.http import exception_response
+from affinity.http import exception_response, trust_proxies
 from affinity.manager import PluginManager
 from affinity.metrics import ServerMetrics
 from affinity.models import HealthStatus, Load, Server, worst
@@ -152,15 +152,16 @@ class AppServer:
         app: Sanic[Any, Any] = Sanic(f"affinity-{self.name}-{next(_names)}")
         app.config.ACCESS_LOG = False
         app.config.FALLBACK_ERROR_FORMAT = "json"
-        app.config.PROXIES_COUNT = self.config.server.proxies_count or None
-        app.config.REAL_IP_HEADER = self.config.server.real_ip_header or None
-        app.config.FORWARDED_SECRET = (
-            self.config.read_secret(
-                self.config.server.forwarded_secret_file,
+        settings = self.config.server
+        trust_proxies(
+            app,
+            count=settings.proxies_count,
+            real_ip_header=settings.real_ip_header,
+            forwarded_secret=self.config.read_secret(
+                settings.forwarded_secret_file,
                 "AFFINITY_FORWARDED_SECRET",
                 "server.forwarded_secret_file",
-            )
-            or None
+            ),
         )
         app.ctx.affinity = self
         app.error_handler.add(Exception, exception_response)
