@@ -656,7 +656,6 @@ class TokenIssuer:
         self._rng = rng if rng is not None else random.Random()
         self.new_client_id = ClientIds()
 
-
     def issue(self, sid: str, cid: str, svc: str) -> tuple[str, int]:
         """A token binding client ``cid`` of service ``svc`` to server ``sid``, and its lifetime."""
         now = int(self._clock())

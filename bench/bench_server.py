@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from affinity.testing import free_port  # noqa: E402
-from affinity.tokens import KeyRing, TokenIssuer, generate_keyfile  # noqa: E402
-from bench.common import alternate, median, spawn, stop, wait_http, wrk  # noqa: E402
+from affinity.testing import free_port
+from affinity.tokens import KeyRing, TokenIssuer, generate_keyfile
+from bench.common import alternate, median, spawn, stop, wait_http, wrk
 
 
 def main() -> None:
@@ -51,23 +51,32 @@ heartbeat_interval = 3600
         env = {"AFFINITY_DISABLE_PLUGIN_AUTOLOAD": "1", "AFFINITY_PLUGINS": "bench.noop_filter"}
         config = str(d / "affinity.toml")
         referral = spawn(["-m", "affinity", "referral", "--config", config], env)
-        app = spawn(["-m", "affinity", "serve", "bench/bench_app.py:Bench", "--config", config],
-                    env)
+        app = spawn(
+            ["-m", "affinity", "serve", "bench/bench_app.py:Bench", "--config", config], env
+        )
         minimal = spawn(["bench/minimal_app.py", str(base_port)])
         try:
-            for url, proc in ((f"http://127.0.0.1:{ref_port}/healthz", referral),
-                              (f"http://127.0.0.1:{app_port}/.well-known/affinity/health", app),
-                              (f"http://127.0.0.1:{base_port}/", minimal)):
+            for url, proc in (
+                (f"http://127.0.0.1:{ref_port}/healthz", referral),
+                (f"http://127.0.0.1:{app_port}/.well-known/affinity/health", app),
+                (f"http://127.0.0.1:{base_port}/", minimal),
+            ):
                 wait_http(url, proc)
             issuer = TokenIssuer(KeyRing.load(d / "keys.json"))
             token = issuer.issue("s1", issuer.new_client_id(), "web")[0]
-            results = alternate({
-                "plain Sanic route": lambda: wrk(f"http://127.0.0.1:{base_port}/",
-                                                 seconds=args.seconds),
-                "AppServer route": lambda: wrk(f"http://127.0.0.1:{app_port}/",
-                                               seconds=args.seconds,
-                                               headers=[f"Affinity-Token: {token}"]),
-            }, args.rounds)
+            results = alternate(
+                {
+                    "plain Sanic route": lambda: wrk(
+                        f"http://127.0.0.1:{base_port}/", seconds=args.seconds
+                    ),
+                    "AppServer route": lambda: wrk(
+                        f"http://127.0.0.1:{app_port}/",
+                        seconds=args.seconds,
+                        headers=[f"Affinity-Token: {token}"],
+                    ),
+                },
+                args.rounds,
+            )
         finally:
             stop(referral, app, minimal)
     base = median(results["plain Sanic route"])

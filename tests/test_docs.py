@@ -21,8 +21,14 @@ def test_every_config_key_is_documented(section: str) -> None:
         assert f"| `{field.name}` |" in part, f"{section}.{field.name} missing"
 
 
-@pytest.mark.parametrize("page", ["README.md", "CONTRIBUTING.md", *(
-    str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md")))])
+@pytest.mark.parametrize(
+    "page",
+    [
+        "README.md",
+        "CONTRIBUTING.md",
+        *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md"))),
+    ],
+)
 def test_relative_links_resolve(page: str) -> None:
     path = ROOT / page
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text()):

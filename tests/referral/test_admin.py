@@ -172,7 +172,8 @@ def test_settings_long_poll_wakes_on_a_change(referral: Deployment, admin: httpx
 
     def poll() -> None:
         with referral.admin() as c:
-            results["r"] = c.get("/v1/settings", params={"index": first["index"], "wait": 20}).json()
+            query = {"index": first["index"], "wait": 20}
+            results["r"] = c.get("/v1/settings", params=query).json()
 
     import threading
 

@@ -15,8 +15,9 @@ from affinity.testing import Deployment
 SERVICES = '[services.web]\nservers = [{id = "s1", url = "https://s1.affinity.test:8443"}]\n'
 PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
 ANY_TEXT = st.text(max_size=60)
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,11 @@ def check(response: httpx.Response) -> None:
 
 
 @FUZZ
-@given(params=st.lists(st.tuples(st.sampled_from(["service", "avoid", "x", ""]), ANY_TEXT),
-                       max_size=20))
+@given(
+    params=st.lists(
+        st.tuples(st.sampled_from(["service", "avoid", "x", ""]), ANY_TEXT), max_size=20
+    )
+)
 def test_assign_queries(client: httpx.Client, params: list[tuple[str, str]]) -> None:
     check(client.get("/v1/assign", params=params))
 
