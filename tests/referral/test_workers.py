@@ -17,11 +17,14 @@ def test_two_workers_see_the_same_registrations(tmp_path: Path) -> None:
 
         def both_workers_answered() -> bool:
             # A fresh connection each time: the kernel spreads them over the workers.
+            # A worker that has not yet read the state file (it polls) answers 503;
+            # only assignments of w1 count, and from two different workers.
             with deployment.client(base_url=deployment.referral_url) as c:
                 assigned = c.get("/v1/assign")
-                pids.add(c.get("/healthz").json()["worker"])
-                assert assigned.status_code == 200, assigned.text
-                assert assigned.json()["server"]["id"] == "w1"
+                worker = c.get("/healthz").json()["worker"]
+                if assigned.status_code == 200:
+                    assert assigned.json()["server"]["id"] == "w1"
+                    pids.add(worker)
             return len(pids) >= 2
 
         wait_until(both_workers_answered, 30, 0.0, "both workers answering")
