@@ -15,8 +15,8 @@ from collections.abc import Mapping
 
 from affinity import hookimpl
 from affinity.models import Rejection, RequestInfo, SharedSettings
+from affinity.paths import normalise_path, path_variants
 from affinity_ipfilter.filter import NAME, IPFilter, PluginConfig
-from affinity_ipfilter.paths import normalise_path, path_variants
 
 __all__ = [
     "NAME",

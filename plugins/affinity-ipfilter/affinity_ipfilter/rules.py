@@ -15,8 +15,8 @@ from types import MappingProxyType
 from typing import Any
 
 from affinity.errors import ConfigError
+from affinity.paths import ancestors, normalise_prefix
 from affinity_ipfilter.networks import Address, Network, NetworkSet, parse_networks
-from affinity_ipfilter.paths import ancestors, normalise_prefix
 
 CACHE_SIZE = 4096
 """Most addresses, path readings and path-rule matches remembered (all dropped when full)."""

@@ -20,9 +20,9 @@ from typing import Any
 
 from affinity.errors import ConfigError
 from affinity.models import RequestInfo
+from affinity.paths import ancestors, normalise_path, normalise_prefix, path_variants
 from affinity_ratelimit.gcra import Cell
 from affinity_ratelimit.headers import MODES, quota_window
-from affinity_ratelimit.paths import ancestors, normalise_path, normalise_prefix, path_variants
 
 ROLES = frozenset({"referral", "server"})
 KEY_MODES = ("client_or_ip", "ip")

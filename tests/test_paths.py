@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from affinity_ipfilter.paths import ancestors, normalise_path, path_variants
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from affinity.paths import ancestors, normalise_path, path_variants
 
 fast = settings(database=None, deadline=None, max_examples=300)
 

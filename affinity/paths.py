@@ -1,13 +1,14 @@
-"""Path normalisation for rule matching: one request path, every way a server might read it.
+"""Path comparison forms for request filters: one request path, every way a server might read it.
 
 The core hands filters a path it has already normalised (percent-decoded once,
-dot segments and repeated slashes removed). A firewall rule must not depend on
-that alone: Envoy CVE-2019-9901 (``/info/../private``), CVE-2021-29492
-(escaped ``%2F``) and the Tomcat ``..;`` family all come from a filter and a
-router reading one path two ways. So :func:`path_variants` returns every
-reading a plausible server could make, and a path rule applies when *any* of
-them falls under its prefix. Rules here only ever restrict, so matching more
-readings can only refuse more, never admit more.
+dot segments and repeated slashes removed). A rule must not depend on that
+alone: Envoy CVE-2019-9901 (``/info/../private``), CVE-2021-29492 (escaped
+``%2F``) and the Tomcat ``..;`` family all come from a filter and a router
+reading one path two ways. :func:`path_variants` returns every reading a
+plausible server could make: a deny rule applies when *any* of them falls
+under its prefix, and an exemption only when *all* of them do. Used by the
+``affinity-ipfilter`` and ``affinity-ratelimit`` plugins, and meant for any
+filter plugin.
 """
 
 from __future__ import annotations
