@@ -35,11 +35,22 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from affinity.tokens import generate_keyfile
+    from affinity.keyring import generate_keyfile
 
     ring = generate_keyfile(Path(args.out), args.alg, args.force)
     print(f"wrote a key ring with {args.alg} key to {args.out} (mode 0600)")
     del ring
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from affinity.keyring import rotate_keyfile
+
+    ring = rotate_keyfile(Path(args.file), args.alg, retire_after=args.retire_after)
+    print(
+        f"{args.file}: new active key {ring.active.kid if ring.active else '?'!r}; "
+        f"older keys verify until retired"
+    )
     return 0
 
 
@@ -126,6 +137,16 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--alg", default="HS256", choices=["HS256", "EdDSA"])
     g.add_argument("--force", action="store_true", help="overwrite an existing file")
     g.set_defaults(func=_keys)
+    r2 = ksub.add_parser("rotate", help="add a new active key; the old ones keep verifying")
+    r2.add_argument("--file", required=True, help="the key ring file to rotate")
+    r2.add_argument("--alg", choices=["HS256", "EdDSA"], help="default: the active key's")
+    r2.add_argument(
+        "--retire-after",
+        type=float,
+        default=None,
+        help="seconds until the previous key stops verifying (default: never)",
+    )
+    r2.set_defaults(func=_rotate)
 
     c = sub.add_parser("check", help="validate a config file and its plugins")
     c.add_argument("--config", required=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,24 @@ def alive(pid: int) -> bool:
         return False
 
 
+def dev_ports() -> int:
+    """A referral port whose server ports (port + 41 ... + 43) are free too."""
+    for _ in range(50):
+        port = free_port()
+        if port + 43 > 65535:
+            continue
+        try:
+            for offset in (41, 42, 43):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free block of ports")
+
+
 def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
-    port = free_port()
+    port = dev_ports()
     proc = subprocess.Popen(
         [
             sys.executable,

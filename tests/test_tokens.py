@@ -808,7 +808,8 @@ def _names(node: ast.AST) -> list[str]:
 
 
 def test_macs_are_compared_with_compare_digest_only() -> None:
-    source = Path(affinity.tokens.__file__).read_text()
+    package = Path(affinity.tokens.__file__).parent
+    source = "\n".join((package / name).read_text() for name in ("tokens.py", "keyring.py"))
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare) and any(
@@ -828,3 +829,20 @@ def test_macs_are_compared_with_compare_digest_only() -> None:
     ]
     owners = [c.func.value for c in calls if isinstance(c.func, ast.Attribute)]
     assert owners and all(isinstance(o, ast.Name) and o.id == "hmac" for o in owners)
+
+
+def test_cli_generates_and_rotates_a_key_file(tmp_path: Path) -> None:
+    from affinity.cli import main
+
+    path = tmp_path / "keys.json"
+    assert main(["keys", "generate", "--out", str(path)]) == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert main(["keys", "generate", "--out", str(path)]) == 2  # no overwrite without --force
+    first = KeyRing.load(path)
+    assert main(["keys", "rotate", "--file", str(path), "--retire-after", "60"]) == 0
+    rotated = KeyRing.load(path)
+    assert rotated.active is not None and first.active is not None
+    assert rotated.active.kid != first.active.kid
+    assert first.active.kid in rotated.kids
+    token = TokenIssuer(first).issue("s1", "c", "web")[0]
+    assert TokenVerifier(rotated).verify(token).sid == "s1"

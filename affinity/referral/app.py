@@ -31,7 +31,7 @@ from affinity.http import (
     request_info,
     trust_proxies,
 )
-from affinity.keys import load_keyring
+from affinity.keyring import load_keyring
 from affinity.manager import PluginManager
 from affinity.metrics import CONTENT_TYPE, ReferralMetrics
 from affinity.models import SharedSettings

@@ -25,7 +25,7 @@ from affinity.http import (
     rejection_response,
     request_info,
 )
-from affinity.keys import load_keyring
+from affinity.keyring import load_keyring
 from affinity.metrics import CONTENT_TYPE
 from affinity.models import Claims, HealthStatus
 from affinity.tokens import TokenVerifier
