@@ -4,7 +4,7 @@ Why it exists: no Consul binary can be installed on the build machines, yet the 
 registry backend must be tested against something that behaves like an agent — statuses
 that start ``critical``, indexes that move (and sometimes go backwards), blocking queries
 that wake up without a change, health checks that really probe a URL. This module follows
-the project's Consul API reference (``consul-api.md``: conventions, blocking queries,
+the documented Consul agent HTTP API (conventions, blocking queries,
 service/check registration, TTL and HTTP checks, maintenance, health/catalog reads, KV)
 point by point; the conformance tests in ``tests/consul/`` hold it to that, and can be
 pointed at a real agent (``AFFINITY_TEST_CONSUL``) to check the reference itself.

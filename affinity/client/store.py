@@ -153,7 +153,7 @@ def persist(path: Path, saved: Saved) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    """The knobs of the rules; seconds as floats. Defaults follow reliability-and-security.md."""
+    """The knobs of the rules; seconds as floats. Defaults: see docs/client.md."""
 
     service: str | None = None
     timeout: float = 5.0

@@ -1,7 +1,7 @@
 """The Consul registry backend against the stand-in (or a real agent with AFFINITY_TEST_CONSUL).
 
 Why these tests: the backend is the only way a multi-host deployment learns its
-servers, so each promise of issue 6 has one test here — a registration is seen
+servers, so each promise of the backend has one test here — a registration is seen
 within 100 ms of the agent seeing it passing, a dead server leaves within its
 check's interval + timeout, a forgetful agent gets the server back, an
 unreachable agent leaves the last view in force (marked stale) and the view
