@@ -25,11 +25,10 @@ from sanic import HTTPResponse, Request, Sanic
 from affinity.config import Config
 from affinity.health import HealthSource
 from affinity.http import (
-    exception_response,
     json_response,
+    new_app,
     rejection_response,
     request_info,
-    trust_proxies,
 )
 from affinity.keyring import load_keyring
 from affinity.manager import PluginManager
@@ -202,22 +201,9 @@ class ReferralServer:
 
     def create_app(self, name: str | None = None) -> Sanic[Any, Any]:
         """Make the Sanic app (one per process)."""
-        app: Sanic[Any, Any] = Sanic(name or f"affinity-referral-{next(_names)}")
-        app.config.ACCESS_LOG = False
-        app.config.FALLBACK_ERROR_FORMAT = "json"
+        app = new_app(name or f"affinity-referral-{next(_names)}", self.config, "referral")
         referral = self.config.referral
-        trust_proxies(
-            app,
-            count=referral.proxies_count,
-            real_ip_header=referral.real_ip_header,
-            forwarded_secret=self.config.read_secret(
-                referral.forwarded_secret_file,
-                "AFFINITY_FORWARDED_SECRET",
-                "referral.forwarded_secret_file",
-            ),
-        )
         app.ctx.affinity = self.make_context()
-        app.error_handler.add(Exception, exception_response)
         app.add_route(assign_routes.assign, "/v1/assign", methods=["GET"], name="assign")
         prefix = referral.redirect_prefix.rstrip("/")
         app.add_route(

@@ -25,7 +25,7 @@ from sanic import HTTPResponse, Sanic
 
 from affinity.config import Config
 from affinity.errors import ConfigError
-from affinity.http import exception_response, trust_proxies
+from affinity.http import new_app
 from affinity.manager import PluginManager
 from affinity.metrics import ServerMetrics
 from affinity.models import HealthStatus, Load, Server, worst
@@ -149,22 +149,8 @@ class AppServer:
     # -- building ---------------------------------------------------------------------
 
     def create_app(self) -> Sanic[Any, Any]:
-        app: Sanic[Any, Any] = Sanic(f"affinity-{self.name}-{next(_names)}")
-        app.config.ACCESS_LOG = False
-        app.config.FALLBACK_ERROR_FORMAT = "json"
-        settings = self.config.server
-        trust_proxies(
-            app,
-            count=settings.proxies_count,
-            real_ip_header=settings.real_ip_header,
-            forwarded_secret=self.config.read_secret(
-                settings.forwarded_secret_file,
-                "AFFINITY_FORWARDED_SECRET",
-                "server.forwarded_secret_file",
-            ),
-        )
+        app = new_app(f"affinity-{self.name}-{next(_names)}", self.config, "server")
         app.ctx.affinity = self
-        app.error_handler.add(Exception, exception_response)
         self.filtered = self.manager.has_request_filters()
         if self.tokens.jwks is not None:
             app.register_middleware(guard.learn_keys, "request")

@@ -483,7 +483,7 @@ with Client(referral, verify=ca) as client, open(log, "a", buffering=1) as out:
                       else f"FAIL {r.status_code} {r.text[:200]!r}\\n")
         except Exception as exc:
             out.write(f"FAIL {type(exc).__name__}: {str(exc)[:2000]!r}\\n")
-        time.sleep(0.01)
+        time.sleep(0.01)  # pacing the script's requests, not waiting for an event
 """
 
 

@@ -460,7 +460,7 @@ def test_ttl_updates_reset_the_clock(
     while time.monotonic() < deadline:  # heartbeats every 100 ms, for longer than the TTL
         assert agent.ttl("pass", check_id).status_code == 200
         assert agent.status(check_id) == "passing"
-        time.sleep(0.1)
+        time.sleep(0.1)  # pacing the keep-alives under test, not waiting for an event
     wait_for(lambda: agent.status(check_id) == "critical", 3.0, "expiry once keep-alives stop")
 
 

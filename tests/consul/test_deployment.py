@@ -204,7 +204,7 @@ def test_a_consul_outage_leaves_referrals_assigning_and_they_resume(
             wait_until(
                 lambda: all(d.assignable(url) == {ids[0]} for url in (a, b)), 5.0, 0.05, "eject"
             )
-        time.sleep(0.5)
+        time.sleep(0.5)  # pacing the clients' requests through the outage, not a wait
     agent.up()
     came_back = time.monotonic()
     wait_until(lambda: not any(cd.status(url)["stale"] for url in (a, b)), 5.0, 0.02, "fresh")

@@ -168,6 +168,16 @@ async def view_until(
     return view
 
 
+async def logged(caplog: pytest.LogCaptureFixture, text: str, timeout: float) -> None:
+    """Wait for a log line (the event itself, not a guess at how long it takes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while text not in caplog.text:
+        if loop.time() > deadline:
+            raise AssertionError(f"{text!r} was not logged within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
 def status_of(view: RegistryView, server_id: str) -> HealthStatus | None:
     found = [s for s in view.servers if s.id == server_id]
     return found[0].health if found else None
@@ -395,6 +405,8 @@ async def test_registration_is_seen_within_100ms_of_the_agent_seeing_it_passing(
         {"zone": "eu"},
     )
 
+    watching = asyncio.Event()
+
     async def agent_sees_passing() -> float:
         """A blocking query of our own on the agent: returns the moment the check passes."""
         name, index = consul.prefix + "web", 0
@@ -402,12 +414,13 @@ async def test_registration_is_seen_within_100ms_of_the_agent_seeing_it_passing(
             while True:
                 r = await http.get(f"/v1/health/service/{name}", params={"index": index})
                 index = int(r.headers["X-Consul-Index"])
+                watching.set()
                 checks = [c for e in r.json() for c in e["Checks"]]
                 if checks and all(c["Status"] == "passing" for c in checks):
                     return time.monotonic()
 
     agent_task = asyncio.create_task(agent_sees_passing())
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(watching.wait(), 5.0)
     target.status = 200
     await view_until(registry, passing(server.id), consul.timing.deadline)
     seen_by_registry = time.monotonic()
@@ -574,8 +587,8 @@ async def test_an_index_that_goes_backwards_is_followed(
     first = await consul.register(registrar, make_health_target(), "s1")
     await view_until(registry, passing(first.id), 5.0)
     await asyncio.to_thread(standin.force_index, 2)
-    await asyncio.sleep(1.3)  # the blocking read on the old index ends after one wait (1 s)
-    assert "index went backwards" in caplog.text
+    # The blocking read on the old index ends after one wait (1 s); then the loop notices.
+    await logged(caplog, "index went backwards", 5.0)
     # Following the lower index, the next change shows at once; a loop still waiting on
     # the old index would see it only after another whole wait.
     second = await consul.register(registrar, make_health_target(), "s2")
@@ -612,7 +625,8 @@ async def test_settings_are_versioned_with_cas_and_reach_servers(
     index, documents = await registrar.watch_settings(0, 1.0)
     assert documents == {}
     waiting = asyncio.create_task(registrar.watch_settings(index, 5.0))
-    await asyncio.sleep(0.1)
+    # Whether the read is already blocking or not, a write after ``index`` answers it at once.
+    await asyncio.sleep(0)
     started = time.monotonic()
     assert (await one.put_settings("ipfilter", {"deny": ["10.0.0.0/8"]})).version == 1
     _, seen = await asyncio.wait_for(waiting, 2.0)
@@ -634,8 +648,7 @@ async def test_settings_are_versioned_with_cas_and_reach_servers(
     await view_until(two, at_version_5, 2.0)
     async with httpx.AsyncClient(base_url=consul.url) as http:
         await http.put(f"/v1/kv/{consul.kv_prefix}settings/broken", content=b"{not json")
-    await asyncio.sleep(0.3)
-    assert "ignoring shared settings 'broken'" in caplog.text
+    await logged(caplog, "ignoring shared settings 'broken'", 5.0)
     with pytest.raises(RegistrationFailed):
         await one.put_settings("../x", {})
 
@@ -656,7 +669,9 @@ async def test_one_pooled_session_serves_every_call(
     await view_until(registry, lambda v: status_of(v, server.id) is not None, 5.0)
     for draining in (True, False) * 5:
         assert await registry.set_draining(server.id, draining)
-    await asyncio.sleep(0.2)
+    # Every loop has taken the last write in: the view shows it.
+    await registry.set_draining(server.id, True)
+    await view_until(registry, lambda v: any(s.draining for s in v.servers), 5.0)
     # One kept-alive connection per blocking loop (kv, catalog, service) and one for writes.
     assert registry.client.http.connections_opened <= 4
 
