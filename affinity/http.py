@@ -159,6 +159,18 @@ def new_app(name: str, config: Config, section: str) -> Sanic[Any, Any]:
     return app
 
 
+TOKEN_HEADER = "affinity-token"
+COOKIE = "affinity"
+
+
+def request_token(request: Request) -> str | None:
+    """The affinity token a request carries: header ``Affinity-Token``, else cookie ``affinity``."""
+    token = request.headers.get(TOKEN_HEADER)
+    if not token and "cookie" in request.headers:
+        token = request.cookies.get(COOKIE)
+    return token or None
+
+
 def client_ip(request: Request) -> str:
     """The client's address: from proxy headers only when a trusted proxy is configured."""
     app = request.app

@@ -8,15 +8,13 @@ from typing import TYPE_CHECKING
 from sanic import HTTPResponse, Request
 
 from affinity.errors import InvalidToken
-from affinity.http import NO_STORE, error_response, json_response
+from affinity.http import COOKIE, NO_STORE, error_response, json_response, request_token
 from affinity.models import Assignment, AssignRequest, Claims, Server
 from affinity.names import is_valid_id
 
 if TYPE_CHECKING:
     from affinity.referral.app import ReferralContext
 
-TOKEN_HEADER = "affinity-token"
-COOKIE = "affinity"
 MAX_AVOID = 16
 # Characters kept as they are when a path or query is copied into a Location header.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
@@ -25,10 +23,8 @@ _QUERY_SAFE = _PATH_SAFE + "?"
 
 def read_claims(ctx: ReferralContext, request: Request) -> Claims | None:
     """The claims of the client's token (header, else cookie); None if absent or invalid."""
-    token = request.headers.get(TOKEN_HEADER)
-    if not token and "cookie" in request.headers:
-        token = request.cookies.get(COOKIE)
-    if not token:
+    token = request_token(request)
+    if token is None:
         return None
     try:
         return ctx.verifier.verify(token)

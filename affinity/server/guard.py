@@ -24,6 +24,7 @@ from affinity.http import (
     json_response,
     rejection_response,
     request_info,
+    request_token,
 )
 from affinity.keyring import load_keyring
 from affinity.metrics import CONTENT_TYPE
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from affinity.jwks import JwksVerifier
     from affinity.server.base import AppServer
 
-TOKEN_HEADER = "affinity-token"
-COOKIE = "affinity"
 HEALTH_CODES = {HealthStatus.PASSING: 200, HealthStatus.WARNING: 429}
 _AFFINITY_PATHS = "/.well-known/affinity/"
 
@@ -94,7 +93,7 @@ def _ca(config: Config) -> Any:
 async def learn_keys(request: Request) -> None:
     """JWKS mode only, before :func:`on_request`: an unknown ``kid`` may be a rotated key."""
     server: AppServer = request.app.ctx.affinity
-    token = request.headers.get(TOKEN_HEADER)
+    token = request_token(request)
     if token:
         try:
             server.tokens.verify(token)
@@ -114,9 +113,7 @@ def on_request(request: Request) -> HTTPResponse | None:
         # affinity's own endpoints take no token, but the filters still apply: an
         # address the firewall refuses may not probe health, drain or read metrics.
         return _filter(server, request, None) if server.filtered else None
-    token = request.headers.get(TOKEN_HEADER)
-    if not token and "cookie" in request.headers:
-        token = request.cookies.get(COOKIE)
+    token = request_token(request)
     claims, problem = _check_token(server, token)
     if server.filtered:
         refused = _filter(server, request, claims.cid if claims else None)
