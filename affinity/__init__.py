@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pluggy
+from affinity.plugin import hookimpl as hookimpl
 
 __version__ = "0.1.0"
-
-hookimpl = pluggy.HookimplMarker("affinity")
-"""Decorator for plugin hook implementations: ``@affinity.hookimpl``."""
 
 if TYPE_CHECKING:
     # ``X as X`` marks a re-export, so ``from affinity import Client`` type-checks under
@@ -29,7 +26,7 @@ if TYPE_CHECKING:
     from affinity.models import HealthStatus as HealthStatus
     from affinity.models import Load as Load
     from affinity.models import Server as Server
-    from affinity.policy import Policy as Policy
+    from affinity.plugin.policy import Policy as Policy
     from affinity.referral.app import ReferralServer as ReferralServer
     from affinity.server.base import AppServer as AppServer
     from affinity.server.base import route as route
@@ -46,7 +43,7 @@ _EXPORTS = {
     "HealthStatus": "affinity.models",
     "InvalidToken": "affinity.errors",
     "Load": "affinity.models",
-    "Policy": "affinity.policy",
+    "Policy": "affinity.plugin.policy",
     "ReferralServer": "affinity.referral.app",
     "Server": "affinity.models",
     "load": "affinity.config",

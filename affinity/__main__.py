@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from affinity.cli import main
+from affinity.cli.main import main
 
 sys.exit(main())

@@ -20,7 +20,7 @@ libraries it uses are wrapped at the boundary (``raise ... from exc``).
       * NotRetried        a request that may have reached its server failed; not safe to resend
     * ReferralRefused     the referral refused in a way no retry can fix (unknown service)
 
-HTTP status codes for these live in one place, :mod:`affinity.http`.
+HTTP status codes for these live in one place, :mod:`affinity.web.http`.
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ from typing import Any
 
 import httpx
 
-from affinity.certs import make_dev_certs
-from affinity.tls import client_context
-from affinity.tokens import generate_keyfile
+from affinity.tokens.jws import generate_keyfile
+from affinity.web.certs import make_dev_certs
+from affinity.web.tls import client_context
 
 HELLO_APP = str(Path(__file__).resolve().parent.parent / "examples" / "hello" / "app.py") + ":Hello"
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from affinity.config import HealthSettings
 from affinity.testing import Deployment, wait_until
-from affinity.tokens import KeyRing, TokenIssuer
+from affinity.tokens.jws import KeyRing, TokenIssuer
 
 SERVERS = ("s1", "s2", "s3")
 MODES = ("checks only", "with an avoid")

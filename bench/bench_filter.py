@@ -34,7 +34,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from affinity.testing import free_port
-from affinity.tokens import KeyRing, TokenIssuer, generate_keyfile
+from affinity.tokens.jws import KeyRing, TokenIssuer, generate_keyfile
 from bench.common import median, spawn, stop, wait_http
 
 DENY = [f"198.{18 + i // 256}.{i % 256}.0/24" for i in range(200)]
@@ -276,8 +276,8 @@ def in_process(rounds: int = 5, n: int = 20_000) -> None:
     from collections.abc import Mapping
     from typing import Any
 
-    from affinity.manager import PluginManager
     from affinity.models import RequestInfo
+    from affinity.plugin.manager import PluginManager
 
     class Options:
         source = "bench"

@@ -31,7 +31,7 @@ from affinity.builtin.policies import (
     RoundRobinPolicy,
 )
 from affinity.models import AssignRequest, Load, Pool, Server
-from affinity.policy import Policy
+from affinity.plugin.policy import Policy
 
 PolicyClass = type[RoundRobinPolicy | RandomPolicy | LoadWeightedPolicy | ConsistentPolicy]
 POLICIES: dict[str, PolicyClass] = {

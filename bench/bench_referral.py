@@ -22,7 +22,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from affinity.testing import free_port
-from affinity.tokens import generate_keyfile
+from affinity.tokens.jws import generate_keyfile
 from bench.common import alternate, median, peak_rss_mb, spawn, stop, wait_http, wrk
 
 

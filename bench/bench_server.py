@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from affinity.testing import free_port
-from affinity.tokens import KeyRing, TokenIssuer, generate_keyfile
+from affinity.tokens.jws import KeyRing, TokenIssuer, generate_keyfile
 from bench.common import alternate, median, spawn, stop, wait_http, wrk
 
 

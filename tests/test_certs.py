@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from affinity import certs
-from affinity.certs import DevCerts, certs_main, ensure_dev_certs, make_dev_certs
 from affinity.errors import ConfigError
+from affinity.web import certs
+from affinity.web.certs import DevCerts, certs_main, ensure_dev_certs, make_dev_certs
 
 
 def load(path: Path) -> x509.Certificate:

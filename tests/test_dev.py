@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from affinity.testing import free_port
-from affinity.tls import client_context
+from affinity.web.tls import client_context
 
 ROOT = Path(__file__).resolve().parent.parent
 

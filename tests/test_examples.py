@@ -9,8 +9,8 @@ import pytest
 
 from affinity.config import load
 from affinity.errors import ConfigError
-from affinity.manager import PluginManager
 from affinity.models import AssignRequest, Pool, Server
+from affinity.plugin.manager import PluginManager
 
 ROOT = Path(__file__).resolve().parent.parent
 

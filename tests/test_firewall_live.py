@@ -24,11 +24,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from affinity.builtin.statefile import State, StateFile
-from affinity.manager import PluginManager
+from affinity.builtin.embedded.statefile import State, StateFile
+from affinity.plugin.manager import PluginManager
 from affinity.testing import Deployment, free_port, wait_until
-from affinity.tls import client_context
-from affinity.tokens import KeyRing, TokenIssuer, generate_keyfile
+from affinity.tokens.jws import KeyRing, TokenIssuer, generate_keyfile
+from affinity.web.tls import client_context
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = "127.0.0.1"  # the flooding / spoofing client, and the infrastructure (health, registration)

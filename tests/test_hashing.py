@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from affinity import hashing
+from affinity.plugin import hashing
 
 MEMBERS = [(f"s{i}", 1 + i % 3) for i in range(8)]
 
@@ -29,7 +29,7 @@ def test_values_are_pinned() -> None:
 
 def test_same_answers_in_processes_with_other_hash_seeds() -> None:
     script = (
-        "from affinity import hashing\n"
+        "from affinity.plugin import hashing\n"
         "members = [(f's{i}', 1 + i % 3) for i in range(8)]\n"
         "print([hashing.rank(f'client-{i}', members) for i in range(100)])\n"
     )

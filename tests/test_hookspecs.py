@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from affinity import hookspecs
-from affinity.manager import PluginManager
+from affinity.plugin import spec as hookspecs
+from affinity.plugin.manager import PluginManager
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "hooks.md"
 SPECS = [

@@ -21,8 +21,8 @@ import orjson
 import pytest
 
 from affinity.errors import ConfigError, InvalidToken, KeyFetchError, UnknownKey
-from affinity.jwks import MAX_JWKS_BYTES, JwksKeySource, JwksVerifier
-from affinity.tokens import KeyRing, TokenIssuer
+from affinity.tokens.jwks import MAX_JWKS_BYTES, JwksKeySource, JwksVerifier
+from affinity.tokens.jws import KeyRing, TokenIssuer
 
 
 class Referral(ThreadingHTTPServer):

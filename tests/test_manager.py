@@ -12,9 +12,9 @@ import pytest
 from affinity import hookimpl
 from affinity.config import load
 from affinity.errors import ConfigError, PluginError
-from affinity.manager import DEFAULT_PLUGINS, PluginManager
 from affinity.models import AssignRequest, Pool, Server
-from affinity.policy import Policy
+from affinity.plugin.manager import DEFAULT_PLUGINS, PluginManager
+from affinity.plugin.policy import Policy
 
 
 class Fixed(Policy):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from affinity.names import check_id, check_origin, is_valid_id
+from affinity.web.names import check_id, check_origin, is_valid_id
 
 
 @pytest.mark.parametrize("value", ["s1", "web-1", "a.b_c", "A" * 64])

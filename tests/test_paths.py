@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from affinity.paths import ancestors, normalise_path, path_variants
+from affinity.web.paths import ancestors, normalise_path, path_variants
 
 fast = settings(database=None, deadline=None, max_examples=300)
 

@@ -6,8 +6,8 @@ import orjson
 import pytest
 from affinity_ratelimit.headers import MODES, render
 
-from affinity.http import rejection_response
 from affinity.models import Rejection
+from affinity.web.http import rejection_response
 
 
 @pytest.mark.parametrize("mode", MODES)

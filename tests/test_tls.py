@@ -13,9 +13,9 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from affinity.certs import DevCerts, make_dev_certs
 from affinity.errors import ConfigError
-from affinity.tls import client_context, httpx_verify, server_context
+from affinity.web.certs import DevCerts, make_dev_certs
+from affinity.web.tls import client_context, httpx_verify, server_context
 
 DOMAIN = "affinity.test"
 

@@ -29,13 +29,13 @@ from typing import Any
 import httpx
 import orjson
 
-from affinity import hookimpl
 from affinity.config import Config, HealthSettings
-from affinity.health import HealthSink, HealthSource
 from affinity.models import HealthStatus, Load, Server
-from affinity.tls import client_context
+from affinity.plugin import hookimpl
+from affinity.plugin.health import HealthSink, HealthSource
+from affinity.web.tls import client_context
 
-log = logging.getLogger("affinity.health")
+log = logging.getLogger("affinity.plugin.health")
 
 HEALTH_PATH = "/.well-known/affinity/health"
 MAX_BODY = 64 * 1024

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from affinity import hashing, hookimpl
 from affinity.errors import ConfigError
 from affinity.models import AssignRequest, Pool, Server
-from affinity.policy import Policy
+from affinity.plugin import hashing, hookimpl
+from affinity.plugin.policy import Policy
 
 __all__ = [
     "POLICIES",

@@ -30,7 +30,7 @@ import orjson
 
 from affinity.client.backoff import Clock, parse_retry_after
 from affinity.errors import ConfigError
-from affinity.names import check_origin, is_valid_id
+from affinity.web.names import check_origin, is_valid_id
 
 ASSIGN_PATH = "/v1/assign"
 TOKEN_HEADER = "Affinity-Token"

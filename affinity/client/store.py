@@ -38,7 +38,7 @@ import orjson
 from affinity.client.backoff import Backoff, Clock, RetryBudget
 from affinity.client.referrers import Offer, Referrers
 from affinity.errors import ConfigError
-from affinity.names import check_origin, is_valid_id
+from affinity.web.names import check_origin, is_valid_id
 
 log = logging.getLogger("affinity.client")
 

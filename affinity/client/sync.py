@@ -48,8 +48,8 @@ from affinity.client.rules import (
 )
 from affinity.client.store import Session, Settings
 from affinity.errors import ConfigError
-from affinity.names import is_valid_id
-from affinity.tls import client_context
+from affinity.web.names import is_valid_id
+from affinity.web.tls import client_context
 
 log = logging.getLogger("affinity.client")
 

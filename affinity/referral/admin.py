@@ -17,9 +17,9 @@ import orjson
 from sanic import Blueprint, HTTPResponse, Request
 
 from affinity.errors import ConfigError, RegistryError
-from affinity.http import error_response, json_response
 from affinity.models import Server, SharedSettings
-from affinity.names import check_id, check_origin, is_valid_id
+from affinity.web.http import error_response, json_response
+from affinity.web.names import check_id, check_origin, is_valid_id
 
 if TYPE_CHECKING:
     from affinity.referral.app import ReferralContext

@@ -23,25 +23,25 @@ from typing import Any
 from sanic import HTTPResponse, Request, Sanic
 
 from affinity.config import Config
-from affinity.health import HealthSource
-from affinity.http import (
-    json_response,
-    new_app,
-    rejection_response,
-    request_info,
-)
-from affinity.keyring import load_keyring
-from affinity.manager import PluginManager
-from affinity.metrics import CONTENT_TYPE, ReferralMetrics
 from affinity.models import SharedSettings
-from affinity.policy import Policy
+from affinity.plugin.health import HealthSource
+from affinity.plugin.manager import PluginManager
+from affinity.plugin.policy import Policy
+from affinity.plugin.registry import Registry, RegistryView
 from affinity.referral import admin as admin_routes
 from affinity.referral import assign as assign_routes
 from affinity.referral.openapi import SPEC
 from affinity.referral.table import ServerTable
 from affinity.referral.watch import watch_registry
-from affinity.registry import Registry, RegistryView
-from affinity.tokens import KeyRing, TokenIssuer, TokenVerifier
+from affinity.tokens.jws import KeyRing, TokenIssuer, TokenVerifier
+from affinity.tokens.keyring import load_keyring
+from affinity.web.http import (
+    json_response,
+    new_app,
+    rejection_response,
+    request_info,
+)
+from affinity.web.metrics import CONTENT_TYPE, ReferralMetrics
 
 log = logging.getLogger("affinity.referral")
 _names = itertools.count(1)
@@ -234,7 +234,7 @@ class ReferralServer:
             watch_registry(ctx.registry, ctx.apply_view, ctx.mark_stale), name="affinity.watch"
         )
         for source in ctx.health_sources:
-            app.add_task(source.run(ctx.table), name=f"affinity.health.{source.name}")
+            app.add_task(source.run(ctx.table), name=f"affinity.plugin.health.{source.name}")
         await self.manager.startup(app, self.role)
 
     async def _stop(self, app: Sanic[Any, Any]) -> None:
@@ -246,7 +246,7 @@ class ReferralServer:
 
     def run(self) -> None:
         """Serve until stopped (SIGINT / SIGTERM)."""
-        from affinity.serving import serve
+        from affinity.web.serving import serve
 
         factory: Callable[[], Sanic[Any, Any]] = self.create_app
         if self.config.referral.workers > 1:

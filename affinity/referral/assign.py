@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 from sanic import HTTPResponse, Request
 
 from affinity.errors import InvalidToken
-from affinity.http import COOKIE, NO_STORE, error_response, json_response, request_token
 from affinity.models import Assignment, AssignRequest, Claims, Server
-from affinity.names import is_valid_id
+from affinity.web.http import COOKIE, NO_STORE, error_response, json_response, request_token
+from affinity.web.names import is_valid_id
 
 if TYPE_CHECKING:
     from affinity.referral.app import ReferralContext

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from affinity.models import HealthStatus, Load, Pool, Server, worst
-from affinity.registry import RegistryView
+from affinity.plugin.registry import RegistryView
 
 log = logging.getLogger("affinity.referral")
 

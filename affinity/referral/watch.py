@@ -8,7 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from affinity.errors import RegistryError
-from affinity.registry import Registry, RegistryView
+from affinity.plugin.registry import Registry, RegistryView
 
 log = logging.getLogger("affinity.referral")
 

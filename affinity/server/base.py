@@ -25,13 +25,13 @@ from sanic import HTTPResponse, Sanic
 
 from affinity.config import Config
 from affinity.errors import ConfigError
-from affinity.http import new_app
-from affinity.manager import PluginManager
-from affinity.metrics import ServerMetrics
 from affinity.models import HealthStatus, Load, Server, worst
-from affinity.names import check_id, check_origin
+from affinity.plugin.manager import PluginManager
 from affinity.server import guard, lifecycle
 from affinity.server.activity import ActiveClients
+from affinity.web.http import new_app
+from affinity.web.metrics import ServerMetrics
+from affinity.web.names import check_id, check_origin
 
 HEALTH_PATH = "/.well-known/affinity/health"
 METRICS_PATH = "/.well-known/affinity/metrics"
@@ -186,7 +186,7 @@ class AppServer:
 
     def run(self) -> None:
         """Serve until SIGTERM (graceful drain) or a second SIGINT (at once)."""
-        from affinity.serving import serve
+        from affinity.web.serving import serve
 
         serve(lambda: self.app, self.config.server, section="server", source=self.config.source)
 

@@ -19,21 +19,21 @@ from sanic.response import BaseHTTPResponse
 
 from affinity.config import Config
 from affinity.errors import ExpiredToken, InvalidToken, UnknownKey
-from affinity.http import (
+from affinity.models import Claims, HealthStatus
+from affinity.tokens.jws import TokenVerifier
+from affinity.tokens.keyring import load_keyring
+from affinity.web.http import (
     error_response,
     json_response,
     rejection_response,
     request_info,
     request_token,
 )
-from affinity.keyring import load_keyring
-from affinity.metrics import CONTENT_TYPE
-from affinity.models import Claims, HealthStatus
-from affinity.tokens import TokenVerifier
+from affinity.web.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from affinity.jwks import JwksVerifier
     from affinity.server.base import AppServer
+    from affinity.tokens.jwks import JwksVerifier
 
 HEALTH_CODES = {HealthStatus.PASSING: 200, HealthStatus.WARNING: 429}
 _AFFINITY_PATHS = "/.well-known/affinity/"
@@ -46,7 +46,7 @@ class TokenCheck:
         tokens = config.tokens
         self.jwks: JwksVerifier | None = None
         if tokens.jwks_url:
-            from affinity.jwks import JwksKeySource, JwksVerifier
+            from affinity.tokens.jwks import JwksKeySource, JwksVerifier
 
             source = JwksKeySource(tokens.jwks_url, verify=_ca(config))
             self.jwks = JwksVerifier(
@@ -85,7 +85,7 @@ class TokenCheck:
 
 
 def _ca(config: Config) -> Any:
-    from affinity.tls import client_context
+    from affinity.web.tls import client_context
 
     return client_context(config.server.referral_ca)
 

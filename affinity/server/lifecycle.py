@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 from sanic import HTTPResponse, Request, Sanic
 
 from affinity.errors import AffinityError
-from affinity.http import error_response, json_response
 from affinity.models import SharedSettings
-from affinity.registry import Registrar
+from affinity.plugin.registry import Registrar
+from affinity.web.http import error_response, json_response
 
 if TYPE_CHECKING:
     from affinity.server.base import AppServer

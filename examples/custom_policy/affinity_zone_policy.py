@@ -15,7 +15,7 @@ from typing import Any
 from affinity import hookimpl
 from affinity.errors import ConfigError
 from affinity.models import AssignRequest, Pool, Server
-from affinity.policy import Policy
+from affinity.plugin.policy import Policy
 
 
 def _score(client_id: str, server_id: str) -> bytes:

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from affinity import hashing, hookimpl, hookspecs
+from affinity import hookimpl
 from affinity.builtin import policies
 from affinity.builtin.policies import (
     POLICIES,
@@ -35,7 +35,9 @@ from affinity.builtin.policies import (
 )
 from affinity.errors import ConfigError
 from affinity.models import AssignRequest, HealthStatus, Load, Pool, Server
-from affinity.policy import Policy
+from affinity.plugin import hashing
+from affinity.plugin import spec as hookspecs
+from affinity.plugin.policy import Policy
 
 CLASSES: dict[
     str, type[RoundRobinPolicy | RandomPolicy | LoadWeightedPolicy | ConsistentPolicy]

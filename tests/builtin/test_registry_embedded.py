@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from affinity.builtin.registry_embedded import EmbeddedRegistry, affinity_make_registry
+from affinity.builtin.embedded.registry import EmbeddedRegistry, affinity_make_registry
 from affinity.config import Config, load
 from affinity.errors import ConfigError
 from affinity.models import Server
@@ -91,7 +91,7 @@ async def test_corrupt_state_file_is_moved_aside_and_reported(
 ) -> None:
     config = make_config(tmp_path)
     (tmp_path / "state.json").write_text("{not json")
-    with caplog.at_level(logging.ERROR, logger="affinity.registry"):
+    with caplog.at_level(logging.ERROR, logger="affinity.plugin.registry"):
         registry = await started(config)
     view = await registry.watch(-1, 0)
     assert ids(view.servers) == ["c1"]

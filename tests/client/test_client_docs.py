@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 
 import affinity.client
-from affinity.client.cli import parser
+from affinity.cli.request import parser
 from affinity.client.sync import ClientOptions, RequestOptions
 
 DOCS = (Path(__file__).parents[2] / "docs" / "client.md").read_text()

@@ -45,8 +45,8 @@ from affinity.client import (
 from affinity.client.referrers import normalise
 from affinity.client.sync import ClientOptions
 from affinity.testing import Deployment, free_port, wait_until
-from affinity.tls import client_context
-from affinity.tokens import KeyRing, TokenIssuer
+from affinity.tokens.jws import KeyRing, TokenIssuer
+from affinity.web.tls import client_context
 
 APP = str(Path(__file__).with_name("journal_app.py")) + ":Journal"
 SERVERS = ("s1", "s2", "s3")

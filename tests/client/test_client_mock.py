@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from affinity.cli.request import request_main
 from affinity.client import (
     AllAttemptsFailed,
     Assigned,
@@ -42,7 +43,6 @@ from affinity.client import (
     ReferralRefused,
     Retried,
 )
-from affinity.client.cli import request_main
 from affinity.errors import ConfigError
 
 REFERRALS = ("https://ref-a.test", "https://ref-b.test")

@@ -34,13 +34,13 @@ from affinity.builtin.consul import blocking
 from affinity.builtin.consul.catalog import health_of, server_from_entry
 from affinity.builtin.consul.client import PooledHTTPClient
 from affinity.builtin.consul.options import KNOWN, ConsulOptions, parse_options
+from affinity.builtin.consul.plugin import affinity_make_registrar, affinity_make_registry
 from affinity.builtin.consul.registrar import ConsulRegistrar
 from affinity.builtin.consul.registry import ConsulRegistry
-from affinity.builtin.registry_consul import affinity_make_registrar, affinity_make_registry
 from affinity.config import Config, load
 from affinity.errors import ConfigError, RegistrationFailed
 from affinity.models import HealthStatus, Server
-from affinity.registry import RegistryView
+from affinity.plugin.registry import RegistryView
 from tests.consul.conftest import real_agent_url
 
 if TYPE_CHECKING:
@@ -581,7 +581,7 @@ async def test_an_index_that_goes_backwards_is_followed(
     standin: AgentStandIn,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, "affinity.registry")
+    caplog.set_level(logging.INFO, "affinity.plugin.registry")
     registry = await consul.registry()
     registrar = consul.registrar()
     first = await consul.register(registrar, make_health_target(), "s1")

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from affinity.testing import Deployment, free_port, wait_until
-from affinity.tokens import KeyRing, TokenIssuer
+from affinity.tokens.jws import KeyRing, TokenIssuer
 
 SCRIPTED = str(Path(__file__).with_name("health_apps.py")) + ":Scripted"
 INTERVAL, FAST, TIMEOUT, FALL, RISE = 0.2, 0.1, 0.3, 2, 2

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from affinity.testing import Deployment
-from affinity.tls import client_context
+from affinity.web.tls import client_context
 
 ALLOWED = {"s1.affinity.test:8443"}
 ATTACKS = [

@@ -19,8 +19,8 @@ from affinity.builtin.policies import (
     RoundRobinPolicy,
 )
 from affinity.models import AssignRequest, HealthStatus, Load, Pool, Server
+from affinity.plugin.registry import RegistryView
 from affinity.referral.table import MIN_RAMP, ServerTable
-from affinity.registry import RegistryView
 
 P, C = HealthStatus.PASSING, HealthStatus.CRITICAL
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from affinity.testing import Deployment, wait_until
-from affinity.tokens import KeyRing, TokenIssuer
+from affinity.tokens.jws import KeyRing, TokenIssuer
 
 APP = str(Path(__file__).with_name("apps.py")) + ":Holding"
 

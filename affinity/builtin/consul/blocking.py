@@ -29,7 +29,7 @@ from typing import Generic, TypeVar
 
 from affinity.errors import RegistryError
 
-log = logging.getLogger("affinity.registry")
+log = logging.getLogger("affinity.plugin.registry")
 
 T = TypeVar("T")
 Fetch = Callable[[int, float], Awaitable[tuple[int, T]]]

@@ -22,9 +22,9 @@ from typing import Any
 
 from affinity.errors import RegistryUnavailable
 from affinity.models import HealthStatus, Server, SharedSettings, worst
-from affinity.names import check_origin, is_valid_id
+from affinity.web.names import check_origin, is_valid_id
 
-log = logging.getLogger("affinity.registry")
+log = logging.getLogger("affinity.plugin.registry")
 
 URL_META = "affinity_url"
 WEIGHT_META = "affinity_weight"

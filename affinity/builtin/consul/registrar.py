@@ -33,7 +33,7 @@ from affinity.builtin.consul.client import ConsulClient
 from affinity.builtin.consul.options import ConsulOptions, go_duration
 from affinity.errors import ConfigError
 from affinity.models import Server, SharedSettings
-from affinity.registry import Registrar
+from affinity.plugin.registry import Registrar
 
 log = logging.getLogger("affinity.server")
 

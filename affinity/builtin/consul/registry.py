@@ -43,9 +43,9 @@ from affinity.builtin.consul.client import ConsulClient
 from affinity.builtin.consul.options import ConsulOptions
 from affinity.errors import RegistrationFailed
 from affinity.models import Server, SharedSettings
-from affinity.registry import Registry, RegistryView
+from affinity.plugin.registry import Registry, RegistryView
 
-log = logging.getLogger("affinity.registry")
+log = logging.getLogger("affinity.plugin.registry")
 
 CAS_ATTEMPTS = 8
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from affinity import hookimpl
 from affinity.models import Rejection, RequestInfo, SharedSettings
-from affinity.paths import normalise_path, path_variants
+from affinity.web.paths import normalise_path, path_variants
 from affinity_ipfilter.filter import NAME, IPFilter, PluginConfig
 
 __all__ = [

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from affinity.models import Rejection, RequestInfo, SharedSettings
-from affinity.paths import path_variants
+from affinity.web.paths import path_variants
 from affinity_ipfilter.networks import Address, parse_address
 from affinity_ipfilter.rules import CACHE_KEY_LENGTH, CACHE_SIZE, RuleSet, compile_rules
 

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from affinity.errors import ConfigError
-from affinity.paths import ancestors, normalise_prefix
+from affinity.web.paths import ancestors, normalise_prefix
 from affinity_ipfilter.networks import Address, Network, NetworkSet, parse_networks
 
 CACHE_SIZE = 4096

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from affinity import hookimpl
 from affinity.models import Rejection, RequestInfo, SharedSettings
-from affinity.paths import normalise_path, path_variants
+from affinity.web.paths import normalise_path, path_variants
 from affinity_ratelimit.gcra import Cell, Decision, GcraTable
 from affinity_ratelimit.limiter import NAME, PluginConfig, RateLimiter
 from affinity_ratelimit.options import Limit, Policy

@@ -20,7 +20,7 @@ from typing import Any
 
 from affinity.errors import ConfigError
 from affinity.models import RequestInfo
-from affinity.paths import ancestors, normalise_path, normalise_prefix, path_variants
+from affinity.web.paths import ancestors, normalise_path, normalise_prefix, path_variants
 from affinity_ratelimit.gcra import Cell
 from affinity_ratelimit.headers import MODES, quota_window
 

@@ -11,9 +11,9 @@ import affinity_ratelimit
 import pluggy
 import pytest
 
-from affinity import hookspecs
 from affinity.errors import ConfigError
 from affinity.models import RequestInfo, SharedSettings
+from affinity.plugin import spec as hookspecs
 
 
 @dataclass

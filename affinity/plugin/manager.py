@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from affinity import hookspecs
 from affinity.errors import ConfigError, PluginError
+from affinity.plugin import spec as hookspecs
 
 if TYPE_CHECKING:
     from sanic import Sanic
 
     from affinity.config import Config
-    from affinity.health import HealthSource
     from affinity.models import Assignment, Rejection, RequestInfo, SharedSettings
-    from affinity.policy import Policy
-    from affinity.registry import Registrar, Registry
+    from affinity.plugin.health import HealthSource
+    from affinity.plugin.policy import Policy
+    from affinity.plugin.registry import Registrar, Registry
 
 log = logging.getLogger("affinity.plugins")
 
@@ -38,9 +38,9 @@ ENTRY_POINT_GROUP = "affinity"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "affinity.builtin.policies",
-    "affinity.builtin.registry_embedded",
-    "affinity.builtin.registrar_admin",
-    "affinity.builtin.registry_consul",
+    "affinity.builtin.embedded.registry",
+    "affinity.builtin.embedded.registrar",
+    "affinity.builtin.consul.plugin",
     "affinity.builtin.health_active",
 )
 """Built-in behaviour, written as plugins through the same hooks as any other."""

@@ -15,12 +15,12 @@ from typing import Any
 
 import httpx
 
-from affinity import hookimpl
 from affinity.config import Config
 from affinity.errors import ConfigError, RegistrationFailed, RegistryUnavailable
 from affinity.models import Server, SharedSettings
-from affinity.registry import Registrar
-from affinity.tls import client_context
+from affinity.plugin import hookimpl
+from affinity.plugin.registry import Registrar
+from affinity.web.tls import client_context
 
 log = logging.getLogger("affinity.server")
 

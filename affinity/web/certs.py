@@ -507,7 +507,7 @@ def _summary(made: DevCerts, names: _Names) -> str:
             "",
             "Trust the CA where you need it, for example:",
             f"  curl --cacert {ca} https://s1.{made.domain}:8443/",
-            f"  httpx.Client(verify=affinity.tls.client_context(Path({str(made.ca)!r})))",
+            f"  httpx.Client(verify=affinity.web.tls.client_context(Path({str(made.ca)!r})))",
             f"  SSL_CERT_FILE={ca}  (OpenSSL-based tools; replaces the system CAs)",
             f"Names under {made.domain} must resolve: add them to /etc/hosts, or use",
             f"  curl --resolve s1.{made.domain}:8443:127.0.0.1 ...",

@@ -11,7 +11,7 @@ from sanic import Sanic
 
 from affinity.config import Listen
 from affinity.errors import ConfigError
-from affinity.tls import server_context
+from affinity.web.tls import server_context
 
 
 class ListenSettings(Protocol):

@@ -22,18 +22,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import pluggy
+from affinity.plugin import hookspec
 
 if TYPE_CHECKING:
     from sanic import Sanic
 
     from affinity.config import Config
-    from affinity.health import HealthSource
     from affinity.models import Assignment, Rejection, RequestInfo, SharedSettings
-    from affinity.policy import Policy
-    from affinity.registry import Registrar, Registry
+    from affinity.plugin.health import HealthSource
+    from affinity.plugin.policy import Policy
+    from affinity.plugin.registry import Registrar, Registry
 
-hookspec = pluggy.HookspecMarker("affinity")
 
 # -- configuration -----------------------------------------------------------
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import httpx
 
-from affinity.certs import ensure_dev_certs
 from affinity.errors import AffinityError, ConfigError
-from affinity.tls import client_context
-from affinity.tokens import generate_keyfile
+from affinity.tokens.jws import generate_keyfile
+from affinity.web.certs import ensure_dev_certs
+from affinity.web.tls import client_context
 
 DEFAULT_APP = "examples/hello/app.py:Hello"
 CONFIG = """\

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from affinity import hookimpl
 from affinity.config import Config
 from affinity.errors import ConfigError
+from affinity.plugin import hookimpl
 
 if TYPE_CHECKING:
-    from affinity.registry import Registrar, Registry
+    from affinity.plugin.registry import Registrar, Registry
 
 BACKEND = "consul"
 

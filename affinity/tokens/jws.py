@@ -14,7 +14,7 @@ HS256-with-a-public-key confusion cannot happen), ``crit`` is refused, the
 encoding must be canonical base64url, and every rejection is an
 :class:`~affinity.errors.InvalidToken`.
 
-Keys and key files live in :mod:`affinity.keyring`.
+Keys and key files live in :mod:`affinity.tokens.keyring`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from typing import Any, Final
 import orjson
 
 from affinity.errors import ConfigError, ExpiredToken, ImmatureToken, InvalidToken, UnknownKey
-from affinity.keyring import (
+from affinity.models import Claims
+from affinity.tokens.keyring import (
     ALGORITHMS,
     EDDSA,
     HS256,
@@ -49,7 +50,6 @@ from affinity.keyring import (
     rotate_keyfile,
     write_keyring,
 )
-from affinity.models import Claims
 
 MAX_TOKEN_LENGTH: Final = 4096
 """Longer tokens are refused before any decoding (ours are about 250 characters)."""

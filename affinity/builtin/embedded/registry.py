@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from affinity import hookimpl
-from affinity.builtin.statefile import State, StateFile, empty_state
+from affinity.builtin.embedded.statefile import State, StateFile, empty_state
 from affinity.config import Config
 from affinity.errors import ConfigError
 from affinity.models import Server, SharedSettings
-from affinity.registry import Registry, RegistryView
+from affinity.plugin import hookimpl
+from affinity.plugin.registry import Registry, RegistryView
 
-log = logging.getLogger("affinity.registry")
+log = logging.getLogger("affinity.plugin.registry")
 
 POLL_INTERVAL = 0.2
 

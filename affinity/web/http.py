@@ -21,7 +21,7 @@ from sanic.exceptions import SanicException
 from affinity.config import Config
 from affinity.models import Rejection, RequestInfo
 
-log = logging.getLogger("affinity.http")
+log = logging.getLogger("affinity.web.http")
 
 JSON = "application/json"
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}

@@ -35,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from affinity.keyring import generate_keyfile
+    from affinity.tokens.keyring import generate_keyfile
 
     ring = generate_keyfile(Path(args.out), args.alg, args.force)
     print(f"wrote a key ring with {args.alg} key to {args.out} (mode 0600)")
@@ -44,7 +44,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from affinity.keyring import rotate_keyfile
+    from affinity.tokens.keyring import rotate_keyfile
 
     ring = rotate_keyfile(Path(args.file), args.alg, retire_after=args.retire_after)
     print(
@@ -55,7 +55,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from affinity.manager import PluginManager
+    from affinity.plugin.manager import PluginManager
 
     config = _config(args)
     manager = PluginManager()
@@ -67,7 +67,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from affinity.manager import PluginManager
+    from affinity.plugin.manager import PluginManager
 
     for name in PluginManager().names():
         print(name)
@@ -108,9 +108,9 @@ def _load_class(spec: str, key: str) -> Any:
 
 # Commands with parsers of their own: everything after the name is theirs.
 PASSTHROUGH = {
-    "dev": ("affinity.dev", "dev_main", "run a referral and three app servers with TLS"),
-    "certs": ("affinity.certs", "certs_main", "make a local CA and a wildcard certificate"),
-    "request": ("affinity.client.cli", "request_main", "send one request with failover"),
+    "dev": ("affinity.cli.dev", "dev_main", "run a referral and three app servers with TLS"),
+    "certs": ("affinity.web.certs", "certs_main", "make a local CA and a wildcard certificate"),
+    "request": ("affinity.cli.request", "request_main", "send one request with failover"),
 }
 
 

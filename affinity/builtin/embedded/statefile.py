@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-log = logging.getLogger("affinity.registry")
+log = logging.getLogger("affinity.plugin.registry")
 
 FORMAT_VERSION = 1
 State = dict[str, Any]

@@ -32,7 +32,7 @@ import orjson
 
 from affinity.errors import ConfigError, KeyFetchError, UnknownKey
 from affinity.models import Claims
-from affinity.tokens import EDDSA, KeyRing, TokenVerifier
+from affinity.tokens.jws import EDDSA, KeyRing, TokenVerifier
 
 _log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The embedded registry: a state file shared by the processes of one host."""

@@ -1,0 +1,1 @@
+"""The ``affinity`` command: one parser tree over every subcommand."""

@@ -1,0 +1,1 @@
+"""Affinity tokens: compact JWS signing and verification, key rings, keys fetched as JWKS."""
