@@ -14,9 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
+from affinity.cli.main import main
 from affinity.errors import ConfigError
 from affinity.web import certs
-from affinity.web.certs import DevCerts, certs_main, ensure_dev_certs, make_dev_certs
+from affinity.web.certs import DevCerts, ensure_dev_certs, make_dev_certs
 
 
 def load(path: Path) -> x509.Certificate:
@@ -304,9 +305,11 @@ def test_ensure_rejects_a_bad_domain(tmp_path: Path) -> None:
 # -- affinity certs -----------------------------------------------------------
 
 
-def test_certs_main_writes_and_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_certs_command_writes_and_explains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out_dir = tmp_path / "my certs"
-    code = certs_main(["--dir", str(out_dir), "--domain", "example.test", "--name", "10.0.0.7"])
+    code = main(["certs", "--dir", str(out_dir), "--domain", "example.test", "--name", "10.0.0.7"])
     out = capsys.readouterr().out
     assert code == 0
     for name in ("ca.pem", "ca-key.pem", "cert.pem", "key.pem", "fullchain.pem"):
@@ -316,26 +319,28 @@ def test_certs_main_writes_and_explains(tmp_path: Path, capsys: pytest.CaptureFi
     assert "*.example.test" in out and "10.0.0.7" in out
 
 
-def test_certs_main_refuses_then_forces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert certs_main(["--dir", str(tmp_path)]) == 0
+def test_certs_command_refuses_then_forces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["certs", "--dir", str(tmp_path)]) == 0
     capsys.readouterr()
-    assert certs_main(["--dir", str(tmp_path)]) == 2
+    assert main(["certs", "--dir", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1
     assert captured.err.startswith("affinity certs: error: ")
     assert "already exists" in captured.err and "Traceback" not in captured.err
-    assert certs_main(["--dir", str(tmp_path), "--force"]) == 0
+    assert main(["certs", "--dir", str(tmp_path), "--force"]) == 0
 
 
-def test_certs_main_bad_domain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert certs_main(["--dir", str(tmp_path / "x"), "--domain", "https://x.test"]) == 2
+def test_affinity_certs_bad_domain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certs", "--dir", str(tmp_path / "x"), "--domain", "https://x.test"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "domain" in err and "URL" in err
 
 
-def test_certs_main_usage_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
-    assert certs_main(["--bogus"]) == 2
+def test_affinity_certs_usage_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certs", "--bogus"]) == 2
     assert "usage: affinity certs" in capsys.readouterr().err
-    assert certs_main(["--help"]) == 0
+    assert main(["certs", "--help"]) == 0
     assert "--domain" in capsys.readouterr().out

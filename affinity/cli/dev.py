@@ -209,13 +209,17 @@ def _print_banner(
     print("\n".join(lines), flush=True)
 
 
-def dev_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="affinity dev", description=__doc__.split("\n")[0])
+def configure(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``affinity dev`` to its sub-parser."""
     p.add_argument("--dir", default=".affinity-dev", help="where certs, keys and logs go")
     p.add_argument("--port", type=int, default=8400, help="referral port; servers use port+41...")
     p.add_argument("--servers", type=int, default=3, help="how many app servers (default 3)")
     p.add_argument("--app", default=DEFAULT_APP, help="the AppServer to run, module:Class")
-    args = p.parse_args(argv)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``affinity dev`` with parsed arguments."""
     if not 1 <= args.servers <= 20:
         raise ConfigError("expected 1 to 20 servers", key="--servers")
     return run(Path(args.dir).resolve(), args.port, args.servers, args.app, str(Path.cwd()))

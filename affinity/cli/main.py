@@ -1,4 +1,5 @@
-"""The ``affinity`` command: referral, serve, dev, certs, keys, request, plugins, check."""
+"""The ``affinity`` command: one parser tree over referral, serve, dev, certs, keys, request,
+check and plugins; each command's options live with its code in this package."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import importlib
 import importlib.util
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from affinity import __version__
+from affinity.cli import certs, dev, keys, request
 from affinity.config import Config, load
 from affinity.errors import AffinityError, ConfigError
 
@@ -31,26 +33,6 @@ def _serve(args: argparse.Namespace) -> int:
     if not (isinstance(cls, type) and issubclass(cls, AppServer)):
         raise ConfigError(f"{args.app!r} is not a subclass of affinity.AppServer", key="app")
     cls(_config(args)).run()
-    return 0
-
-
-def _keys(args: argparse.Namespace) -> int:
-    from affinity.tokens.keyring import generate_keyfile
-
-    ring = generate_keyfile(Path(args.out), args.alg, args.force)
-    print(f"wrote a key ring with {args.alg} key to {args.out} (mode 0600)")
-    del ring
-    return 0
-
-
-def _rotate(args: argparse.Namespace) -> int:
-    from affinity.tokens.keyring import rotate_keyfile
-
-    ring = rotate_keyfile(Path(args.file), args.alg, retire_after=args.retire_after)
-    print(
-        f"{args.file}: new active key {ring.active.kid if ring.active else '?'!r}; "
-        f"older keys verify until retired"
-    )
     return 0
 
 
@@ -106,60 +88,69 @@ def _load_class(spec: str, key: str) -> Any:
         raise ConfigError(f"{target!r} has no attribute {attr!r}", key=key) from exc
 
 
-# Commands with parsers of their own: everything after the name is theirs.
-PASSTHROUGH = {
-    "dev": ("affinity.cli.dev", "dev_main", "run a referral and three app servers with TLS"),
-    "certs": ("affinity.web.certs", "certs_main", "make a local CA and a wildcard certificate"),
-    "request": ("affinity.cli.request", "request_main", "send one request with failover"),
-}
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=argparse.SUPPRESS,
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
+    return common
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level; expected one of {', '.join(LOG_LEVELS)}"
+        )
+    return level
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="affinity", description="Referral load balancing.")
+    """The whole command tree: ``affinity [--log-level L] COMMAND [options]``."""
+    common = _common()
+    p = argparse.ArgumentParser(
+        prog="affinity", description="Referral load balancing.", parents=[common]
+    )
     p.add_argument("--version", action="version", version=f"affinity {__version__}")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("referral", help="run the referral service")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=text, description=text, parents=[common])
+        parser.set_defaults(command_parser=parser)
+        return parser
+
+    r = command("referral", "run the referral service")
     r.add_argument("--config", required=True, help="the affinity.toml to use")
     r.add_argument("--class", dest="server_class", help="a ReferralServer subclass, module:Class")
     r.set_defaults(func=_referral)
 
-    s = sub.add_parser("serve", help="run an app server: affinity serve module:Class")
+    s = command("serve", "run an app server: affinity serve module:Class")
     s.add_argument("app", help="your AppServer subclass, as module:Class or file.py:Class")
     s.add_argument("--config", required=True, help="the affinity.toml to use")
     s.set_defaults(func=_serve)
 
-    k = sub.add_parser("keys", help="manage token signing keys")
-    ksub = k.add_subparsers(dest="keys_command", required=True)
-    g = ksub.add_parser("generate", help="write a new key ring file (mode 0600)")
-    g.add_argument("--out", required=True, help="where to write the key ring")
-    g.add_argument("--alg", default="HS256", choices=["HS256", "EdDSA"])
-    g.add_argument("--force", action="store_true", help="overwrite an existing file")
-    g.set_defaults(func=_keys)
-    r2 = ksub.add_parser("rotate", help="add a new active key; the old ones keep verifying")
-    r2.add_argument("--file", required=True, help="the key ring file to rotate")
-    r2.add_argument("--alg", choices=["HS256", "EdDSA"], help="default: the active key's")
-    r2.add_argument(
-        "--retire-after",
-        type=float,
-        default=None,
-        help="seconds until the previous key stops verifying (default: never)",
-    )
-    r2.set_defaults(func=_rotate)
+    dev.configure(command("dev", "run a referral and three app servers with TLS"))
+    certs.configure(command("certs", "make a local CA and a wildcard certificate"))
+    keys.configure(command("keys", "manage token signing keys"), common)
+    request.configure(command("request", "send one request with failover"))
 
-    c = sub.add_parser("check", help="validate a config file and its plugins")
+    c = command("check", "validate a config file and its plugins")
     c.add_argument("--config", required=True)
     c.set_defaults(func=_check)
 
-    sub.add_parser("plugins", help="list the loaded plugins").set_defaults(func=_plugins)
-
-    for name, (_, _, text) in PASSTHROUGH.items():
-        sub.add_parser(name, help=f"{text} (see 'affinity {name} --help')")
+    command("plugins", "list the loaded plugins").set_defaults(func=_plugins)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; 0 on success, 1 for a failed request, 2 for bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -167,15 +158,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One line per HTTP call is noise at INFO; affinity logs what matters itself.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        if argv and argv[0] in PASSTHROUGH:
-            module, function, _ = PASSTHROUGH[argv[0]]
-            run: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
-            return run(argv[1:])
-        args = parser().parse_args(argv)
-        logging.getLogger().setLevel(args.log_level.upper())
+        args, extra = parser().parse_known_args(argv)
+        if extra:  # said by the command's own parser, so its usage line is shown
+            args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # --help, --version, or a usage error argparse has printed
+        return exc.code if isinstance(exc.code, int) else 2
+    logging.getLogger().setLevel(getattr(args, "log_level", "INFO"))
+    try:
         code: int = args.func(args)
     except AffinityError as exc:
-        print(f"affinity: error: {exc}", file=sys.stderr)
+        print(f"affinity {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return code
 

@@ -23,8 +23,8 @@ REFERRAL_ENV = "AFFINITY_REFERRAL"
 PROG = "affinity request"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Send one request with failover.")
+def configure(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``affinity request`` to its sub-parser."""
     p.add_argument(
         "--referral",
         action="append",
@@ -41,15 +41,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("method", help="GET, POST, ...")
     p.add_argument("path", help="the path on the server, such as /items?limit=5")
-    return p
+    p.set_defaults(func=run)
 
 
-def request_main(argv: list[str], *, transport: httpx.BaseTransport | None = None) -> int:
+def run(args: argparse.Namespace, *, transport: httpx.BaseTransport | None = None) -> int:
     """Run ``affinity request``; ``transport`` replaces the network in tests."""
-    try:
-        args = parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error already printed
-        return exc.code if isinstance(exc.code, int) else 2
     try:
         referrals = args.referral or _from_env()
         headers = dict(_header(h) for h in args.header)

@@ -24,13 +24,10 @@ OpenSSL, Go, Java), unlike Ed25519 certificates.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import re
 import secrets
-import shlex
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -463,71 +460,3 @@ def _usable_leaf(paths: DevCerts, ca_cert: x509.Certificate, names: _Names, now:
         names.ips
     ) <= set(san.get_values_for_type(x509.IPAddress))
     return covered and chain == [cert, ca_cert] and _fresh(cert, now) and _key_matches(cert, key)
-
-
-# -- command line -------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="affinity certs",
-        description="Make a development CA and a wildcard certificate for *.DOMAIN.",
-    )
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIRECTORY, help="output directory")
-    parser.add_argument("--domain", default=DEFAULT_DOMAIN, help="parent domain of the servers")
-    parser.add_argument(
-        "--name",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="extra DNS name or IP address for the certificate (repeatable)",
-    )
-    parser.add_argument("--days", type=int, default=LEAF_DAYS, help="leaf validity in days")
-    parser.add_argument("--force", action="store_true", help="overwrite existing files")
-    return parser
-
-
-def _summary(made: DevCerts, names: _Names) -> str:
-    cert = x509.load_pem_x509_certificate(made.cert.read_bytes())
-    listed = ", ".join([*names.dns, *(str(ip) for ip in names.ips)])
-    until = cert.not_valid_after_utc.date().isoformat()
-    ca = shlex.quote(str(made.ca))
-    roles = {
-        made.ca: "CA certificate: give it to clients",
-        made.ca_key: "CA private key (0600): keep it secret, it can sign any name",
-        made.cert: f"certificate for {listed} (until {until})",
-        made.key: "certificate private key (0600)",
-        made.fullchain: "certificate followed by the CA",
-    }
-    width = max(len(str(path)) for path in roles)
-    return "\n".join(
-        [
-            f"Wrote a development CA and a certificate for *.{made.domain}:",
-            *(f"  {str(path).ljust(width)}  {role}" for path, role in roles.items()),
-            "",
-            "Trust the CA where you need it, for example:",
-            f"  curl --cacert {ca} https://s1.{made.domain}:8443/",
-            f"  httpx.Client(verify=affinity.web.tls.client_context(Path({str(made.ca)!r})))",
-            f"  SSL_CERT_FILE={ca}  (OpenSSL-based tools; replaces the system CAs)",
-            f"Names under {made.domain} must resolve: add them to /etc/hosts, or use",
-            f"  curl --resolve s1.{made.domain}:8443:127.0.0.1 ...",
-        ]
-    )
-
-
-def certs_main(argv: list[str]) -> int:
-    """``affinity certs``: make development certificates; 0 on success, 2 on bad input."""
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error argparse has already printed
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        made = make_dev_certs(
-            args.dir, args.domain, force=args.force, days=args.days, extra_names=args.name
-        )
-    except ConfigError as exc:
-        print(f"affinity certs: error: {exc}", file=sys.stderr)
-        return 2
-    print(_summary(made, _san_names(made.domain, args.name)))
-    return 0

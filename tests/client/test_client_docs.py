@@ -6,12 +6,13 @@ fail when an option is added, renamed or dropped without the page following.
 
 from __future__ import annotations
 
+import argparse
 import re
 import typing
 from pathlib import Path
 
 import affinity.client
-from affinity.cli.request import parser
+from affinity.cli import request as request_command
 from affinity.client.sync import ClientOptions, RequestOptions
 
 DOCS = (Path(__file__).parents[2] / "docs" / "client.md").read_text()
@@ -59,9 +60,11 @@ def test_every_error_is_documented() -> None:
 
 
 def test_every_cli_flag_is_documented() -> None:
+    parser = argparse.ArgumentParser()
+    request_command.configure(parser)
     flags = {
         flag
-        for action in parser()._actions
+        for action in parser._actions
         for flag in action.option_strings
         if flag.startswith("--") and flag != "--help"
     }

@@ -28,7 +28,8 @@ from typing import Any
 import httpx
 import pytest
 
-from affinity.cli.request import request_main
+from affinity.cli import request as request_command
+from affinity.cli.main import parser
 from affinity.client import (
     AllAttemptsFailed,
     Assigned,
@@ -736,7 +737,11 @@ def _cli(
 ) -> tuple[int, FakeNet]:
     net = FakeNet(FakeClock())
     setup(net)
-    return request_main(argv, transport=httpx.MockTransport(net.handle)), net
+    try:
+        args = parser().parse_args(["request", *argv])
+    except SystemExit as exc:  # a usage error, already printed
+        return int(exc.code or 0), net
+    return request_command.run(args, transport=httpx.MockTransport(net.handle)), net
 
 
 def test_cli_prints_status_server_and_body(capsys: pytest.CaptureFixture[str]) -> None:
