@@ -32,7 +32,7 @@ from affinity.tokens.jws import generate_keyfile
 from affinity.web.certs import make_dev_certs
 from affinity.web.tls import client_context
 
-HELLO_APP = str(Path(__file__).resolve().parent.parent / "examples" / "hello" / "app.py") + ":Hello"
+HELLO_APP = "affinity.demo:Hello"
 
 
 def free_port() -> int:

@@ -2,7 +2,7 @@
 
 Makes a dev CA and wildcard certificate, a key ring and an admin token if
 missing (all under ``--dir``, keys 0600), writes a config, starts the referral
-and the servers of ``examples/hello`` as child processes on loopback, prints
+and three servers of the demo app (:mod:`affinity.demo`) as child processes on loopback, prints
 how to use them, and on Ctrl-C drains and stops them all (a second Ctrl-C
 kills them at once), leaving no process behind.
 """
@@ -25,7 +25,7 @@ from affinity.tokens.jws import generate_keyfile
 from affinity.web.certs import ensure_dev_certs
 from affinity.web.tls import client_context
 
-DEFAULT_APP = "examples/hello/app.py:Hello"
+DEFAULT_APP = "affinity.demo:Hello"
 CONFIG = """\
 # Written by 'affinity dev'; every key can be overridden by AFFINITY_<SECTION>_<KEY>.
 [referral]

@@ -1,4 +1,10 @@
-"""The smallest useful affinity app server: says who answered, counts requests per client."""
+"""The demo app server that ``affinity dev`` runs: says who answered, counts requests per client.
+
+It ships in the package so that ``affinity dev`` works from any directory after
+``pip install affinity-lb``, and it is the smallest useful example of an
+:class:`affinity.AppServer` subclass: run one yourself with
+``affinity serve affinity.demo:Hello --config affinity.toml``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from collections import Counter
 from sanic import HTTPResponse, Request
 from sanic.response import json
 
-from affinity import AppServer, route
+from affinity.server.base import AppServer, route
 
 
 class Hello(AppServer):

@@ -1,0 +1,113 @@
+"""Installed, not cloned: wheels in a fresh virtualenv run ``affinity dev`` in an empty folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import httpx
+import pytest
+
+from affinity.web.tls import client_context
+from tests.test_dev import alive, dev_ports
+
+ROOT = Path(__file__).resolve().parent.parent
+DISTRIBUTIONS = [
+    ROOT,
+    ROOT / "plugins" / "affinity-ipfilter",
+    ROOT / "plugins" / "affinity-ratelimit",
+]
+
+
+def _default_sigint() -> None:
+    # A background job of a non-interactive shell starts with SIGINT ignored, and a
+    # child inherits that; Ctrl-C is what this test sends, so give it back its default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with the three wheels (and their dependencies) installed."""
+    base = tmp_path_factory.mktemp("install")
+    wheels = base / "wheels"
+    quiet = ["-q", "--disable-pip-version-check"]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", *quiet, "--no-deps", "-w", str(wheels)]
+        + [str(d) for d in DISTRIBUTIONS],
+        check=True,
+        capture_output=True,
+        cwd=base,
+    )
+    env_dir = base / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", *quiet, *sorted(map(str, wheels.glob("*.whl")))],
+        check=True,
+        capture_output=True,
+        cwd=base,
+    )
+    return env_dir
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_installed_wheels_run_dev_from_an_empty_directory(installed: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    listed = subprocess.run(
+        [str(installed / "bin" / "affinity"), "plugins"],
+        cwd=empty,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "ipfilter" in listed and "ratelimit" in listed, listed
+    port = dev_ports()
+    proc = subprocess.Popen(
+        [str(installed / "bin" / "affinity"), "dev", "--port", str(port)],
+        cwd=empty,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        out = "".join(lines)
+        assert proc.poll() is None, out
+        pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
+        assert len(pids) == 4, out
+        curl = re.search(r"curl --cacert (\S+) (https://\S+/v1/assign)", out)
+        assert curl is not None, out
+        ca = empty / curl.group(1)
+        assert ca.is_file() and ca.is_relative_to(empty / ".affinity-dev"), out
+        with httpx.Client(verify=client_context(ca), timeout=5) as client:
+            assigned = client.get(curl.group(2)).json()
+            answer = client.get(
+                assigned["server"]["url"] + "/", headers={"Affinity-Token": assigned["token"]}
+            )
+        assert answer.status_code == 200
+        assert answer.json()["server"] == assigned["server"]["id"]
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+        assert not [pid for pid in pids if alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
