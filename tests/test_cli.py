@@ -61,3 +61,24 @@ def test_every_command_is_in_one_tree() -> None:
         "check",
         "plugins",
     }
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["referral", "--class", "os:path"], "--class: 'os:path' is a module, not a subclass of"),
+        (
+            ["referral", "--class", "affinity.demo:Hello"],
+            "--class: 'affinity.demo:Hello' is a class, not a subclass of affinity.ReferralServer",
+        ),
+        (["serve", "os:sep"], "app: 'os:sep' is a str, not a subclass of affinity.AppServer"),
+        (["serve", "no_such_module_here:App"], "app: cannot import 'no_such_module_here'"),
+    ],
+)
+def test_a_class_of_the_wrong_kind_is_refused_before_start(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--config", "unused.toml"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err and err.count("\n") == 1

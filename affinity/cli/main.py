@@ -10,18 +10,22 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from affinity import __version__
 from affinity.cli import certs, dev, keys, request
 from affinity.config import Config, load
 from affinity.errors import AffinityError, ConfigError
 
+T = TypeVar("T")
+
 
 def _referral(args: argparse.Namespace) -> int:
     from affinity.referral.app import ReferralServer
 
-    cls = _load_class(args.server_class, "server_class") if args.server_class else ReferralServer
+    cls = ReferralServer
+    if args.server_class:
+        cls = _load_subclass(args.server_class, ReferralServer, "--class")
     cls(_config(args)).run()
     return 0
 
@@ -29,10 +33,7 @@ def _referral(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from affinity.server.base import AppServer
 
-    cls = _load_class(args.app, "app")
-    if not (isinstance(cls, type) and issubclass(cls, AppServer)):
-        raise ConfigError(f"{args.app!r} is not a subclass of affinity.AppServer", key="app")
-    cls(_config(args)).run()
+    _load_subclass(args.app, AppServer, "app")(_config(args)).run()
     return 0
 
 
@@ -60,7 +61,18 @@ def _config(args: argparse.Namespace) -> Config:
     return load(args.config)
 
 
-def _load_class(spec: str, key: str) -> Any:
+def _load_subclass(spec: str, base: type[T], key: str) -> type[T]:
+    """The class ``spec`` names, which must be ``base`` or a subclass of it."""
+    found = _load_class(spec, key)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        what = f"a {type(found).__name__}" if not isinstance(found, type) else "a class"
+        raise ConfigError(
+            f"{spec!r} is {what}, not a subclass of affinity.{base.__name__}", key=key
+        )
+    return found
+
+
+def _load_class(spec: str, key: str) -> object:
     """Load ``module:Class`` or ``path/to/file.py:Class``."""
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr.isidentifier():
@@ -83,9 +95,10 @@ def _load_class(spec: str, key: str) -> Any:
     except (ImportError, OSError) as exc:
         raise ConfigError(f"cannot import {target!r}: {exc}", key=key) from exc
     try:
-        return getattr(module, attr)
+        found: object = getattr(module, attr)
     except AttributeError as exc:
         raise ConfigError(f"{target!r} has no attribute {attr!r}", key=key) from exc
+    return found
 
 
 def _common() -> argparse.ArgumentParser:
