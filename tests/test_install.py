@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import affinity
 from affinity.web.tls import client_context
 from tests.test_dev import alive, dev_ports
 
@@ -22,6 +23,16 @@ DISTRIBUTIONS = [
     ROOT / "plugins" / "affinity-ipfilter",
     ROOT / "plugins" / "affinity-ratelimit",
 ]
+
+
+READ_METADATA = """
+import importlib.metadata as m, affinity
+d = m.distribution("affinity-lb")
+print(d.version, d.metadata["License-Expression"])
+print(any(str(f).endswith("LICENSE") for f in d.files))
+print(any(r.startswith(("ruff", "mypy")) for r in d.requires or ()))
+assert d.version == affinity.__version__
+"""
 
 
 def _default_sigint() -> None:
@@ -71,6 +82,16 @@ def test_installed_wheels_run_dev_from_an_empty_directory(installed: Path, tmp_p
         check=True,
     ).stdout
     assert "ipfilter" in listed and "ratelimit" in listed, listed
+    metadata = subprocess.run(
+        [str(installed / "bin" / "python"), "-c", READ_METADATA],
+        cwd=empty,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert metadata == [affinity.__version__, "Apache-2.0", "True", "False"], metadata
     port = dev_ports()
     proc = subprocess.Popen(
         [str(installed / "bin" / "affinity"), "dev", "--port", str(port)],
