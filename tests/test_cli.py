@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 
 import pytest
 
 from affinity.cli.main import main, parser
+
+HELLO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "hello" / "affinity.toml"
 
 
 @pytest.fixture(autouse=True)
@@ -82,3 +86,26 @@ def test_a_class_of_the_wrong_kind_is_refused_before_start(
     err = capsys.readouterr().err
     assert expected in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_config_comes_from_the_flag_then_the_environment_then_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AFFINITY_CONFIG", raising=False)
+    assert main(["check"]) == 2
+    assert "give --config FILE, set AFFINITY_CONFIG" in capsys.readouterr().err
+    shutil.copy(HELLO_CONFIG, tmp_path / "affinity.toml")
+    assert main(["check"]) == 0
+    assert capsys.readouterr().out.startswith("affinity.toml: ok")
+    monkeypatch.setenv("AFFINITY_CONFIG", str(tmp_path / "elsewhere.toml"))
+    assert main(["check"]) == 2
+    assert "elsewhere.toml: file not found" in capsys.readouterr().err
+    assert main(["check", "--config", "affinity.toml"]) == 0
+
+
+def test_keys_generate_takes_file_like_rotate(tmp_path: Path) -> None:
+    assert main(["keys", "generate", "--file", str(tmp_path / "k.json")]) == 0
+    assert main(["keys", "rotate", "--file", str(tmp_path / "k.json")]) == 0
+    assert main(["keys", "generate", "--out", str(tmp_path / "old-spelling.json")]) == 0
+    assert (tmp_path / "old-spelling.json").stat().st_mode & 0o777 == 0o600

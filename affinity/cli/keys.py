@@ -14,8 +14,12 @@ def configure(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) 
     """Add ``generate`` and ``rotate`` under ``affinity keys``; both take ``common``'s options."""
     sub = parser.add_subparsers(dest="keys_command", required=True, metavar="{generate,rotate}")
     g = sub.add_parser("generate", help="write a new key ring file (mode 0600)", parents=[common])
-    g.add_argument("--out", required=True, help="where to write the key ring")
-    g.add_argument("--alg", default="HS256", choices=ALGORITHMS)
+    g.add_argument(
+        "--file", "--out", dest="file", required=True, help="where to write the key ring"
+    )
+    g.add_argument(
+        "--alg", default="HS256", choices=ALGORITHMS, help="signing algorithm (default HS256)"
+    )
     g.add_argument("--force", action="store_true", help="overwrite an existing file")
     g.set_defaults(func=generate)
     r = sub.add_parser(
@@ -33,8 +37,8 @@ def configure(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) 
 
 
 def generate(args: argparse.Namespace) -> int:
-    generate_keyfile(Path(args.out), args.alg, args.force)
-    print(f"wrote a key ring with {args.alg} key to {args.out} (mode 0600)")
+    generate_keyfile(Path(args.file), args.alg, args.force)
+    print(f"wrote a key ring with {args.alg} key to {args.file} (mode 0600)")
     return 0
 
 

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,8 +58,30 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIG_ENV = "AFFINITY_CONFIG"
+DEFAULT_CONFIG = "affinity.toml"
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"the configuration file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG})",
+    )
+
+
 def _config(args: argparse.Namespace) -> Config:
-    return load(args.config)
+    """The file named by --config, else by $AFFINITY_CONFIG, else ./affinity.toml."""
+    path = args.config or os.environ.get(CONFIG_ENV)
+    if not path:
+        if not Path(DEFAULT_CONFIG).exists():
+            raise ConfigError(
+                f"no configuration: give --config FILE, set {CONFIG_ENV}, "
+                f"or run where ./{DEFAULT_CONFIG} is",
+                key="--config",
+            )
+        path = DEFAULT_CONFIG
+    return load(path)
 
 
 def _load_subclass(spec: str, base: type[T], key: str) -> type[T]:
@@ -101,6 +124,10 @@ def _load_class(spec: str, key: str) -> object:
     return found
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default in its help, except where there is none to show."""
+
+
 def _common() -> argparse.ArgumentParser:
     """Options every command takes, before or after its name."""
     common = argparse.ArgumentParser(add_help=False)
@@ -135,18 +162,20 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=text, description=text, parents=[common])
+        parser = sub.add_parser(
+            name, help=text, description=text, parents=[common], formatter_class=_Formatter
+        )
         parser.set_defaults(command_parser=parser)
         return parser
 
     r = command("referral", "run the referral service")
-    r.add_argument("--config", required=True, help="the affinity.toml to use")
+    _config_option(r)
     r.add_argument("--class", dest="server_class", help="a ReferralServer subclass, module:Class")
     r.set_defaults(func=_referral)
 
     s = command("serve", "run an app server: affinity serve module:Class")
     s.add_argument("app", help="your AppServer subclass, as module:Class or file.py:Class")
-    s.add_argument("--config", required=True, help="the affinity.toml to use")
+    _config_option(s)
     s.set_defaults(func=_serve)
 
     dev.configure(command("dev", "run a referral and three app servers with TLS"))
@@ -155,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
     request.configure(command("request", "send one request with failover"))
 
     c = command("check", "validate a config file and its plugins")
-    c.add_argument("--config", required=True)
+    _config_option(c)
     c.set_defaults(func=_check)
 
     command("plugins", "list the loaded plugins").set_defaults(func=_plugins)
