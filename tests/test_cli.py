@@ -109,3 +109,18 @@ def test_keys_generate_takes_file_like_rotate(tmp_path: Path) -> None:
     assert main(["keys", "rotate", "--file", str(tmp_path / "k.json")]) == 0
     assert main(["keys", "generate", "--out", str(tmp_path / "old-spelling.json")]) == 0
     assert (tmp_path / "old-spelling.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_keys_admin_token_writes_a_long_random_secret_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "admin-token"
+    assert main(["keys", "admin-token", "--file", str(path)]) == 0
+    first = path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(first.strip()) >= 32 and first.endswith("\n")
+    assert first.strip() not in capsys.readouterr().out  # never printed
+    assert main(["keys", "admin-token", "--file", str(path)]) == 2
+    assert "exists" in capsys.readouterr().err and path.read_text() == first
+    assert main(["keys", "admin-token", "--file", str(path), "--force"]) == 0
+    assert path.read_text() != first

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from affinity.errors import AffinityError, ConfigError
-from affinity.tokens.jws import generate_keyfile
+from affinity.tokens.keyring import generate_admin_token, generate_keyfile
 from affinity.web.certs import ensure_dev_certs
 from affinity.web.tls import client_context
 
@@ -68,11 +67,8 @@ def prepare(directory: Path, port: int) -> Path:
     ensure_dev_certs(directory / "certs", "affinity.test")
     if not (directory / "keys.json").exists():
         generate_keyfile(directory / "keys.json", "HS256", False)
-    token_file = directory / "admin-token"
-    if not token_file.exists():
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+    if not (directory / "admin-token").exists():
+        generate_admin_token(directory / "admin-token")
     config = directory / "affinity.toml"
     config.write_text(CONFIG.format(port=port), encoding="utf-8")
     return config

@@ -475,32 +475,47 @@ def _eddsa_key(
 
 
 def write_keyring(path: str | os.PathLike[str], ring: KeyRing, force: bool = False) -> None:
-    """Write a key file atomically, mode 0600; refuse to replace one unless ``force``.
+    """Write a key file atomically, mode 0600; refuse to replace one unless ``force``."""
+    write_secret_file(Path(path), ring.to_json(), force, what="key file")
 
-    The document goes to a temporary file created 0600 in the same directory
+
+def write_secret_file(target: Path, data: bytes, force: bool, *, what: str) -> None:
+    """Write a secret atomically, mode 0600; refuse to replace a file unless ``force``.
+
+    The data goes to a temporary file created 0600 in the same directory
     (so no reader ever sees a partial or world-readable file), then is linked
     into place (which fails if the target appeared meanwhile) or, with
     ``force``, renamed over the old file.
     """
-    target = Path(path)
     source = str(target)
+    exists = f"the {what} exists; pass force to overwrite it"
     if not force and target.exists():
-        raise ConfigError("the key file exists; pass force to overwrite it", source=source)
+        raise ConfigError(exists, source=source)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o600)
-            fh.write(ring.to_json())
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         _install(tmp, target, force)
     except FileExistsError as exc:
-        raise ConfigError("the key file exists; pass force to overwrite it", source=source) from exc
+        raise ConfigError(exists, source=source) from exc
     except OSError as exc:
-        raise ConfigError(f"cannot write the key file: {exc.strerror}", source=source) from exc
+        raise ConfigError(f"cannot write the {what}: {exc.strerror}", source=source) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+ADMIN_TOKEN_BYTES = 32
+"""Random bytes in a new admin token (43 URL-safe characters)."""
+
+
+def generate_admin_token(path: Path, force: bool = False) -> None:
+    """``affinity keys admin-token``: a new random admin token in ``path``, mode 0600."""
+    token = secrets.token_urlsafe(ADMIN_TOKEN_BYTES)
+    write_secret_file(path, (token + "\n").encode(), force, what="admin token file")
 
 
 def _install(tmp: Path, target: Path, force: bool) -> None:
