@@ -21,13 +21,10 @@ is always there to ask.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import random
 import stat
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +35,7 @@ import orjson
 from affinity.client.backoff import Backoff, Clock, RetryBudget
 from affinity.client.referrers import Offer, Referrers
 from affinity.errors import ConfigError
+from affinity.files import make_private_dir, write_private
 from affinity.web.names import check_origin, is_valid_id
 
 log = logging.getLogger("affinity.client")
@@ -60,20 +58,10 @@ class Saved:
 
 def save(path: Path, saved: Saved) -> None:
     """Write ``saved`` to ``path`` atomically, mode 0600."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data = orjson.dumps({"version": VERSION, **asdict(saved)}, option=orjson.OPT_INDENT_2)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    make_private_dir(path.parent)
+    write_private(
+        path, orjson.dumps({"version": VERSION, **asdict(saved)}, option=orjson.OPT_INDENT_2)
+    )
 
 
 def load(

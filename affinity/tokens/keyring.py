@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from affinity.config import Config
 from affinity.errors import ConfigError
+from affinity.files import write_private
 
 HS256: Final = "HS256"
 EDDSA: Final = "EdDSA"
@@ -480,32 +481,18 @@ def write_keyring(path: str | os.PathLike[str], ring: KeyRing, force: bool = Fal
 
 
 def write_secret_file(target: Path, data: bytes, force: bool, *, what: str) -> None:
-    """Write a secret atomically, mode 0600; refuse to replace a file unless ``force``.
-
-    The data goes to a temporary file created 0600 in the same directory
-    (so no reader ever sees a partial or world-readable file), then is linked
-    into place (which fails if the target appeared meanwhile) or, with
-    ``force``, renamed over the old file.
-    """
+    """Write a secret atomically, mode 0600 (:func:`affinity.files.write_private`); refuse
+    to replace an existing file unless ``force``."""
     source = str(target)
     exists = f"the {what} exists; pass force to overwrite it"
     if not force and target.exists():
         raise ConfigError(exists, source=source)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _install(tmp, target, force)
+        write_private(target, data, replace=force)
     except FileExistsError as exc:
         raise ConfigError(exists, source=source) from exc
     except OSError as exc:
         raise ConfigError(f"cannot write the {what}: {exc.strerror}", source=source) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 ADMIN_TOKEN_BYTES = 32
@@ -516,20 +503,6 @@ def generate_admin_token(path: Path, force: bool = False) -> None:
     """``affinity keys admin-token``: a new random admin token in ``path``, mode 0600."""
     token = secrets.token_urlsafe(ADMIN_TOKEN_BYTES)
     write_secret_file(path, (token + "\n").encode(), force, what="admin token file")
-
-
-def _install(tmp: Path, target: Path, force: bool) -> None:
-    if force:
-        os.replace(tmp, target)
-        return
-    try:
-        os.link(tmp, target)  # atomic "create if absent"
-    except FileExistsError:
-        raise
-    except OSError:  # file system without hard links
-        if target.exists():
-            raise FileExistsError(str(target)) from None
-        os.replace(tmp, target)
 
 
 def generate_keyfile(path: Path, alg: str, force: bool) -> KeyRing:

@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from affinity.files import make_private_dir, write_private
+
 log = logging.getLogger("affinity.plugin.registry")
 
 FORMAT_VERSION = 1
@@ -71,7 +73,7 @@ class StateFile:
 
     def update(self, change: Callable[[State], None]) -> State:
         """Apply ``change`` to the state under the lock and write it back atomically."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         with self._locked():
             state = self.read()
             change(state)
@@ -89,14 +91,9 @@ class StateFile:
             os.close(fd)
 
     def _write(self, state: State) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, orjson.dumps(state, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_private(
+            self.path, orjson.dumps(state, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        )
 
     def _move_aside(self, reason: str) -> None:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
