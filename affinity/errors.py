@@ -14,13 +14,23 @@ libraries it uses are wrapped at the boundary (``raise ... from exc``).
     * ImmatureToken       its ``iat`` / ``nbf`` is in the future (beyond the leeway)
     * UnknownKey          its ``kid`` is not in the key ring
   * KeyFetchError         the verifying keys could not be fetched (JWKS); the old keys stay
-  * NoHealthyServer       no assignable server for the service
+  * Refused               a request the referral or an app server turns away
+    * InvalidRequest      malformed input (400; ``code`` says which part)
+    * NotFound            no such service, server or settings document (404)
+    * TokenRequired       no token, and this server requires one
+    * Misdirected         a valid token for another server or service
+    * Draining            the server is draining past its grace: ask the referral again
+    * NoHealthyServer     no assignable server for the service
+    * Unauthorized        no valid admin bearer token
+    * AdminClosed         no admin token is configured: the admin API is closed
   * ClientError           the client library gave up (see affinity.client)
     * AllAttemptsFailed   every attempt failed; ``attempts`` lists what was tried and why
       * NotRetried        a request that may have reached its server failed; not safe to resend
     * ReferralRefused     the referral refused in a way no retry can fix (unknown service)
 
-HTTP status codes for these live in one place, :mod:`affinity.web.http`.
+The HTTP status, ``error`` code and headers of each live in one table,
+:data:`affinity.web.http.ANSWERS`: request handlers raise (or look up), and
+never choose a status themselves.
 """
 
 from __future__ import annotations
@@ -87,13 +97,56 @@ class KeyFetchError(AffinityError):
     """
 
 
-class NoHealthyServer(AffinityError):
+class Refused(AffinityError):
+    """A request the referral or an app server turns away; the message is the answer's detail.
+
+    ``code``, when given, is the answer's ``error`` code (for the kinds that
+    have several, such as :class:`InvalidRequest`); ``retry_after`` its
+    ``Retry-After`` in seconds.
+    """
+
+    def __init__(
+        self, detail: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.retry_after = retry_after
+
+
+class InvalidRequest(Refused):
+    """The request is malformed: a bad query, body or path parameter."""
+
+
+class NotFound(Refused):
+    """The request names a service, server or settings document that does not exist."""
+
+
+class TokenRequired(Refused):
+    """The request has no affinity token and this server accepts none without one."""
+
+
+class Misdirected(Refused):
+    """A valid affinity token for another server or service: the client must ask again."""
+
+
+class Draining(Refused):
+    """This server is draining and sends its clients back to the referral."""
+
+
+class NoHealthyServer(Refused):
     """No server of the service can be assigned."""
 
     def __init__(self, service: str, retry_after: float = 1.0) -> None:
-        super().__init__(f"no healthy server for service {service!r}")
+        super().__init__(f"no healthy server for service {service!r}", retry_after=retry_after)
         self.service = service
-        self.retry_after = retry_after
+
+
+class Unauthorized(Refused):
+    """The admin call lacks a valid ``Authorization: Bearer <admin token>`` header."""
+
+
+class AdminClosed(Refused):
+    """No admin token is configured, so the admin API refuses every call."""
 
 
 class ClientError(AffinityError):

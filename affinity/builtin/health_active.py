@@ -33,11 +33,11 @@ from affinity.config import Config, HealthSettings
 from affinity.models import HealthStatus, Load, Server
 from affinity.plugin import hookimpl
 from affinity.plugin.health import HealthSink, HealthSource
+from affinity.protocol import HEALTH_PATH
 from affinity.web.tls import client_context
 
 log = logging.getLogger("affinity.plugin.health")
 
-HEALTH_PATH = "/.well-known/affinity/health"
 MAX_BODY = 64 * 1024
 SYNC_INTERVAL = 0.2
 

@@ -18,6 +18,7 @@ import httpx
 
 from affinity.client.sync import Client
 from affinity.errors import AffinityError
+from affinity.protocol import SERVER_HEADER
 
 REFERRAL_ENV = "AFFINITY_REFERRAL"
 PROG = "affinity request"
@@ -93,7 +94,7 @@ def _data(data: str | None) -> bytes | None:
 def _show(response: httpx.Response) -> None:
     out = sys.stdout
     out.write(f"{response.status_code} {response.reason_phrase}\n")
-    out.write(f"Affinity-Server: {response.headers.get('Affinity-Server', '-')}\n\n")
+    out.write(f"{SERVER_HEADER}: {response.headers.get(SERVER_HEADER, '-')}\n\n")
     out.flush()
     out.buffer.write(response.content)
     if response.content and not response.content.endswith(b"\n"):

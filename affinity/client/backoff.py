@@ -1,15 +1,12 @@
-"""Full-jitter exponential back-off, a retry budget, and ``Retry-After``.
+"""The client's retry budget, and ``Retry-After``.
 
-Plain exponential back-off makes clients that failed together retry together;
-*full jitter* (``uniform(0, min(cap, base * 2**n))``, AWS "Exponential Backoff
-and Jitter", also Envoy's default) spreads them out and gives the lowest total
-work. Jitter alone does not bound the *amount* of retrying, so a fleet-wide
-outage would still multiply the load by the number of attempts; the retry
-budget (Envoy: 20 %, at least 3) caps retries to a fraction of the requests
-seen in a sliding window.
+Retries wait a full-jitter back-off (:class:`affinity.backoff.Backoff`), but
+jitter alone does not bound the *amount* of retrying, so a fleet-wide outage
+would still multiply the load by the number of attempts; the retry budget
+(Envoy: 20 %, at least 3) caps retries to a fraction of the requests seen in a
+sliding window.
 
-The clock and the random source are injected so tests are instant and
-deterministic.
+The clock is injected so tests are instant and deterministic.
 """
 
 from __future__ import annotations
@@ -17,11 +14,9 @@ from __future__ import annotations
 import datetime
 import email.utils
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from affinity.errors import ConfigError
 
@@ -29,32 +24,6 @@ Clock = Callable[[], float]
 
 MAX_RETRY_AFTER = 300.0
 """A ``Retry-After`` above this is clamped: a client waits within its deadline anyway."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Backoff:
-    """Full-jitter exponential back-off: retry ``n`` (from 0) waits ``uniform(0, ceiling(n))``."""
-
-    base: float = 0.05
-    cap: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.base) and self.base > 0):
-            raise ConfigError(
-                f"expected a positive number of seconds, got {self.base!r}", key="backoff_base"
-            )
-        if not (math.isfinite(self.cap) and self.cap >= self.base):
-            raise ConfigError(
-                f"expected seconds >= backoff_base, got {self.cap!r}", key="backoff_cap"
-            )
-
-    def ceiling(self, retry: int) -> float:
-        """``min(cap, base * 2**retry)``; the exponent is bounded so huge counts cannot overflow."""
-        return min(self.cap, self.base * 2.0 ** min(max(retry, 0), 64))
-
-    def delay(self, retry: int, rng: random.Random) -> float:
-        """A wait drawn uniformly from ``[0, ceiling(retry)]``."""
-        return min(rng.uniform(0.0, self.ceiling(retry)), self.ceiling(retry))
 
 
 class RetryBudget:

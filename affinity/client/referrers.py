@@ -30,12 +30,9 @@ import orjson
 
 from affinity.client.backoff import Clock, parse_retry_after
 from affinity.errors import ConfigError
+from affinity.protocol import ASSIGN_PATH, MAX_AVOID, TOKEN_HEADER, ErrorCode
 from affinity.web.names import check_origin, is_valid_id
 
-ASSIGN_PATH = "/v1/assign"
-TOKEN_HEADER = "Affinity-Token"
-MAX_AVOID = 16
-"""The referral takes at most this many ``avoid`` ids; the most recent failures are kept."""
 MAX_ADDRESSES = 16
 """A name with more addresses is cut, so a broken DNS answer cannot make rounds endless."""
 
@@ -351,7 +348,7 @@ def judge_answer(outcome: httpx.Response | Failure, who: str, notes: list[Note])
             return None
     note = Note("referral", who, error_text(outcome))
     notes.append(note)
-    if status == 429 or (status == 503 and error_body(outcome)[0] == "no_healthy_server"):
+    if status == 429 or (status == 503 and error_body(outcome)[0] == ErrorCode.NO_HEALTHY_SERVER):
         wait = parse_retry_after(outcome.headers.get("Retry-After"))
         return NotOffered(notes=tuple(notes), wait=wait)
     if 400 <= status < 500 and status not in (408, 421):

@@ -42,7 +42,6 @@ import httpx
 
 from affinity.client import store
 from affinity.client.referrers import (
-    TOKEN_HEADER,
     Failure,
     Fetch,
     Note,
@@ -54,15 +53,13 @@ from affinity.client.referrers import (
 )
 from affinity.client.store import Grant, Session
 from affinity.errors import AllAttemptsFailed, NotRetried, ReferralRefused
+from affinity.protocol import REASSIGN_HEADER, TOKEN_ERRORS, TOKEN_HEADER
 
 log = logging.getLogger("affinity.client")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 """Methods that mean the same when sent twice (RFC 9110), so they are retried after any failure."""
-SERVER_HEADER = "Affinity-Server"
-REASSIGN_HEADER = "Affinity-Reassign"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-TOKEN_ERRORS = frozenset({"token_expired", "invalid_token"})
 
 T = TypeVar("T")
 

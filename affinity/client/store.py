@@ -32,7 +32,8 @@ from typing import Any
 
 import orjson
 
-from affinity.client.backoff import Backoff, Clock, RetryBudget
+from affinity.backoff import Backoff
+from affinity.client.backoff import Clock, RetryBudget
 from affinity.client.referrers import Offer, Referrers
 from affinity.errors import ConfigError
 from affinity.files import make_private_dir, write_private

@@ -28,8 +28,9 @@ from typing import Any, TypedDict, TypeVar, Unpack
 
 import httpx
 
+from affinity.backoff import Backoff
 from affinity.client import store
-from affinity.client.backoff import Backoff, RetryBudget
+from affinity.client.backoff import RetryBudget
 from affinity.client.referrers import Failure, Fetch, Referrers, Resolve
 from affinity.client.rules import (
     IDEMPOTENCY_HEADER,
@@ -118,7 +119,7 @@ def make_session(referrals: str | Sequence[str], options: ClientOptions) -> Sess
             key="service",
         )
     clock = given.get("clock", time.monotonic)
-    backoff = Backoff(**_renamed(given, base="backoff_base", cap="backoff_cap"))
+    backoff = _backoff(given)
     settings = Settings(
         service=service,
         backoff=backoff,
@@ -146,6 +147,16 @@ def make_session(referrals: str | Sequence[str], options: ClientOptions) -> Sess
         rng=given.get("rng"),
         state_file=Path(state_file).expanduser() if state_file is not None else None,
     )
+
+
+def _backoff(given: dict[str, Any]) -> Backoff:
+    options = _renamed(given, base="backoff_base", cap="backoff_cap")
+    try:
+        return Backoff(**options)
+    except ValueError as exc:
+        # Backoff's message starts with the field it refuses: "base: ..." or "cap: ...".
+        field, _, message = str(exc).partition(": ")
+        raise ConfigError(message, key=f"backoff_{field}") from exc
 
 
 def _renamed(given: dict[str, Any], **names: str) -> dict[str, Any]:

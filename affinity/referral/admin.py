@@ -1,59 +1,28 @@
 """The admin API: list, register, deregister, drain and resume servers; shared settings.
 
 Every call needs ``Authorization: Bearer <admin token>``, compared in
-constant time. Without an admin token configured the API is closed.
+constant time (:mod:`affinity.web.auth`). Without an admin token configured
+the API is closed. Errors are raised; :mod:`affinity.web.http` answers them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-from collections.abc import Awaitable, Callable
-from functools import wraps
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from sanic import Blueprint, HTTPResponse, Request
 
-from affinity.errors import ConfigError, RegistryError
+from affinity.errors import ConfigError, InvalidRequest, NotFound
 from affinity.models import Server, SharedSettings
-from affinity.web.http import error_response, json_response
+from affinity.protocol import ErrorCode
+from affinity.referral.context import ReferralContext
+from affinity.web.auth import admin_only
+from affinity.web.http import json_response
 from affinity.web.names import check_id, check_origin, is_valid_id
 
-if TYPE_CHECKING:
-    from affinity.referral.app import ReferralContext
-
-Handler = Callable[..., Awaitable[HTTPResponse]]
 admin = Blueprint("affinity_admin", url_prefix="/v1")
-
-
-def authorized(handler: Handler) -> Handler:
-    """Refuse the call with 401 unless it carries the admin bearer token."""
-
-    @wraps(handler)
-    async def check(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
-        ctx: ReferralContext = request.app.ctx.affinity
-        expected = ctx.admin_token
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        ok = (
-            expected is not None
-            and scheme.lower() == "bearer"
-            and hmac.compare_digest(token.strip().encode(), expected.encode())
-        )
-        if not ok:
-            detail = (
-                "the admin API is closed: no admin token is configured"
-                if expected is None
-                else "a valid 'Authorization: Bearer <admin token>' header is required"
-            )
-            return error_response(
-                401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="affinity"'}
-            )
-        return await handler(request, *args, **kwargs)
-
-    return check
 
 
 def _ctx(request: Request) -> ReferralContext:
@@ -61,16 +30,12 @@ def _ctx(request: Request) -> ReferralContext:
     return ctx
 
 
-def _unknown(server_id: str) -> HTTPResponse:
-    return error_response(404, "unknown_server", f"no server with id {server_id!r}")
-
-
-def _registry_failed(exc: RegistryError) -> HTTPResponse:
-    return error_response(503, "registry_unavailable", str(exc), retry_after=1)
+def _unknown(server_id: str) -> NotFound:
+    return NotFound(f"no server with id {server_id!r}", code=ErrorCode.UNKNOWN_SERVER)
 
 
 @admin.get("/servers")
-@authorized
+@admin_only
 async def list_servers(request: Request) -> HTTPResponse:
     ctx = _ctx(request)
     servers = [ctx.table.describe(s) for s in sorted(ctx.table.servers(), key=lambda s: s.id)]
@@ -86,105 +51,102 @@ async def list_servers(request: Request) -> HTTPResponse:
 
 
 @admin.get("/servers/<server_id>")
-@authorized
+@admin_only
 async def get_server(request: Request, server_id: str) -> HTTPResponse:
     ctx = _ctx(request)
     server = ctx.table.get(server_id)
-    return _unknown(server_id) if server is None else json_response(ctx.table.describe(server))
+    if server is None:
+        raise _unknown(server_id)
+    return json_response(ctx.table.describe(server))
 
 
 @admin.put("/servers/<server_id>")
-@authorized
+@admin_only
 async def put_server(request: Request, server_id: str) -> HTTPResponse:
     ctx = _ctx(request)
     try:
         server = _parse_server(server_id, request.body, ctx.config.referral.default_service)
     except ValueError as exc:
-        return error_response(400, "invalid_server", str(exc))
-    try:
-        await ctx.registry.register(server)
-    except RegistryError as exc:
-        return _registry_failed(exc)
+        raise InvalidRequest(str(exc), code=ErrorCode.INVALID_SERVER) from exc
+    await ctx.registry.register(server)
     await ctx.refresh_view()
     current = ctx.table.get(server_id)
     return json_response(ctx.table.describe(current) if current else {"id": server_id})
 
 
 @admin.delete("/servers/<server_id>")
-@authorized
+@admin_only
 async def delete_server(request: Request, server_id: str) -> HTTPResponse:
     ctx = _ctx(request)
-    try:
-        known = await ctx.registry.deregister(server_id)
-    except RegistryError as exc:
-        return _registry_failed(exc)
-    if not known:
-        return _unknown(server_id)
+    if not await ctx.registry.deregister(server_id):
+        raise _unknown(server_id)
     await ctx.refresh_view()
     return json_response({"id": server_id, "deregistered": True})
 
 
 async def _set_draining(request: Request, server_id: str, draining: bool) -> HTTPResponse:
     ctx = _ctx(request)
-    try:
-        known = await ctx.registry.set_draining(server_id, draining)
-    except RegistryError as exc:
-        return _registry_failed(exc)
-    if not known:
-        return _unknown(server_id)
+    if not await ctx.registry.set_draining(server_id, draining):
+        raise _unknown(server_id)
     await ctx.refresh_view()
     return json_response({"id": server_id, "draining": draining})
 
 
 @admin.post("/servers/<server_id>/drain")
-@authorized
+@admin_only
 async def drain(request: Request, server_id: str) -> HTTPResponse:
     return await _set_draining(request, server_id, True)
 
 
 @admin.post("/servers/<server_id>/resume")
-@authorized
+@admin_only
 async def resume(request: Request, server_id: str) -> HTTPResponse:
     return await _set_draining(request, server_id, False)
 
 
 @admin.get("/settings")
-@authorized
+@admin_only
 async def list_settings(request: Request) -> HTTPResponse:
     """All shared settings; with ``index``, a blocking query that answers once they change."""
     ctx = _ctx(request)
     try:
         index = int(request.args.get("index", "0"))
         wait = min(float(request.args.get("wait", "30")), 60.0)
-    except ValueError:
-        return error_response(400, "invalid_query", "index is an integer, wait a number of seconds")
+    except ValueError as exc:
+        raise InvalidRequest(
+            "index is an integer, wait a number of seconds", code=ErrorCode.INVALID_QUERY
+        ) from exc
     if index == ctx.settings_index and wait > 0:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.settings_event.wait(), wait)
-    documents = {name: {"version": s.version, "value": s.value} for name, s in ctx.settings.items()}
+    documents = {
+        name: {"version": s.version, "value": s.value} for name, s in ctx.settings.documents.items()
+    }
     return json_response({"index": ctx.settings_index, "settings": documents})
 
 
 @admin.get("/settings/<name>")
-@authorized
+@admin_only
 async def get_settings(request: Request, name: str) -> HTTPResponse:
     ctx = _ctx(request)
-    current = ctx.settings.get(name)
+    current = ctx.settings.documents.get(name)
     if current is None:
-        return error_response(404, "unknown_settings", f"no shared settings named {name!r}")
+        raise NotFound(f"no shared settings named {name!r}", code=ErrorCode.UNKNOWN_SETTINGS)
     return json_response({"name": name, "version": current.version, "value": current.value})
 
 
 @admin.put("/settings/<name>")
-@authorized
+@admin_only
 async def put_settings(request: Request, name: str) -> HTTPResponse:
     ctx = _ctx(request)
     if not is_valid_id(name):
-        return error_response(400, "invalid_settings", f"settings name {name!r} is not valid")
+        raise InvalidRequest(
+            f"settings name {name!r} is not valid", code=ErrorCode.INVALID_SETTINGS
+        )
     value = _parse_object(request.body)
     if value is None:
-        return error_response(400, "invalid_json", "the body must be a JSON object")
-    current = ctx.settings.get(name)
+        raise InvalidRequest("the body must be a JSON object", code=ErrorCode.INVALID_JSON)
+    current = ctx.settings.documents.get(name)
     proposed = SharedSettings(
         name=name, version=(current.version if current else 0) + 1, value=value
     )
@@ -192,11 +154,10 @@ async def put_settings(request: Request, name: str) -> HTTPResponse:
         ctx.manager.check_settings(proposed)
     except ConfigError as exc:
         ctx.metrics.settings_refused(name)
-        return error_response(400, "invalid_settings", f"rejected whole, previous kept: {exc}")
-    try:
-        stored = await ctx.registry.put_settings(name, value)
-    except RegistryError as exc:
-        return _registry_failed(exc)
+        raise InvalidRequest(
+            f"rejected whole, previous kept: {exc}", code=ErrorCode.INVALID_SETTINGS
+        ) from exc
+    stored = await ctx.registry.put_settings(name, value)
     await ctx.refresh_view()
     return json_response({"name": name, "version": stored.version})
 

@@ -9,31 +9,26 @@ Everything the request path needs hangs on ``app.ctx.affinity`` (a
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import gc
 import importlib
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sanic import HTTPResponse, Request, Sanic
 
 from affinity.config import Config
-from affinity.models import SharedSettings
-from affinity.plugin.health import HealthSource
 from affinity.plugin.manager import PluginManager
-from affinity.plugin.policy import Policy
-from affinity.plugin.registry import Registry, RegistryView
+from affinity.protocol import ASSIGN_PATH, JWKS_PATH
 from affinity.referral import admin as admin_routes
 from affinity.referral import assign as assign_routes
+from affinity.referral.context import ReferralContext
 from affinity.referral.openapi import SPEC
 from affinity.referral.table import ServerTable
 from affinity.referral.watch import watch_registry
-from affinity.tokens.jws import KeyRing, TokenIssuer, TokenVerifier
+from affinity.tokens.jws import TokenIssuer, TokenVerifier
 from affinity.tokens.keyring import load_keyring
 from affinity.web.http import (
     json_response,
@@ -45,98 +40,6 @@ from affinity.web.metrics import CONTENT_TYPE, ReferralMetrics
 
 log = logging.getLogger("affinity.referral")
 _names = itertools.count(1)
-
-
-@dataclass(kw_only=True)
-class ReferralContext:
-    """Per-process state of a referral worker."""
-
-    config: Config
-    manager: PluginManager
-    registry: Registry
-    table: ServerTable
-    policies: Mapping[str, Policy]
-    services: frozenset[str]
-    keyring: KeyRing
-    issuer: TokenIssuer
-    verifier: TokenVerifier
-    admin_token: str | None
-    metrics: ReferralMetrics
-    health_sources: list[HealthSource] = field(default_factory=list)
-    settings: dict[str, SharedSettings] = field(default_factory=dict)
-    refused: dict[str, int] = field(default_factory=dict)
-    """Per document, the version last refused, so that a bad one is reported once."""
-    filtered: bool = False
-    observed: bool = False
-    settings_index: int = 1
-    settings_event: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.metrics.observe_plugins(self.manager.report_counters, self.settings_versions)
-
-    def settings_versions(self) -> dict[str, int]:
-        """The version in force of each shared settings document."""
-        return {name: settings.version for name, settings in self.settings.items()}
-
-    def apply_view(self, view: RegistryView) -> None:
-        """Take a registry view: servers into the table, changed settings to the plugins."""
-        self.table.apply_view(view)
-        if view.stale:
-            self.table.stale_reason = view.stale_reason or self.table.stale_reason
-        else:
-            self.table.stale_reason = ""
-        for name, settings in view.settings.items():
-            current = self.settings.get(name)
-            if current is None or settings.version > current.version:
-                if self.refused.get(name) == settings.version:
-                    continue  # refused and reported once already
-                refusal = self.manager.apply_settings(settings)
-                if refusal is not None:
-                    self.refused[name] = settings.version
-                    self.metrics.settings_refused(name)
-                    log.warning(
-                        "refused shared settings %r version %d whole, version %d stays: %s",
-                        name,
-                        settings.version,
-                        current.version if current else 0,
-                        refusal,
-                    )
-                    continue
-                self.settings[name] = settings
-                self._settings_moved()
-        for service in self.table.services():
-            self.policy_for(service)
-        # A large view is long-lived: keep the cyclic collector from rescanning it
-        # on every full collection (a per-request cost that grows with the pool).
-        gc.freeze()
-
-    def _settings_moved(self) -> None:
-        """Wake the app servers long-polling ``GET /v1/settings``."""
-        self.settings_index += 1
-        event, self.settings_event = self.settings_event, asyncio.Event()
-        event.set()
-
-    def mark_stale(self, reason: str) -> None:
-        self.table.stale = True
-        self.table.stale_reason = reason
-
-    async def refresh_view(self) -> None:
-        """Read the registry now (after an admin write) instead of waiting for the watch."""
-        self.apply_view(await self.registry.watch(-1, 0))
-
-    def policy_for(self, service: str) -> Policy:
-        """The policy of a service; services learnt from the registry get theirs on first sight."""
-        policy = self.policies.get(service)
-        if policy is None:
-            policy = self.manager.make_policy(service, self.config)
-            assert isinstance(self.policies, dict)
-            self.policies[service] = policy
-        return policy
-
-    def service_summary(self) -> dict[str, Any]:
-        """Per service: servers, assignable ones, and whether fewer than the panic share are."""
-        services = sorted(self.table.services() | self.services)
-        return {service: self.table.summary(service) for service in services}
 
 
 class ReferralServer:
@@ -185,11 +88,6 @@ class ReferralServer:
                 leeway=tokens.leeway,
                 cache_size=tokens.cache_size,
             ),
-            admin_token=config.read_secret(
-                config.referral.admin_token_file,
-                "AFFINITY_ADMIN_TOKEN",
-                "referral.admin_token_file",
-            ),
             metrics=ReferralMetrics(table.servers),
             health_sources=self.manager.make_health_sources(config),
         )
@@ -204,13 +102,13 @@ class ReferralServer:
         app = new_app(name or f"affinity-referral-{next(_names)}", self.config, "referral")
         referral = self.config.referral
         app.ctx.affinity = self.make_context()
-        app.add_route(assign_routes.assign, "/v1/assign", methods=["GET"], name="assign")
+        app.add_route(assign_routes.assign, ASSIGN_PATH, methods=["GET"], name="assign")
         prefix = referral.redirect_prefix.rstrip("/")
         app.add_route(
             assign_routes.redirect, f"{prefix}/<path:path>", methods=["GET"], name="redirect"
         )
         app.add_route(assign_routes.redirect, prefix or "/", methods=["GET"], name="redirect_root")
-        app.add_route(_jwks, "/.well-known/jwks.json", methods=["GET"], name="jwks")
+        app.add_route(_jwks, JWKS_PATH, methods=["GET"], name="jwks")
         app.add_route(_healthz, "/healthz", methods=["GET"], name="healthz")
         app.add_route(_metrics, "/metrics", methods=["GET"], name="metrics")
         app.add_route(_openapi, "/openapi.json", methods=["GET"], name="openapi")
@@ -303,4 +201,4 @@ async def _openapi(request: Request) -> HTTPResponse:
     return json_response(SPEC)
 
 
-__all__ = ["ReferralContext", "ReferralServer"]
+__all__ = ["ReferralServer"]

@@ -1,21 +1,22 @@
-"""``GET /v1/assign`` and the redirect mount: choose a server, keep a client on it, sign a token."""
+"""``GET /v1/assign`` and the redirect mount: choose a server, keep a client on it, sign a token.
+
+A request that cannot be served raises (:class:`affinity.errors.Refused`);
+:mod:`affinity.web.http` answers it.
+"""
 
 from __future__ import annotations
 
 import urllib.parse
-from typing import TYPE_CHECKING
 
 from sanic import HTTPResponse, Request
 
-from affinity.errors import InvalidToken
+from affinity.errors import InvalidRequest, InvalidToken, NoHealthyServer, NotFound
 from affinity.models import Assignment, AssignRequest, Claims, Server
-from affinity.web.http import COOKIE, NO_STORE, error_response, json_response, request_token
+from affinity.protocol import COOKIE, MAX_AVOID, ErrorCode
+from affinity.referral.context import ReferralContext
+from affinity.web.http import NO_STORE, client_ip, json_response, request_token
 from affinity.web.names import is_valid_id
 
-if TYPE_CHECKING:
-    from affinity.referral.app import ReferralContext
-
-MAX_AVOID = 16
 # Characters kept as they are when a path or query is copied into a Location header.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 _QUERY_SAFE = _PATH_SAFE + "?"
@@ -32,20 +33,24 @@ def read_claims(ctx: ReferralContext, request: Request) -> Claims | None:
         return None
 
 
-def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment | HTTPResponse:
-    """Pick the server for this client, or answer why not."""
+def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment:
+    """Pick the server for this client, or raise why not.
+
+    Policies and the ``affinity_server_avoided`` hook see the client's address
+    as the request filters do: from the proxy headers when a trusted proxy is
+    configured, else the socket peer.
+    """
     avoid_list = request.args.getlist("avoid", [])
     if len(avoid_list) > MAX_AVOID or not all(is_valid_id(a) for a in avoid_list):
-        return error_response(
-            400,
-            "invalid_avoid",
+        raise InvalidRequest(
             f"avoid takes up to {MAX_AVOID} server ids of letters, digits, '.', '_' or '-'",
+            code=ErrorCode.INVALID_AVOID,
         )
     if service not in ctx.services and service not in ctx.table.services():
-        return error_response(404, "unknown_service", f"no service named {service!r}")
+        raise NotFound(f"no service named {service!r}", code=ErrorCode.UNKNOWN_SERVICE)
     claims = read_claims(ctx, request)
     avoid = frozenset(avoid_list)
-    address = request.ip or ""
+    address = client_ip(request)
     for server_id in avoid:
         if ctx.table.get(server_id) is not None:
             for source in ctx.health_sources:
@@ -63,12 +68,7 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment | 
     server, sticky = _pick(ctx, areq)
     if server is None:
         ctx.metrics.no_server(service)
-        return error_response(
-            503,
-            "no_healthy_server",
-            f"no healthy server for service {service!r}",
-            retry_after=ctx.config.referral.retry_after,
-        )
+        raise NoHealthyServer(service, retry_after=ctx.config.referral.retry_after)
     token, expires_in = ctx.issuer.issue(server.id, areq.client_id, service)
     ctx.table.note_assigned(server.id)
     assignment = Assignment(
@@ -101,12 +101,10 @@ async def assign(request: Request) -> HTTPResponse:
     ctx: ReferralContext = request.app.ctx.affinity
     service = request.args.get("service") or ctx.config.referral.default_service
     if service not in ctx.services and not is_valid_id(service):
-        return error_response(
-            400, "invalid_service", "service must be 1-64 letters, digits, '.', '_' or '-'"
+        raise InvalidRequest(
+            "service must be 1-64 letters, digits, '.', '_' or '-'", code=ErrorCode.INVALID_SERVICE
         )
     result = refer(ctx, request, service)
-    if isinstance(result, HTTPResponse):
-        return result
     body = {
         "server": {"id": result.server.id, "url": result.server.url},
         "token": result.token,
@@ -125,8 +123,6 @@ async def redirect(request: Request, path: str = "") -> HTTPResponse:
     """
     ctx: ReferralContext = request.app.ctx.affinity
     result = refer(ctx, request, ctx.config.referral.default_service)
-    if isinstance(result, HTTPResponse):
-        return result
     # The raw (still percent-encoded) path after the mount, never a decoded one.
     rest = request.path[len(ctx.config.referral.redirect_prefix.rstrip("/")) :]
     location = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from affinity.protocol import ASSIGN_PATH, JWKS_PATH, MAX_AVOID, TOKEN_HEADER
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -14,6 +16,7 @@ def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str,
 
 _ADMIN_ERRORS = {
     "401": _answer("missing or wrong admin token"),
+    "403": _answer("no admin token is configured: the admin API is closed"),
     "404": _answer("no such server"),
 }
 _SERVER_ID = {
@@ -63,7 +66,7 @@ SPEC: dict[str, Any] = {
         },
     },
     "paths": {
-        "/v1/assign": {
+        ASSIGN_PATH: {
             "get": {
                 "summary": "Choose a server for this client and sign an affinity token",
                 "parameters": [
@@ -73,9 +76,13 @@ SPEC: dict[str, Any] = {
                         "in": "query",
                         "style": "form",
                         "explode": True,
-                        "schema": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+                        "schema": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "maxItems": MAX_AVOID,
+                        },
                     },
-                    {"name": "Affinity-Token", "in": "header", "schema": {"type": "string"}},
+                    {"name": TOKEN_HEADER, "in": "header", "schema": {"type": "string"}},
                 ],
                 "responses": {
                     "200": _answer("assigned", {"$ref": "#/components/schemas/Assignment"}),
@@ -86,7 +93,7 @@ SPEC: dict[str, Any] = {
                 },
             }
         },
-        "/.well-known/jwks.json": {
+        JWKS_PATH: {
             "get": {
                 "summary": "Public keys for verifying tokens",
                 "responses": {"200": _answer("JWK set", {"type": "object"})},

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 
+from affinity.backoff import Backoff
 from affinity.errors import RegistryError
 from affinity.plugin.registry import Registry, RegistryView
 
@@ -32,13 +32,14 @@ async def watch_registry(
     """
     index = 0
     failures = 0
+    backoff = Backoff(base=min(0.1, backoff_cap), cap=backoff_cap)
     while True:
         try:
             view = await registry.watch(index, wait)
         except RegistryError as exc:
             failures += 1
             mark_stale(str(exc))
-            delay = random.uniform(0, min(backoff_cap, 0.1 * 2**failures))
+            delay = backoff.delay(failures)
             log.warning(
                 "registry %s failed (%s); keeping the last view, retry in %.2fs",
                 registry.name,

@@ -15,26 +15,24 @@ registers the server and drains it gracefully on shutdown::
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from sanic import HTTPResponse, Sanic
+from sanic import HTTPResponse, Request, Sanic
 
 from affinity.config import Config
 from affinity.errors import ConfigError
 from affinity.models import HealthStatus, Load, Server, worst
 from affinity.plugin.manager import PluginManager
-from affinity.server import guard, lifecycle
-from affinity.server.activity import ActiveClients
-from affinity.web.http import new_app
-from affinity.web.metrics import ServerMetrics
+from affinity.protocol import HEALTH_PATH, METRICS_PATH
+from affinity.server import guard
+from affinity.server.lifecycle import Lifecycle
+from affinity.server.state import ServerState
+from affinity.web.http import health_code, json_response, new_app
+from affinity.web.metrics import CONTENT_TYPE
 from affinity.web.names import check_id, check_origin
 
-HEALTH_PATH = "/.well-known/affinity/health"
-METRICS_PATH = "/.well-known/affinity/metrics"
 F = TypeVar("F", bound=Callable[..., Awaitable[HTTPResponse]])
 _names = itertools.count(1)
 
@@ -76,20 +74,18 @@ class AppServer:
         self.manager = manager or PluginManager(plugins=plugins)
         self.manager.configure(config)
         self.status = HealthStatus.PASSING
+        """A status set on the object; health reports the worst of it and :meth:`health`."""
         self.status_reason = ""
-        self.draining = False
-        self.drain_started: float | None = None
-        self.inflight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self.active = ActiveClients(settings.active_window, settings.active_max)
-        self.tokens = guard.TokenCheck(config)
-        self.lifecycle = lifecycle.Lifecycle(self)
-        self.server_metrics = ServerMetrics(
-            counters=self.manager.report_counters,
-            versions=lambda: self.lifecycle.settings,
-            load=self._gauges,
+        server = Server(
+            id=self.server_id,
+            service=self.service,
+            url=self.url,
+            weight=settings.weight,
+            meta=dict(settings.meta),
         )
+        self.state = ServerState(config, server, self.manager)
+        """What the request path and the life cycle change: drain, requests in flight, clients."""
+        self.lifecycle = Lifecycle(self.state, self.role)
         self.app = self.create_app()
 
     # -- what developers override ---------------------------------------------
@@ -110,14 +106,12 @@ class AppServer:
     @property
     def server(self) -> Server:
         """This server as the registry sees it."""
-        settings = self.config.server
-        return Server(
-            id=self.server_id,
-            service=self.service,
-            url=self.url,
-            weight=settings.weight,
-            meta=dict(settings.meta),
-        )
+        return self.state.server
+
+    @property
+    def draining(self) -> bool:
+        """True from the start of a drain until a resume."""
+        return self.state.draining
 
     def current_status(self) -> HealthStatus:
         """The worst of the status set on the object and the one ``health()`` reports."""
@@ -126,55 +120,57 @@ class AppServer:
     def load(self) -> Load:
         extra = {**self.manager.report_load(self.server_id), **self.load_figures()}
         return Load(
-            active_clients=self.active.count(),
-            inflight=self.inflight,
+            active_clients=self.state.active.count(),
+            inflight=self.state.inflight,
             capacity=self.config.server.capacity,
             extra=extra,
         )
-
-    def _gauges(self) -> dict[str, float]:
-        """The load figures of the metrics endpoint (plugins' extra figures stay in health)."""
-        return {
-            "active_clients": self.active.count(),
-            "inflight": self.inflight,
-            "capacity": self.config.server.capacity,
-            "draining": 1 if self.draining else 0,
-        }
-
-    def reassigning(self) -> bool:
-        """True once draining has lasted past the drain grace: clients are sent elsewhere."""
-        started = self.drain_started
-        return started is not None and time.monotonic() - started >= self.config.server.drain_grace
 
     # -- building ---------------------------------------------------------------------
 
     def create_app(self) -> Sanic[Any, Any]:
         app = new_app(f"affinity-{self.name}-{next(_names)}", self.config, "server")
-        app.ctx.affinity = self
-        self.filtered = self.manager.has_request_filters()
-        if self.tokens.jwks is not None:
+        app.ctx.affinity = self.state
+        if self.state.tokens.jwks is not None:
             app.register_middleware(guard.learn_keys, "request")
         app.register_middleware(guard.on_request, "request")
         app.register_middleware(guard.on_response, "response")
-        app.add_route(guard.health, HEALTH_PATH, methods=["GET"], name="affinity_health")
-        app.add_route(guard.metrics, METRICS_PATH, methods=["GET"], name="affinity_metrics")
-        app.add_route(
-            lifecycle.admin_drain,
-            "/.well-known/affinity/drain",
-            methods=["POST"],
-            name="affinity_drain",
-        )
-        app.add_route(
-            lifecycle.admin_resume,
-            "/.well-known/affinity/resume",
-            methods=["POST"],
-            name="affinity_resume",
-        )
+        app.add_route(self._health_route, HEALTH_PATH, methods=["GET"], name="affinity_health")
+        app.add_route(self._metrics_route, METRICS_PATH, methods=["GET"], name="affinity_metrics")
         self._add_method_routes(app)
         self.lifecycle.install(app)
         self.manager.register_routes(app, self.role)
         self.setup(app)
         return app
+
+    async def _health_route(self, request: Request) -> HTTPResponse:
+        """``GET /.well-known/affinity/health``: status, draining and load, with Consul's codes."""
+        status, load, draining = self.current_status(), self.load(), self.state.draining
+        body = {
+            "status": status.value,
+            "draining": draining,
+            "server": self.server_id,
+            "load": {
+                "active_clients": load.active_clients,
+                "inflight": load.inflight,
+                "capacity": load.capacity,
+                **load.extra,
+            },
+        }
+        if self.status_reason:
+            body["reason"] = self.status_reason
+        return json_response(
+            body, health_code(status, draining), headers={"Cache-Control": "no-store"}
+        )
+
+    async def _metrics_route(self, request: Request) -> HTTPResponse:
+        """``GET /.well-known/affinity/metrics``: Prometheus text of this server process.
+
+        Filter refusals by rule (from the plugins), the shared settings versions in
+        force, settings refused, and the load figures. Like health it needs no token;
+        the request filters still apply to it.
+        """
+        return HTTPResponse(self.state.metrics.exposition(), content_type=CONTENT_TYPE)
 
     def _add_method_routes(self, app: Sanic[Any, Any]) -> None:
         for attr in dir(type(self)):

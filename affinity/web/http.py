@@ -1,7 +1,9 @@
 """HTTP helpers shared by the referral and the app servers.
 
-This is the one place that maps errors to status codes and renders them as
-``{"error": "<code>", "detail": "<sentence>"}``: no traceback ever reaches a
+This is the one place that maps errors to status codes (:data:`ANSWERS`) and
+renders them as ``{"error": "<code>", "detail": "<sentence>"}``: request
+handlers raise an :class:`affinity.errors.Refused` (or look one up with
+:func:`refusal_response` on the request path), no traceback ever reaches a
 client, and malformed input never produces a 5xx.
 """
 
@@ -12,6 +14,7 @@ import math
 import posixpath
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -19,7 +22,25 @@ from sanic import HTTPResponse, Request, Sanic
 from sanic.exceptions import SanicException
 
 from affinity.config import Config
-from affinity.models import Rejection, RequestInfo
+from affinity.errors import (
+    AdminClosed,
+    AffinityError,
+    Draining,
+    ExpiredToken,
+    InvalidRequest,
+    InvalidToken,
+    Misdirected,
+    NoHealthyServer,
+    NotFound,
+    Refused,
+    RegistryError,
+    TokenRequired,
+    Unauthorized,
+    UnknownKey,
+)
+from affinity.models import HealthStatus, Rejection, RequestInfo
+from affinity.protocol import COOKIE, REASSIGN_HEADER, TOKEN_HEADER, ErrorCode
+from affinity.web.auth import BearerAuth
 
 log = logging.getLogger("affinity.web.http")
 
@@ -27,6 +48,7 @@ JSON = "application/json"
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
+_FAILED = "the server failed to answer; this is logged"
 _SANIC_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -77,16 +99,111 @@ def rejection_response(rejection: Rejection) -> HTTPResponse:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How one kind of error is answered: status, ``error`` code, and what it adds.
+
+    ``detail`` replaces the exception's message when set (a token's rejection
+    says no more than "not valid"); ``retry_after`` is used when the exception
+    carries none.
+    """
+
+    status: int
+    code: str
+    detail: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    retry_after: float | None = None
+
+
+ANSWERS: Mapping[type[Exception], Answer] = {
+    ExpiredToken: Answer(
+        401, ErrorCode.TOKEN_EXPIRED, "the affinity token has expired; ask the referral again"
+    ),
+    UnknownKey: Answer(401, ErrorCode.INVALID_TOKEN, "the token's key is not known here"),
+    InvalidToken: Answer(401, ErrorCode.INVALID_TOKEN, "the affinity token is not valid"),
+    TokenRequired: Answer(401, ErrorCode.TOKEN_REQUIRED),
+    Misdirected: Answer(421, ErrorCode.MISDIRECTED),
+    Draining: Answer(503, ErrorCode.DRAINING, headers={REASSIGN_HEADER: "1"}),
+    NoHealthyServer: Answer(503, ErrorCode.NO_HEALTHY_SERVER),
+    InvalidRequest: Answer(400, ErrorCode.BAD_REQUEST),
+    NotFound: Answer(404, ErrorCode.NOT_FOUND),
+    Unauthorized: Answer(
+        401, ErrorCode.UNAUTHORIZED, headers={"WWW-Authenticate": 'Bearer realm="affinity"'}
+    ),
+    AdminClosed: Answer(403, ErrorCode.ADMIN_CLOSED),
+    RegistryError: Answer(503, ErrorCode.REGISTRY_UNAVAILABLE, retry_after=1.0),
+}
+"""Every error a request can end in, by exception type (the nearest base class counts)."""
+
+
+def answer_for(exc: BaseException) -> Answer | None:
+    """The row of :data:`ANSWERS` for ``exc``'s type or its nearest listed base class."""
+    for kind in type(exc).__mro__:
+        answer = ANSWERS.get(kind)
+        if answer is not None:
+            return answer
+    return None
+
+
+def refusal_response(exc: AffinityError) -> HTTPResponse:
+    """The answer to a request that ends in ``exc``, as :data:`ANSWERS` says.
+
+    ``exc`` must have a row there; anything else is a bug, answered 500.
+    """
+    answer = answer_for(exc)
+    if answer is None:
+        log.error("%s has no row in ANSWERS", type(exc).__name__, exc_info=exc)
+        return error_response(500, ErrorCode.INTERNAL_ERROR, _FAILED)
+    return _render(exc, answer)
+
+
+def _render(exc: AffinityError, answer: Answer) -> HTTPResponse:
+    code, retry_after = answer.code, answer.retry_after
+    if isinstance(exc, Refused):
+        code = exc.code or code
+        if exc.retry_after is not None:
+            retry_after = exc.retry_after
+    return error_response(
+        answer.status,
+        code,
+        answer.detail or str(exc),
+        retry_after=retry_after,
+        headers=answer.headers,
+    )
+
+
+HEALTH_CODES: Mapping[HealthStatus, int] = {
+    HealthStatus.PASSING: 200,
+    HealthStatus.WARNING: 429,
+    HealthStatus.CRITICAL: 503,
+    HealthStatus.MAINTENANCE: 503,
+}
+"""The health answer's status, the codes Consul's HTTP check maps to passing / warning /
+critical; a draining server that is passing answers as warning."""
+
+
+def health_code(status: HealthStatus, draining: bool) -> int:
+    """The HTTP status of an app server's health answer."""
+    if draining and status is HealthStatus.PASSING:
+        return HEALTH_CODES[HealthStatus.WARNING]
+    return HEALTH_CODES.get(status, 503)
+
+
 def exception_response(request: Request, exc: Exception) -> HTTPResponse:
-    """Sanic's error handler: known HTTP errors keep their status, anything else is a bare 500."""
+    """Sanic's error handler: affinity's errors as :data:`ANSWERS` says, known HTTP errors keep
+    their status, anything else is a bare 500 (and logged)."""
+    if isinstance(exc, AffinityError):
+        answer = answer_for(exc)
+        if answer is not None:
+            return _render(exc, answer)
     if isinstance(exc, SanicException):
         status = int(exc.status_code)
         code = _SANIC_CODES.get(status, "bad_request" if status < 500 else "internal_error")
-        detail = str(exc) if status < 500 else "the server failed to answer; this is logged"
+        detail = str(exc) if status < 500 else _FAILED
         headers = dict(getattr(exc, "headers", None) or {})
         return error_response(status, code, detail, headers=headers)
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    return error_response(500, "internal_error", "the server failed to answer; this is logged")
+    return error_response(500, ErrorCode.INTERNAL_ERROR, _FAILED)
 
 
 def normalise_path(raw: str) -> str:
@@ -138,8 +255,9 @@ def new_app(name: str, config: Config, section: str) -> Sanic[Any, Any]:
     """A Sanic app set up as every affinity process wants it.
 
     No access log (a cost per request), JSON errors from
-    :func:`exception_response`, and the proxy settings of the ``[referral]``
-    or ``[server]`` section.
+    :func:`exception_response`, and the proxy settings and the admin token
+    (``app.ctx.admin_auth``, read once) of the ``[referral]`` or ``[server]``
+    section.
     """
     app: Sanic[Any, Any] = Sanic(name)
     app.config.ACCESS_LOG = False
@@ -155,12 +273,9 @@ def new_app(name: str, config: Config, section: str) -> Sanic[Any, Any]:
             f"{section}.forwarded_secret_file",
         ),
     )
+    app.ctx.admin_auth = BearerAuth.from_config(config, section)
     app.error_handler.add(Exception, exception_response)
     return app
-
-
-TOKEN_HEADER = "affinity-token"
-COOKIE = "affinity"
 
 
 def request_token(request: Request) -> str | None:

@@ -713,6 +713,7 @@ def test_missing_ca_file_names_the_option(tmp_path: Path) -> None:
         ({"deadline": 0}, "deadline"),
         ({"max_attempts": 0}, "max_attempts"),
         ({"backoff_base": -1.0}, "backoff_base"),
+        ({"backoff_base": 1.0, "backoff_cap": 0.5}, "backoff_cap"),
         ({"service": "no spaces"}, "service"),
         ({"retry_budget_min": -1}, "retry_budget_min"),
     ],

@@ -38,7 +38,7 @@ from affinity.builtin.consul.plugin import affinity_make_registrar, affinity_mak
 from affinity.builtin.consul.registrar import ConsulRegistrar
 from affinity.builtin.consul.registry import ConsulRegistry
 from affinity.config import Config, load
-from affinity.errors import ConfigError, RegistrationFailed
+from affinity.errors import ConfigError, RegistrationFailed, RegistryUnavailable
 from affinity.models import HealthStatus, Server
 from affinity.plugin.registry import RegistryView
 from tests.consul.conftest import real_agent_url
@@ -295,9 +295,32 @@ def test_waits_are_jittered_down_and_client_timeouts_cover_them() -> None:
     assert client._timeout({"recurse": 1}) == 2.0
 
 
-def test_backoff_is_bounded_by_its_cap() -> None:
-    delays = [blocking.backoff_delay(n, 0.5) for n in range(1, 60) for _ in range(5)]
-    assert max(delays) <= 0.5 and min(delays) >= 0.0
+async def test_read_errors_back_off_under_the_cap() -> None:
+    """While every read fails, the loop waits a full-jitter back-off that grows to the cap."""
+    slept: list[float] = []
+    enough = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) >= 40:
+            enough.set()
+            await asyncio.Event().wait()  # park the loop until it is cancelled
+
+    async def fetch(index: int, wait: float) -> tuple[int, None]:
+        raise RegistryUnavailable("connection refused")
+
+    pacing = blocking.Pacing(wait=1.0, rate=1e6, burst=1000, backoff_cap=0.5, sleep=sleep)
+    loop = blocking.BlockingLoop("services", fetch, lambda data: None, lambda *_: None, pacing)
+    task = asyncio.create_task(loop.run())
+    try:
+        await asyncio.wait_for(enough.wait(), 5.0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert loop.status.failures == 40 and len(slept) == 40
+    assert all(0.0 <= s <= 0.5 for s in slept)
+    assert max(slept[20:]) > 0.2, "the ceiling grew past the first failure's 0.2 s"
 
 
 async def test_token_bucket_turns_churn_into_polling() -> None:

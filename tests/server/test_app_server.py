@@ -108,6 +108,25 @@ def test_token_required_mode(deployment: Deployment) -> None:
     assert get(deployment, "s1", "/.well-known/affinity/health").status_code == 200
 
 
+def test_drain_and_resume_need_the_admin_token_read_at_start(running: Deployment) -> None:
+    base = running.server_urls["s1"] + "/.well-known/affinity"
+    with running.client() as c:
+        refused = c.post(base + "/drain", headers={"Authorization": "Bearer wrong"})
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert refused.headers["affinity-server"] == "s1"
+        assert c.get(base + "/health").json()["draining"] is False
+        # The file changes; the server keeps the token it read when it started.
+        (running.dir / "admin-token").write_text("rotated-without-a-restart")
+        ok = {"Authorization": f"Bearer {running.admin_token}"}
+        assert c.post(base + "/drain", headers=ok).json() == {"id": "s1", "draining": True}
+        assert c.get(base + "/health").status_code == 429
+        rotated = {"Authorization": "Bearer rotated-without-a-restart"}
+        assert c.post(base + "/resume", headers=rotated).status_code == 401
+        assert c.post(base + "/resume", headers=ok).json() == {"id": "s1", "draining": False}
+        assert c.get(base + "/health").status_code == 200
+
+
 def test_health_reports_status_and_load(running: Deployment) -> None:
     iss = issuer(running)
     for cid in ("a", "b", "a"):

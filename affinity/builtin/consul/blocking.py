@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from affinity.backoff import Backoff
 from affinity.errors import RegistryError
 
 log = logging.getLogger("affinity.plugin.registry")
@@ -75,11 +76,6 @@ def next_index(sent: int, returned: int) -> int:
     return returned
 
 
-def backoff_delay(failures: int, cap: float) -> float:
-    """Exponential back-off with full jitter: uniform in [0, min(cap, 0.1 * 2**failures)]."""
-    return random.uniform(0.0, min(cap, 0.1 * 2 ** min(failures, 30)))
-
-
 def jittered(wait: float, jitter: float = 0.1) -> float:
     """A blocking wait a little shorter than ``wait``, never longer."""
     return wait * random.uniform(1.0 - jitter, 1.0)
@@ -94,6 +90,11 @@ class Pacing:
     burst: int
     backoff_cap: float
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    @property
+    def backoff(self) -> Backoff:
+        """The error back-off: full jitter under ``min(backoff_cap, 0.1 * 2**failures)``."""
+        return Backoff(base=min(0.1, self.backoff_cap), cap=self.backoff_cap)
 
 
 @dataclass(slots=True)
@@ -126,6 +127,7 @@ class BlockingLoop(Generic[T]):
         self._failed = failed
         self._pacing = pacing
         self._bucket = TokenBucket(pacing.rate, pacing.burst, sleep=pacing.sleep)
+        self._backoff = pacing.backoff
         self.status = _Status()
 
     @property
@@ -160,7 +162,7 @@ class BlockingLoop(Generic[T]):
     async def _fail(self, exc: RegistryError) -> None:
         status = self.status
         status.failures += 1
-        delay = backoff_delay(status.failures, self._pacing.backoff_cap)
+        delay = self._backoff.delay(status.failures)
         if status.failures == 1:
             log.warning("Consul read of %s failed (%s); keeping the last view", self.what, exc)
         else:

@@ -34,10 +34,10 @@ from affinity.builtin.consul.options import ConsulOptions, go_duration
 from affinity.errors import ConfigError
 from affinity.models import Server, SharedSettings
 from affinity.plugin.registry import Registrar
+from affinity.protocol import HEALTH_PATH
 
 log = logging.getLogger("affinity.server")
 
-HEALTH_PATH = "/.well-known/affinity/health"
 _META_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 

@@ -1,0 +1,76 @@
+"""What an app server's request path and life cycle read and change, one per process.
+
+:class:`ServerState` hangs on ``app.ctx.affinity``. The guard (every request)
+counts requests in flight, notes active clients and reads the drain state;
+the life cycle starts and ends the drain and puts shared settings in force.
+Neither touches the :class:`~affinity.server.base.AppServer` a developer
+subclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from affinity.config import Config
+from affinity.models import Server
+from affinity.plugin.manager import PluginManager
+from affinity.plugin.settings import SettingsInForce
+from affinity.server.activity import ActiveClients
+from affinity.server.tokens import TokenCheck
+from affinity.web.metrics import ServerMetrics
+
+
+class ServerState:
+    """This server, its parts, and its drain and load state."""
+
+    def __init__(self, config: Config, server: Server, manager: PluginManager) -> None:
+        settings = config.server
+        self.config = config
+        self.server = server
+        """This server as the registry sees it."""
+        self.manager = manager
+        self.tokens = TokenCheck(config)
+        self.filtered = manager.has_request_filters()
+        """Whether any plugin filters requests (else the guard skips asking)."""
+        self.draining = False
+        self.drain_started: float | None = None
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.active = ActiveClients(settings.active_window, settings.active_max)
+        self.shared_settings = SettingsInForce(
+            manager, refused=lambda name: self.metrics.settings_refused(name)
+        )
+        """The shared settings documents in force in this process."""
+        self.metrics = ServerMetrics(
+            counters=manager.report_counters,
+            versions=self.shared_settings.versions,
+            load=self.gauges,
+        )
+
+    def reassigning(self) -> bool:
+        """True once draining has lasted past the drain grace: clients are sent elsewhere."""
+        started = self.drain_started
+        return started is not None and time.monotonic() - started >= self.config.server.drain_grace
+
+    def start_drain(self) -> bool:
+        """Mark the server draining from now; False if it already was."""
+        if self.draining:
+            return False
+        self.draining = True
+        self.drain_started = time.monotonic()
+        return True
+
+    def end_drain(self) -> None:
+        self.draining = False
+        self.drain_started = None
+
+    def gauges(self) -> dict[str, float]:
+        """The load figures of the metrics endpoint (plugins' extra figures stay in health)."""
+        return {
+            "active_clients": self.active.count(),
+            "inflight": self.inflight,
+            "capacity": self.config.server.capacity,
+            "draining": 1 if self.draining else 0,
+        }

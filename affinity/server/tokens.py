@@ -1,0 +1,66 @@
+"""How an app server verifies affinity tokens: the shared key ring, or the referral's JWKS."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from affinity.config import Config
+from affinity.errors import InvalidToken
+from affinity.models import Claims
+from affinity.tokens.jws import TokenVerifier
+from affinity.tokens.keyring import load_keyring
+
+if TYPE_CHECKING:
+    from affinity.tokens.jwks import JwksVerifier
+
+
+class TokenCheck:
+    """Verifies tokens with the shared key ring, or with the referral's JWKS when configured."""
+
+    def __init__(self, config: Config) -> None:
+        tokens = config.tokens
+        self.jwks: JwksVerifier | None = None
+        if tokens.jwks_url:
+            from affinity.tokens.jwks import JwksKeySource, JwksVerifier
+
+            source = JwksKeySource(tokens.jwks_url, verify=_ca(config))
+            self.jwks = JwksVerifier(
+                source, issuer=tokens.issuer, leeway=tokens.leeway, cache_size=tokens.cache_size
+            )
+            self.verifier: TokenVerifier | None = None
+        else:
+            self.verifier = TokenVerifier(
+                load_keyring(config),
+                issuer=tokens.issuer,
+                leeway=tokens.leeway,
+                cache_size=tokens.cache_size,
+            )
+
+    def verify(self, token: str) -> Claims:
+        """Verify a token with the keys at hand (synchronous: the request path)."""
+        if self.verifier is not None:
+            return self.verifier.verify(token)
+        assert self.jwks is not None
+        return self.jwks.verify_nowait(token)
+
+    async def learn_key(self, token: str) -> None:
+        """With JWKS, fetch the referral's keys once (rate-limited) if the token's key is new."""
+        if self.jwks is None:
+            return
+        with contextlib.suppress(InvalidToken):
+            await self.jwks.verify(token)
+
+    async def start(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.start()
+
+    async def aclose(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.aclose()
+
+
+def _ca(config: Config) -> Any:
+    from affinity.web.tls import client_context
+
+    return client_context(config.server.referral_ca)

@@ -1,0 +1,74 @@
+"""The admin bearer-token check shared by the referral's admin API and the app servers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import affinity.web.auth as auth_module
+from affinity.config import load
+from affinity.errors import AdminClosed, Unauthorized
+from affinity.web.auth import BearerAuth
+
+TOKEN = "s3cret-admin-token"
+
+
+@pytest.mark.parametrize("token", [None, ""])
+@pytest.mark.parametrize("header", [None, "Bearer ", f"Bearer {TOKEN}"])
+def test_without_an_admin_token_the_api_is_closed(token: str | None, header: str | None) -> None:
+    auth = BearerAuth(token, where="referral.admin_token_file or AFFINITY_ADMIN_TOKEN")
+    assert not auth.configured
+    with pytest.raises(AdminClosed, match="no admin token is configured") as info:
+        auth.check(header)
+    assert "referral.admin_token_file" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "", "Bearer", "Bearer ", "Bearer wrong", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x"],
+)
+def test_a_missing_or_wrong_token_is_unauthorized(header: str | None) -> None:
+    with pytest.raises(Unauthorized, match="Authorization: Bearer"):
+        BearerAuth(TOKEN).check(header)
+
+
+@pytest.mark.parametrize("header", [f"Bearer {TOKEN}", f"bearer {TOKEN}", f"Bearer  {TOKEN} "])
+def test_the_right_token_passes(header: str) -> None:
+    BearerAuth(TOKEN).check(header)
+
+
+def test_the_token_is_read_once_when_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AFFINITY_ADMIN_TOKEN", raising=False)
+    (tmp_path / "admin-token").write_text(TOKEN + "\n")
+    (tmp_path / "affinity.toml").write_text('[server]\nadmin_token_file = "admin-token"\n')
+    auth = BearerAuth.from_config(load(tmp_path / "affinity.toml", env={}), "server")
+    (tmp_path / "admin-token").write_text("another")
+    auth.check(f"Bearer {TOKEN}")
+    with pytest.raises(Unauthorized):
+        auth.check("Bearer another")
+
+
+def test_the_environment_variable_wins_over_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "admin-token").write_text(TOKEN)
+    (tmp_path / "affinity.toml").write_text('[referral]\nadmin_token_file = "admin-token"\n')
+    monkeypatch.setenv("AFFINITY_ADMIN_TOKEN", "from-env")
+    auth = BearerAuth.from_config(load(tmp_path / "affinity.toml", env={}), "referral")
+    auth.check("Bearer from-env")
+    with pytest.raises(Unauthorized):
+        auth.check(f"Bearer {TOKEN}")
+
+
+def test_the_token_is_compared_in_constant_time() -> None:
+    source = Path(auth_module.__file__).read_text()
+    assert "hmac.compare_digest" in source
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and not all(
+            isinstance(op, ast.Is | ast.IsNot) for op in node.ops
+        ):
+            names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+            assert not names & {"token", "expected", "given", "same"}, ast.unparse(node)
