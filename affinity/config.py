@@ -117,6 +117,13 @@ class TokenSettings:
     leeway: float = 30.0
     cache_size: int = 10_000
 
+    def __post_init__(self) -> None:
+        """Refuse lifetimes the token issuer and verifier cannot work with."""
+        if not self.ttl > 0:
+            raise ValueError(f"ttl must be more than 0 seconds, got {self.ttl!r}")
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"jitter must be from 0 to less than 1, got {self.jitter!r}")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegistrySettings:

@@ -56,11 +56,6 @@ class Load:
     capacity: int = 0
     extra: Mapping[str, float] = field(default_factory=dict)
 
-    @property
-    def utilisation(self) -> float:
-        """Active clients over capacity; 0.0 when the capacity is unknown."""
-        return self.active_clients / self.capacity if self.capacity > 0 else 0.0
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Server:

@@ -83,6 +83,15 @@ def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, key: str) -
     assert key in str(info.value)
 
 
+@pytest.mark.parametrize("line", ["ttl = 0", "jitter = 1.0", "leeway = -1.0"])
+def test_token_lifetimes_are_checked_when_loaded(tmp_path: Path, line: str) -> None:
+    path = write(tmp_path, f"[tokens]\n{line}\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    assert str(info.value).startswith(f"{path}: tokens")
+    assert line.split()[0] in str(info.value)
+
+
 def test_environment_errors_name_the_key(tmp_path: Path) -> None:
     path = write(tmp_path, "")
     with pytest.raises(ConfigError, match="health.rise"):

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from affinity.errors import ConfigError
 from affinity.web.certs import DevCerts, make_dev_certs
-from affinity.web.tls import client_context, httpx_verify, server_context
+from affinity.web.tls import client_context, server_context
 
 DOMAIN = "affinity.test"
 
@@ -159,7 +159,7 @@ def test_httpx_by_ip(dev: DevCerts, server_ctx: ssl.SSLContext) -> None:
 
 
 def test_httpx_by_server_name(dev: DevCerts, server_ctx: ssl.SSLContext) -> None:
-    got = asyncio.run(_httpx_get(server_ctx, httpx_verify(dev.ca), sni=f"s7.{DOMAIN}"))
+    got = asyncio.run(_httpx_get(server_ctx, client_context(dev.ca), sni=f"s7.{DOMAIN}"))
     assert got == "200 ok HTTP/1.1"
 
 
@@ -174,9 +174,8 @@ def test_httpx_rejects_another_name(dev: DevCerts, server_ctx: ssl.SSLContext) -
 
 
 def test_httpx_without_the_ca_fails(server_ctx: ssl.SSLContext) -> None:
-    assert httpx_verify(None) is True
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        asyncio.run(_httpx_get(server_ctx, httpx_verify(None), sni=f"s1.{DOMAIN}"))
+        asyncio.run(_httpx_get(server_ctx, True, sni=f"s1.{DOMAIN}"))
 
 
 # -- bad files ----------------------------------------------------------------
@@ -272,5 +271,3 @@ def test_bad_ca_file(tmp_path: Path, content: bytes | None) -> None:
     with pytest.raises(ConfigError, match="cannot load CA file") as info:
         client_context(path, key="server.referral_ca", source="affinity.toml")
     assert str(info.value).startswith("affinity.toml: server.referral_ca: ")
-    with pytest.raises(ConfigError):
-        httpx_verify(path)

@@ -143,9 +143,9 @@ class TokenIssuer:
                 f"the active key {key.kid!r} is retired", key="active", source=ring.source
             )
         if not ttl > 0:
-            raise ConfigError(f"expected a positive number of seconds, got {ttl!r}", key="ttl")
+            raise ValueError(f"ttl: expected a positive number of seconds, got {ttl!r}")
         if not 0 <= jitter < 1:
-            raise ConfigError(f"expected a fraction in [0, 1), got {jitter!r}", key="jitter")
+            raise ValueError(f"jitter: expected a fraction in [0, 1), got {jitter!r}")
         self.ring = ring
         self._key = key
         self._issuer = issuer
@@ -203,15 +203,13 @@ class TokenVerifier:
         cache_size: int = 10_000,
     ) -> None:
         if not leeway >= 0:
-            raise ConfigError(f"expected seconds >= 0, got {leeway!r}", key="leeway")
+            raise ValueError(f"leeway: expected seconds >= 0, got {leeway!r}")
         if cache_size < 0:
-            raise ConfigError(f"expected a size >= 0, got {cache_size!r}", key="cache_size")
+            raise ValueError(f"cache_size: expected a size >= 0, got {cache_size!r}")
         self._explicit_algs = None if algorithms is None else frozenset(algorithms)
         if self._explicit_algs is not None and not self._explicit_algs <= ALGORITHMS:
             bad = sorted(self._explicit_algs - ALGORITHMS)
-            raise ConfigError(
-                f"unsupported {bad}; expected 'HS256' and/or 'EdDSA'", key="algorithms"
-            )
+            raise ValueError(f"algorithms: unsupported {bad}; expected 'HS256' and/or 'EdDSA'")
         self._issuer = issuer
         self._leeway = leeway
         self._clock = clock
@@ -330,10 +328,6 @@ class TokenVerifier:
     def _check_exp(self, exp: int, now: float) -> None:
         if now >= exp + self._leeway:
             raise ExpiredToken(f"the token expired {now - exp:.0f} s ago")
-
-    def cache_info(self) -> tuple[int, int]:
-        """(entries, capacity) of the verified-token cache."""
-        return len(self._cache), self._cache_size
 
 
 __all__ = [

@@ -158,7 +158,7 @@ class Key:
     def public(self) -> Key:
         """The verifying half only; HMAC secrets have none, so HS256 raises."""
         if self._public is None:
-            raise ConfigError(f"key {self.kid!r} is HS256: a shared secret cannot be made public")
+            raise ValueError(f"key {self.kid!r} is HS256: a shared secret cannot be made public")
         return Key(self.kid, EDDSA, public=self._public, retire_at=self.retire_at)
 
     def sign(self, data: bytes) -> bytes:
@@ -166,7 +166,7 @@ class Key:
         if self._secret is not None:
             return self._mac(data)
         if self._private is None:
-            raise ConfigError(f"key {self.kid!r} holds a public key only and cannot sign")
+            raise ValueError(f"key {self.kid!r} holds a public key only and cannot sign")
         return self._private.sign(data)
 
     def verify(self, data: bytes, signature: bytes) -> bool:
@@ -203,7 +203,7 @@ class Key:
     def to_jwk(self) -> dict[str, str]:
         """The RFC 8037 JWK of the public key (EdDSA only)."""
         if self._public is None:
-            raise ConfigError(f"key {self.kid!r} is HS256 and has no public JWK")
+            raise ValueError(f"key {self.kid!r} is HS256 and has no public JWK")
         x = b64url_encode(self._public.public_bytes_raw()).decode()
         return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "alg": EDDSA, "use": "sig"}
 

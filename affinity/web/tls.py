@@ -85,16 +85,6 @@ def client_context(
     return context
 
 
-def httpx_verify(ca_file: Path | None) -> ssl.SSLContext | bool:
-    """The ``verify=`` argument for httpx: a context trusting ``ca_file``, else ``True``.
-
-    ``True`` keeps httpx's own default (its certifi bundle, or ``SSL_CERT_FILE``)
-    so a client without a configured CA behaves exactly like plain httpx; a CA
-    file becomes a context because httpx no longer accepts a path.
-    """
-    return True if ca_file is None else client_context(ca_file)
-
-
 def _read(path: Path, *, what: str, key: str, source: str | None) -> bytes:
     try:
         return path.read_bytes()
