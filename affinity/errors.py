@@ -23,6 +23,8 @@ libraries it uses are wrapped at the boundary (``raise ... from exc``).
     * NoHealthyServer     no assignable server for the service
     * Unauthorized        no valid admin bearer token
     * AdminClosed         no admin token is configured: the admin API is closed
+  * ChildFailed           a child process (``affinity dev``, affinity.testing) exited early or
+                          did not answer in time
   * ClientError           the client library gave up (see affinity.client)
     * AllAttemptsFailed   every attempt failed; ``attempts`` lists what was tried and why
       * NotRetried        a request that may have reached its server failed; not safe to resend
@@ -147,6 +149,11 @@ class Unauthorized(Refused):
 
 class AdminClosed(Refused):
     """No admin token is configured, so the admin API refuses every call."""
+
+
+class ChildFailed(AffinityError):
+    """A child ``affinity`` process exited early or did not answer in time; the message ends
+    with the last lines of its log."""
 
 
 class ClientError(AffinityError):

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
-import subprocess
-import sys
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -28,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from affinity.process import ChildProcess, stop, wait_answering
 from affinity.tokens.jws import generate_keyfile
 from affinity.web.certs import make_dev_certs
 from affinity.web.tls import client_context
@@ -69,44 +67,6 @@ def _health_section(health: str) -> str:
     return kept + health
 
 
-class Process:
-    """A child ``affinity`` process with its log file."""
-
-    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        with log.open("ab") as out:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "affinity", *args],
-                env=dict(env),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            self.popen.send_signal(sig)
-
-    def kill(self) -> None:
-        """SIGKILL and reap."""
-        if self.alive():
-            self.popen.kill()
-        self.popen.wait()
-
-    def wait(self, timeout: float) -> int:
-        return self.popen.wait(timeout=timeout)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 class Deployment:
     """A referral and app servers on loopback with TLS, for tests."""
 
@@ -144,9 +104,9 @@ class Deployment:
         self.env = {**os.environ, **(env or {})}
         self.env.pop("AFFINITY_ADMIN_TOKEN", None)
         self.env.pop("AFFINITY_TOKEN_KEYS", None)
-        self.referrals: list[Process] = []
+        self.referrals: list[ChildProcess] = []
         self.referral_urls: list[str] = []
-        self.servers: dict[str, Process] = {}
+        self.servers: dict[str, ChildProcess] = {}
         self.server_urls: dict[str, str] = {}
 
     def _config_text(
@@ -191,7 +151,7 @@ heartbeat_interval = 0.5
         wait: bool = True,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
-    ) -> Process:
+    ) -> ChildProcess:
         """Start a referral; with ``port``, another instance on that port (its URL is
         appended to ``referral_urls``), as several replicas behind DNS round robin."""
         url = self.referral_url
@@ -199,11 +159,11 @@ heartbeat_interval = 0.5
         if port is not None:
             url = f"https://127.0.0.1:{port}"
             listen = {"AFFINITY_REFERRAL_LISTEN": f"127.0.0.1:{port}"}
-        proc = Process(
+        proc = ChildProcess(
             "referral",
             ["referral", "--config", str(self.config)],
-            {**self.env, **listen, **(env or {})},
-            self.dir / f"referral-{len(self.referrals)}.log",
+            env={**self.env, **listen, **(env or {})},
+            log=self.dir / f"referral-{len(self.referrals)}.log",
         )
         self.referrals.append(proc)
         self.referral_urls.append(url)
@@ -219,7 +179,7 @@ heartbeat_interval = 0.5
         wait: bool = True,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
-    ) -> Process:
+    ) -> ChildProcess:
         port = port or free_port()
         url = f"https://127.0.0.1:{port}"
         server_env = {
@@ -229,11 +189,11 @@ heartbeat_interval = 0.5
             "AFFINITY_SERVER_URL": url,
             **(env or {}),
         }
-        proc = Process(
+        proc = ChildProcess(
             server_id,
             ["serve", app, "--config", str(self.config)],
-            server_env,
-            self.dir / f"{server_id}-{port}.log",
+            env=server_env,
+            log=self.dir / f"{server_id}-{port}.log",
         )
         self.servers[server_id] = proc
         self.server_urls[server_id] = url
@@ -241,17 +201,9 @@ heartbeat_interval = 0.5
             self.wait_http(f"{url}/.well-known/affinity/health", proc)
         return proc
 
-    def wait_http(self, url: str, proc: Process, timeout: float = 20.0) -> None:
-        def answers() -> bool:
-            if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited:\n{proc.output()}")
-            try:
-                with self.client(timeout=1.0) as c:
-                    return c.get(url).status_code < 500
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, timeout, 0.05, f"{url} answering")
+    def wait_http(self, url: str, proc: ChildProcess, timeout: float = 20.0) -> None:
+        """Until ``url`` (served by ``proc``) answers; :class:`ChildFailed` if ``proc`` exits."""
+        wait_answering(url, proc, verify=client_context(self.ca), timeout=timeout)
 
     # -- clients ------------------------------------------------------------------------
 
@@ -278,11 +230,8 @@ heartbeat_interval = 0.5
     # -- teardown ---------------------------------------------------------------------------
 
     def stop(self) -> None:
-        procs = [*self.servers.values(), *self.referrals]
-        for proc in procs:
-            proc.signal(signal.SIGKILL)
-        for proc in procs:
-            proc.kill()
+        """Kill every process at once (a test of a graceful stop signals its process itself)."""
+        stop([*self.servers.values(), *self.referrals], grace=0)
 
     def __enter__(self) -> Deployment:
         return self

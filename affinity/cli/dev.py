@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
-
-from affinity.errors import AffinityError, ConfigError
+from affinity.errors import ConfigError
+from affinity.process import ChildProcess, stop, wait_answering
+from affinity.protocol import HEALTH_PATH
 from affinity.tokens.keyring import generate_admin_token, generate_keyfile
 from affinity.web.certs import ensure_dev_certs
 from affinity.web.tls import client_context
@@ -74,53 +71,6 @@ def prepare(directory: Path, port: int) -> Path:
     return config
 
 
-def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    out = log.open("ab")
-    try:
-        # A session of their own: Ctrl-C reaches only this supervisor, which stops them in order.
-        return subprocess.Popen(
-            [sys.executable, "-m", "affinity", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    finally:
-        out.close()
-
-
-def _wait_ready(url: str, ca: Path, procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    with httpx.Client(verify=client_context(ca), timeout=1.0) as client:
-        while time.monotonic() < deadline:
-            for proc in procs:
-                if proc.poll() is not None:
-                    raise AffinityError(f"a child process exited early (code {proc.returncode})")
-            try:
-                if client.get(url).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-    raise AffinityError(f"{url} did not answer within {timeout:.0f}s")
-
-
-def _stop(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    try:
-        for proc in procs:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):
-        pass
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def run(directory: Path, port: int, servers: int, app: str, python_path: str) -> int:
     config = prepare(directory, port)
     ca = directory / "certs" / "ca.pem"
@@ -131,9 +81,18 @@ def run(directory: Path, port: int, servers: int, app: str, python_path: str) ->
         "PYTHONPATH": os.pathsep.join(filter(None, [python_path, os.environ.get("PYTHONPATH")])),
     }
     referral_url = f"https://127.0.0.1:{port}"
-    procs = [_spawn(["referral", "--config", str(config)], logs / "referral.log", env)]
+    verify = client_context(ca)
+    # Sessions of their own: Ctrl-C reaches only this supervisor, which stops them in order.
+    referral = ChildProcess(
+        "the referral",
+        ["referral", "--config", str(config)],
+        env=env,
+        log=logs / "referral.log",
+        own_session=True,
+    )
+    procs = [referral]
     try:
-        _wait_ready(f"{referral_url}/healthz", ca, procs, 30)
+        wait_answering(f"{referral_url}/healthz", referral, verify=verify, timeout=30)
         rows = []
         for i in range(1, servers + 1):
             sid, sport = f"s{i}", port + 40 + i
@@ -144,27 +103,34 @@ def run(directory: Path, port: int, servers: int, app: str, python_path: str) ->
                 "AFFINITY_SERVER_URL": f"https://127.0.0.1:{sport}",
             }
             procs.append(
-                _spawn(["serve", app, "--config", str(config)], logs / f"{sid}.log", env_i)
+                ChildProcess(
+                    f"server {sid}",
+                    ["serve", app, "--config", str(config)],
+                    env=env_i,
+                    log=logs / f"{sid}.log",
+                    own_session=True,
+                )
             )
             rows.append((sid, sport, procs[-1].pid))
-        for _, sport, _ in rows:
-            _wait_ready(f"https://127.0.0.1:{sport}/.well-known/affinity/health", ca, procs, 30)
-        _print_banner(directory, referral_url, procs[0].pid, ca, rows)
+        for (_, sport, _), proc in zip(rows, procs[1:], strict=True):
+            url = f"https://127.0.0.1:{sport}{HEALTH_PATH}"
+            wait_answering(url, proc, verify=verify, timeout=30, also=procs)
+        _print_banner(directory, referral_url, referral.pid, ca, rows)
         while True:
-            if procs[0].poll() is not None:
-                raise AffinityError("the referral exited; see " + str(logs / "referral.log"))
+            if not referral.alive():
+                raise referral.failed(f"exited with code {referral.returncode}")
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping: draining the servers (Ctrl-C again to kill at once)...", flush=True)
         try:
-            _stop(procs[1:], 10.0)
-            _stop(procs[:1], 5.0)
+            stop(procs[1:], 10.0)
+            stop(procs[:1], 5.0)
         except KeyboardInterrupt:
-            _stop(procs, 0.0)
+            stop(procs, 0.0)
         print("stopped; no process left.", flush=True)
         return 0
     finally:
-        _stop(procs, 0.0)
+        stop(procs, 0.0)
 
 
 def _short(path: Path) -> Path:
