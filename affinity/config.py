@@ -13,18 +13,24 @@ from files or the environment, never from the command line.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from affinity.errors import ConfigError
 
 ENV_PREFIX = "AFFINITY_"
+TABLE_ENV_PREFIXES = ("AFFINITY_PLUGINS_", "AFFINITY_REGISTRY_OPTIONS_")
+"""Variables that override keys of tables read after loading (plugin and backend options)."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,10 +192,27 @@ class Config:
     health: HealthSettings = HealthSettings()
     services: Mapping[str, ServiceSettings] = field(default_factory=dict)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    base: Path = field(default_factory=Path.cwd, repr=False, compare=False)
+    """The directory relative paths are resolved against (the file's)."""
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """The variables of :data:`TABLE_ENV_PREFIXES` at load time; never shown (may hold secrets)."""
 
-    def plugin_options(self, name: str) -> Mapping[str, Any]:
-        """The ``[plugins.<name>]`` table, empty when absent."""
-        return self.plugins.get(name, {})
+    @overload
+    def plugin_options(self, name: str) -> Mapping[str, Any]: ...
+    @overload
+    def plugin_options(self, name: str, cls: type[T]) -> T: ...
+    def plugin_options(self, name: str, cls: type[Any] | None = None) -> Any:
+        """The ``[plugins.<name>]`` table converted to ``cls``, a dataclass of declared options.
+
+        Each key may be overridden by ``AFFINITY_PLUGINS_<NAME>_<KEY>``; a bad or
+        unknown key raises :class:`ConfigError` naming it and the file (or variable).
+        """
+        table = self.plugins.get(name, {})
+        return table if cls is None else self.read(cls, table, f"plugins.{name}")
+
+    def read(self, cls: type[T], table: Mapping[str, Any], key: str) -> T:
+        """Convert a table of this configuration found at ``key`` to the dataclass ``cls``."""
+        return convert(cls, table, prefix=key, source=self.source, base=self.base, env=self.env)
 
     def service(self, name: str) -> ServiceSettings:
         """The settings of a service; services not in the file get the defaults."""
@@ -244,16 +267,85 @@ def _build(raw: dict[str, Any], source: str, base: Path, env: Mapping[str, str])
     for name, table in _table(raw, "plugins", ctx).items():
         if not isinstance(table, dict):
             raise ConfigError("expected a table", key=f"plugins.{name}", source=source)
-    return Config(source=source, services=services, plugins=raw.get("plugins", {}), **sections)
+    return Config(
+        source=source,
+        base=base,
+        env={k: v for k, v in env.items() if k.startswith(TABLE_ENV_PREFIXES)},
+        services=services,
+        plugins=raw.get("plugins", {}),
+        **sections,
+    )
+
+
+# -- conversion: one converter for the core's sections and every plugin's options ----------
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What a declared option allows beyond its type, and what it means (field metadata).
+
+    Bounds and pattern apply to each item of a list or table; ``check`` is
+    called with each converted value and raises ValueError to refuse it.
+    """
+
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    pattern: re.Pattern[str] | None = None
+    expected: str = ""
+    check: Callable[[Any], object] | None = None
+
+    def bounds(self) -> str:
+        """The bounds in words (``from 1 to 32``, ``of at least 1``), empty when there are none."""
+        low, high = _number_text(self.low), _number_text(self.high)
+        if low and high:
+            return f"from {low} to {high}"
+        return f"of at least {low}" if low else f"of at most {high}" if high else ""
+
+
+def _number_text(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if value == int(value) and abs(value) < 1e15 else str(value)
+
+
+RULE = "affinity"
+"""The key of a :class:`Rule` in a dataclass field's metadata."""
+_NO_RULE = Rule()
+
+
+def convert(
+    cls: type[T],
+    table: Mapping[str, Any],
+    *,
+    prefix: str,
+    source: str | None,
+    base: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> T:
+    """A dataclass instance from a table; a ConfigError names the key and the file or variable.
+
+    Keys are named ``<prefix>.<key>``; each top-level key is overridden by the
+    environment variable ``AFFINITY_<PREFIX>_<KEY>`` when ``env`` holds it.
+    """
+    ctx = _Ctx(source=source, base=Path.cwd() if base is None else base)
+    value: T = _section(cls, table, prefix, ctx, env or {})
+    return value
+
+
+def env_name(key: str) -> str:
+    """The variable that overrides a dotted key: ``plugins.ratelimit.rate`` ->
+    ``AFFINITY_PLUGINS_RATELIMIT_RATE``."""
+    return ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", key).upper()
 
 
 @dataclass(frozen=True, slots=True)
 class _Ctx:
-    source: str
+    source: str | None
     base: Path
 
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, key=key, source=self.source)
+        return ConfigError(message, key=key or None, source=self.source)
 
 
 def _table(raw: Mapping[str, Any], key: str, ctx: _Ctx) -> dict[str, Any]:
@@ -263,24 +355,35 @@ def _table(raw: Mapping[str, Any], key: str, ctx: _Ctx) -> dict[str, Any]:
     return value
 
 
-def _section(
-    cls: type[Any], table: Mapping[str, Any], prefix: str, ctx: _Ctx, env: Mapping[str, str]
-) -> Any:
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _section(cls: type[Any], table: Any, prefix: str, ctx: _Ctx, env: Mapping[str, str]) -> Any:
+    if not isinstance(table, Mapping):
+        raise ctx.error(prefix, f"expected a table, got {table!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in table:
-        if key not in names:
-            raise ctx.error(f"{prefix}.{key}", f"unknown key; expected one of {sorted(names)}")
+        if key not in fields:
+            expected = f"expected one of {sorted(fields)}" if fields else "expected no keys"
+            raise ctx.error(_join(prefix, str(key)), f"unknown key; {expected}")
     values: dict[str, Any] = {}
-    for name in names:
-        key = f"{prefix}.{name}"
-        env_name = ENV_PREFIX + key.replace(".", "_").upper()
-        if env_name in env:
-            values[name] = _convert(hints[name], _parse_env(env[env_name]), key, ctx)
+    for name, f in fields.items():
+        key = _join(prefix, name)
+        rule = f.metadata.get(RULE, _NO_RULE)
+        variable = env_name(key) if env and prefix else ""
+        if variable in env:
+            from_env = dataclasses.replace(ctx, source=f"environment variable {variable}")
+            values[name] = _convert(hints[name], _parse_env(env[variable]), key, from_env, rule)
         elif name in table:
-            values[name] = _convert(hints[name], table[name], key, ctx)
+            values[name] = _convert(hints[name], table[name], key, ctx, rule)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ctx.error(key, "missing")
     try:
         return cls(**values)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ctx.error(prefix, str(exc)) from exc
 
@@ -293,65 +396,74 @@ def _parse_env(text: str) -> Any:
         return text
 
 
-def _convert(hint: Any, value: Any, key: str, ctx: _Ctx) -> Any:
+def _convert(hint: Any, value: Any, key: str, ctx: _Ctx, rule: Rule) -> Any:
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         inner = next(a for a in typing.get_args(hint) if a is not type(None))
-        return None if value in ("", None) else _convert(inner, value, key, ctx)
+        return None if value in ("", None) else _convert(inner, value, key, ctx, rule)
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if isinstance(value, bool) or value not in choices:
+            expected = ", ".join(repr(c) for c in choices)
+            raise ctx.error(key, f"expected one of {expected}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ctx.error(key, f"expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(item, v, f"{key}[{i}]", ctx, rule) for i, v in enumerate(value))
+    if origin is Mapping:
+        if not isinstance(value, dict):
+            raise ctx.error(key, f"expected a table, got {value!r}")
+        item = typing.get_args(hint)[1]
+        if item is Any:
+            return dict(value)
+        return {str(k): _convert(item, v, f"{key}.{k}", ctx, rule) for k, v in value.items()}
+    if hint is Listen:
+        return _listen(value, key, ctx)
+    if dataclasses.is_dataclass(hint):
+        return _section(typing.cast(type[Any], hint), value, key, ctx, {})
+    value = _scalar(hint, value, key, ctx, rule)
+    if rule.check is not None:
+        try:
+            rule.check(value)
+        except ValueError as exc:
+            raise ctx.error(key, str(exc)) from None
+    return value
+
+
+def _scalar(hint: Any, value: Any, key: str, ctx: _Ctx, rule: Rule) -> Any:
     if hint is bool:
         if not isinstance(value, bool):
             raise ctx.error(key, f"expected true or false, got {value!r}")
         return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ctx.error(key, f"expected a non-negative integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ctx.error(key, f"expected a non-negative number of seconds, got {value!r}")
-        return float(value)
+    if hint is int or hint is float:
+        return _number(hint, value, key, ctx, rule)
     if hint is str:
         if not isinstance(value, str):
-            raise ctx.error(key, f"expected a string, got {value!r}")
+            raise ctx.error(key, f"expected {rule.expected or 'a string'}, got {value!r}")
+        if rule.pattern is not None and not rule.pattern.fullmatch(value):
+            expected = rule.expected or f"text matching {rule.pattern.pattern!r}"
+            raise ctx.error(key, f"expected {expected}, got {value!r}")
         return value
     if hint is Path:
         if not isinstance(value, str):
             raise ctx.error(key, f"expected a file path, got {value!r}")
         return ctx.base / Path(value).expanduser()
-    if hint is Listen:
-        return _listen(value, key, ctx)
-    if origin is tuple:
-        return _convert_tuple(typing.get_args(hint)[0], value, key, ctx)
-    if origin is Mapping:
-        return _convert_mapping(typing.get_args(hint)[1], value, key, ctx)
-    raise AssertionError(f"unsupported config type {hint!r}")  # pragma: no cover
+    raise AssertionError(f"unsupported option type {hint!r}")  # pragma: no cover
 
 
-def _convert_tuple(item: Any, value: Any, key: str, ctx: _Ctx) -> tuple[Any, ...]:
-    if not isinstance(value, list):
-        raise ctx.error(key, f"expected a list, got {value!r}")
-    if item is StaticServer:
-        return tuple(_static_server(v, f"{key}[{i}]", ctx) for i, v in enumerate(value))
-    return tuple(_convert(item, v, f"{key}[{i}]", ctx) for i, v in enumerate(value))
-
-
-def _convert_mapping(item: Any, value: Any, key: str, ctx: _Ctx) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise ctx.error(key, f"expected a table, got {value!r}")
-    if item is Any:
-        return dict(value)
-    return {str(k): _convert(item, v, f"{key}.{k}", ctx) for k, v in value.items()}
-
-
-def _static_server(value: Any, key: str, ctx: _Ctx) -> StaticServer:
-    if not isinstance(value, dict):
-        raise ctx.error(key, f"expected a table with id and url, got {value!r}")
-    for required in ("id", "url"):
-        if required not in value:
-            raise ctx.error(f"{key}.{required}", "missing")
-    server = _section(StaticServer, value, key, ctx, {})
-    assert isinstance(server, StaticServer)
-    return server
+def _number(hint: type[int] | type[float], value: Any, key: str, ctx: _Ctx, rule: Rule) -> Any:
+    low = 0 if rule.low is None else rule.low
+    high = math.inf if rule.high is None else rule.high
+    kinds = (int,) if hint is int else (int, float)
+    ok = not isinstance(value, bool) and isinstance(value, kinds) and math.isfinite(value)
+    if not ok or not low <= value <= high:
+        what = "integer" if hint is int else "number"
+        bounds = rule.bounds()
+        expected = f"a{'n' * (hint is int)} {what} {bounds}" if bounds else f"a non-negative {what}"
+        raise ctx.error(key, f"expected {expected}, got {value!r}")
+    return hint(value)
 
 
 def _listen(value: Any, key: str, ctx: _Ctx) -> Listen:

@@ -92,10 +92,11 @@ def test_token_lifetimes_are_checked_when_loaded(tmp_path: Path, line: str) -> N
     assert line.split()[0] in str(info.value)
 
 
-def test_environment_errors_name_the_key(tmp_path: Path) -> None:
+def test_environment_errors_name_the_key_and_the_variable(tmp_path: Path) -> None:
     path = write(tmp_path, "")
-    with pytest.raises(ConfigError, match="health.rise"):
+    with pytest.raises(ConfigError, match="health.rise") as info:
         load(path, env={"AFFINITY_HEALTH_RISE": "many"})
+    assert info.value.source == "environment variable AFFINITY_HEALTH_RISE"
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:

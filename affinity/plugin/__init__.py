@@ -1,5 +1,7 @@
-"""What a plugin author reads: the hook specifications, the plugin manager and the base
-classes a plugin implements (policy, health source, registry and registrar).
+"""What a plugin author reads: the hook specifications, the plugin manager, the base
+classes a plugin implements (policy, health source, registry and registrar), the
+declaration of its options (:mod:`.options`) and the settings-plugin base
+(:mod:`.shared_settings`).
 
 The markers live here, below everything else in the package, so that built-in plugins
 can import them without importing the package root (which re-exports ``hookimpl``).
