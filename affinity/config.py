@@ -22,7 +22,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 from affinity.errors import ConfigError
 
@@ -197,18 +197,14 @@ class Config:
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     """The variables of :data:`TABLE_ENV_PREFIXES` at load time; never shown (may hold secrets)."""
 
-    @overload
-    def plugin_options(self, name: str) -> Mapping[str, Any]: ...
-    @overload
-    def plugin_options(self, name: str, cls: type[T]) -> T: ...
-    def plugin_options(self, name: str, cls: type[Any] | None = None) -> Any:
+    def plugin_options(self, name: str, cls: type[T]) -> T:
         """The ``[plugins.<name>]`` table converted to ``cls``, a dataclass of declared options.
 
         Each key may be overridden by ``AFFINITY_PLUGINS_<NAME>_<KEY>``; a bad or
         unknown key raises :class:`ConfigError` naming it and the file (or variable).
+        An absent table gives the defaults.
         """
-        table = self.plugins.get(name, {})
-        return table if cls is None else self.read(cls, table, f"plugins.{name}")
+        return self.read(cls, self.plugins.get(name, {}), f"plugins.{name}")
 
     def read(self, cls: type[T], table: Mapping[str, Any], key: str) -> T:
         """Convert a table of this configuration found at ``key`` to the dataclass ``cls``."""
@@ -379,7 +375,9 @@ def _section(cls: type[Any], table: Any, prefix: str, ctx: _Ctx, env: Mapping[st
         elif name in table:
             values[name] = _convert(hints[name], table[name], key, ctx, rule)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ctx.error(key, "missing")
+            raise ctx.error(
+                key, f"missing; expected {rule.expected}" if rule.expected else "missing"
+            )
     try:
         return cls(**values)
     except ConfigError:

@@ -1,11 +1,11 @@
 """Cost of the firewall plugins per request: affinity-ipfilter and affinity-ratelimit enabled
-against the same process with plugin autoload disabled, same run, rounds alternating.
+against the same process with both blocked, same run, rounds alternating.
 
 Two app servers (``GET /`` with a valid token) and two referrals (``GET /v1/assign``):
 one of each loads both plugins, configured with rules that are evaluated on every
 request but never refuse (a deny list of 200 networks, an allow list on a path prefix,
 a per-client rate limit and a per-path one); the other runs with
-``AFFINITY_DISABLE_PLUGIN_AUTOLOAD=1``, so it has no filter at all. The cost is
+``AFFINITY_DISABLE_PLUGINS=ipfilter,ratelimit``, so it has no filter at all. The cost is
 ``1 / filtered req/s - 1 / plain req/s`` per request, and its share of the plain
 request's cost, ``plain req/s / filtered req/s - 1`` (target: under 10 %), each the
 median over rounds that measure both processes back to back.
@@ -97,7 +97,7 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=4)
     p.add_argument("--tier", choices=["server", "referral", "both"], default="both")
     args = p.parse_args()
-    plain_env = {"AFFINITY_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    plain_env = {"AFFINITY_DISABLE_PLUGINS": "ipfilter,ratelimit"}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         ports = {name: free_port() for name in ("ref-f", "ref-p", "app-f", "app-p")}
@@ -272,22 +272,16 @@ def in_process(rounds: int = 5, n: int = 20_000) -> None:
     (a referral mostly sees each client once), best of ``rounds``.
     """
     import time
-    import tomllib
-    from collections.abc import Mapping
-    from typing import Any
 
+    from affinity.config import load
     from affinity.models import RequestInfo
     from affinity.plugin.manager import PluginManager
 
-    class Options:
-        source = "bench"
-
-        def plugin_options(self, name: str) -> Mapping[str, Any]:
-            options: Mapping[str, Any] = tomllib.loads(RULES)["plugins"].get(name, {})
-            return options
-
     manager = PluginManager(env={})
-    manager.configure(Options())  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = Path(tmp) / "rules.toml"
+        rules.write_text(RULES)
+        manager.configure(load(rules, env={}))
 
     def per_request(requests: list[RequestInfo]) -> float:
         best = float("inf")

@@ -40,8 +40,7 @@ rate = 5
     assert config.referral.tls_cert == tmp_path / "certs" / "cert.pem"
     assert config.services["web"].policy == "consistent"
     assert config.services["web"].servers[0].weight == 3
-    assert config.plugin_options("ratelimit") == {"rate": 5}
-    assert config.plugin_options("absent") == {}
+    assert config.plugins["ratelimit"] == {"rate": 5}  # converted by the plugin's declaration
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:

@@ -58,7 +58,12 @@ def test_first_result_hooks_say_so(name: str, spec: object) -> None:
 @pytest.mark.parametrize(("name", "spec"), SPECS, ids=[n for n, _ in SPECS])
 def test_manager_has_a_method_for_every_hook(name: str, spec: object) -> None:
     short = name.removeprefix("affinity_")
-    candidates = {short, short + "s", short.replace("make_health_source", "make_health_sources")}
+    candidates = {
+        short,
+        short + "s",
+        short.replace("make_health_source", "make_health_sources"),
+        short.replace("declare_", "declared_"),
+    }
     assert any(hasattr(PluginManager, c) for c in candidates), f"no facade method for {name}"
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ from typing import Any
 import pytest
 
 from affinity import hookimpl
-from affinity.config import load
+from affinity.config import Config, load
 from affinity.errors import ConfigError, PluginError
 from affinity.models import AssignRequest, Pool, Server
 from affinity.plugin.manager import DEFAULT_PLUGINS, PluginManager
+from affinity.plugin.options import option
 from affinity.plugin.policy import Policy
 
 
@@ -118,3 +120,153 @@ def test_invalid_plugin_is_a_plugin_error() -> None:
 
     with pytest.raises(PluginError, match="invalid"):
         PluginManager(autoload=False, env={}, plugins=[Bad()])
+
+
+# -- pluggy's own checks: unknown hooks, historic configure, blocking ----------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class GreetOptions:
+    times: int = option(1, low=1, high=10, help="how often")
+
+
+class Greeter:
+    def __init__(self) -> None:
+        self.configured: list[GreetOptions] = []
+
+    @hookimpl
+    def affinity_declare_options(self) -> tuple[str, type[Any]]:
+        return "greet", GreetOptions
+
+    @hookimpl
+    def affinity_configure(self, config: Config) -> None:
+        self.configured.append(config.plugin_options("greet", GreetOptions))
+
+
+def test_a_misspelled_hook_fails_at_load_naming_it() -> None:
+    class Typo:
+        @hookimpl
+        def affinity_reject_requests(self, request: object) -> None:
+            return None
+
+    with pytest.raises(PluginError) as info:
+        PluginManager(autoload=False, env={}, plugins=[Typo()])
+    message = str(info.value)
+    assert "unknown hook 'affinity_reject_requests'" in message
+    assert "did you mean 'affinity_reject_request'?" in message
+
+
+def test_a_misspelled_hook_registered_later_is_refused_too() -> None:
+    class Typo:
+        @hookimpl
+        def affinity_configured(self, config: object) -> None:
+            return None
+
+    pm = PluginManager(autoload=False, env={})
+    with pytest.raises(PluginError, match="'affinity_configured'.*'affinity_configure'"):
+        pm.register(Typo(), "typo")
+    assert "typo" not in pm.names()
+
+
+def test_declared_options_are_converted_and_handed_over(tmp_path: Path) -> None:
+    greeter = Greeter()
+    pm = PluginManager(autoload=False, env={}, plugins=[greeter])
+    pm.configure(config_with(tmp_path, "[plugins.greet]\ntimes = 3\n"))
+    assert greeter.configured == [GreetOptions(times=3)]
+
+
+def test_a_misspelled_plugin_table_names_the_known_tables(tmp_path: Path) -> None:
+    pm = PluginManager(autoload=False, env={}, plugins=[Greeter()])
+    with pytest.raises(ConfigError) as info:
+        pm.configure(config_with(tmp_path, "[plugins.gret]\ntimes = 3\n"))
+    assert info.value.key == "plugins.gret"
+    assert info.value.source == str(tmp_path / "affinity.toml")
+    assert "did you mean 'greet'?" in info.value.message
+    assert "known plugin tables: 'greet'" in info.value.message
+    assert "AFFINITY_DISABLE_PLUGIN_AUTOLOAD is set" in info.value.message
+
+
+def test_a_bad_plugin_option_names_the_key_and_the_file_before_any_plugin_runs(
+    tmp_path: Path,
+) -> None:
+    greeter = Greeter()
+    pm = PluginManager(autoload=False, env={}, plugins=[greeter])
+    with pytest.raises(ConfigError) as info:
+        pm.configure(config_with(tmp_path, "[plugins.greet]\ntimes = 0\n"))
+    assert info.value.key == "plugins.greet.times"
+    assert str(tmp_path / "affinity.toml") in str(info.value)
+    assert greeter.configured == []
+
+
+def test_a_variable_for_no_declared_option_is_an_error_naming_it(tmp_path: Path) -> None:
+    pm = PluginManager(autoload=False, env={}, plugins=[Greeter()])
+    config = load(None, env={"AFFINITY_PLUGINS_GREET_TIMS": "2"})
+    with pytest.raises(ConfigError) as info:
+        pm.configure(config)
+    assert info.value.source == "environment variable AFFINITY_PLUGINS_GREET_TIMS"
+    good = load(None, env={"AFFINITY_PLUGINS_GREET_TIMES": "2"})
+    greeter = Greeter()
+    PluginManager(autoload=False, env={}, plugins=[greeter]).configure(good)
+    assert greeter.configured == [GreetOptions(times=2)]
+
+
+def test_a_plugin_registered_after_configure_is_configured(tmp_path: Path) -> None:
+    pm = PluginManager(autoload=False, env={})
+    pm.configure(config_with(tmp_path, ""))
+    late = Greeter()
+    pm.register(late, "late")
+    assert late.configured == [GreetOptions()]
+
+
+def test_a_late_plugin_that_refuses_the_configuration_is_not_left_registered() -> None:
+    class Strict:
+        @hookimpl
+        def affinity_configure(self, config: Config) -> None:
+            raise ConfigError("no", key="plugins.strict.x", source=config.source)
+
+    pm = PluginManager(autoload=False, env={})
+    pm.configure(load(None, env={}))
+    with pytest.raises(ConfigError, match="plugins.strict.x"):
+        pm.register(Strict(), "strict")
+    assert "strict" not in pm.names()
+
+
+def test_two_plugins_declaring_one_table_is_an_error() -> None:
+    pm = PluginManager(autoload=False, env={}, plugins=[Greeter(), Greeter()])
+    with pytest.raises(PluginError, match=r"both declare \[plugins.greet\]"):
+        pm.declared_options()
+
+
+def test_blocked_plugins_are_not_loaded_and_their_tables_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    broken = metadata.EntryPoint(name="broken", value="affinity_no_such_module", group="affinity")
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [broken])
+    env = {
+        "AFFINITY_DISABLE_PLUGINS": "broken, affinity.builtin.consul.plugin",
+        "AFFINITY_PLUGINS": "affinity_no_such_module_either",
+    }
+    with pytest.raises(PluginError, match="affinity_no_such_module_either"):
+        PluginManager(env=env)  # blocking one name does not hide the others
+    del env["AFFINITY_PLUGINS"]
+    pm = PluginManager(env=env)  # the broken entry point is never imported
+    assert "broken" not in pm.names()
+    assert "affinity.builtin.consul.plugin" not in pm.names()
+    assert "affinity.builtin.policies" in pm.names()
+    pm.configure(config_with(tmp_path, "[plugins.broken]\nanything = 1\n"))
+
+
+def test_describe_names_distribution_version_and_hooks() -> None:
+    pm = PluginManager(env={}, plugins=[Greeter()])
+    found = {info.name: info for info in pm.describe()}
+    policies = found["affinity.builtin.policies"]
+    assert (policies.distribution, policies.hooks) == ("affinity-lb", ("affinity_make_policy",))
+    ratelimit = found["ratelimit"]
+    assert (ratelimit.distribution, ratelimit.version) == (
+        "affinity-ratelimit",
+        metadata.version("affinity-ratelimit"),
+    )
+    assert "affinity_reject_request" in ratelimit.hooks
+    assert ratelimit.options == "plugins.ratelimit"
+    greeter = next(info for info in found.values() if info.options == "plugins.greet")
+    assert (greeter.distribution, greeter.version) == ("", "")  # not installed: a test object

@@ -5,21 +5,32 @@ hooks are ``trylast``), entry points of the group ``affinity`` (unless
 ``AFFINITY_DISABLE_PLUGIN_AUTOLOAD`` is set), modules named in
 ``AFFINITY_PLUGINS`` (comma-separated), then objects passed in by the caller.
 pluggy calls the most recently registered implementation first, so each layer
-can override the one before. ``AFFINITY_TRACE_PLUGINS=1`` logs every hook call.
+can override the one before. ``AFFINITY_DISABLE_PLUGINS`` (comma-separated
+names, as ``affinity plugins`` shows them) blocks plugins, like pytest's
+``-p no:NAME``. ``AFFINITY_TRACE_PLUGINS=1`` logs every hook call.
+
+After loading, an implementation of a hook that does not exist (a misspelled
+name) is an error, not a function that is silently never called.
+``affinity_configure`` is historic: a plugin registered after it was called
+is configured as it registers.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib
 import importlib.metadata
 import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from affinity.config import env_name
 from affinity.errors import ConfigError, PluginError
 from affinity.plugin import spec as hookspecs
 
@@ -45,6 +56,21 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 """Built-in behaviour, written as plugins through the same hooks as any other."""
 
+HOOKS: tuple[str, ...] = tuple(sorted(n for n in dir(hookspecs) if n.startswith("affinity_")))
+"""The names of every hook."""
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """One registered plugin, as ``affinity plugins`` shows it."""
+
+    name: str
+    distribution: str
+    version: str
+    hooks: tuple[str, ...]
+    options: str = ""
+    """The table the plugin declares (``plugins.ratelimit``), empty when none."""
+
 
 class PluginManager:
     """Owns the pluggy manager and offers one typed method per hook."""
@@ -58,30 +84,46 @@ class PluginManager:
     ) -> None:
         env = os.environ if env is None else env
         self._filters: list[Callable[..., Any]] | None = None
+        self._dists: dict[str, tuple[str, str]] = {}
+        self._configured = False
         self._pm = pluggy.PluginManager("affinity")
         self._pm.add_hookspecs(hookspecs)
         if env.get("AFFINITY_TRACE_PLUGINS"):
             self._pm.trace.root.setwriter(log.info)
             self._pm.enable_tracing()
+        self.blocked = frozenset(_names(env.get("AFFINITY_DISABLE_PLUGINS", "")))
+        for name in self.blocked:
+            self._pm.set_blocked(name)
         for name in DEFAULT_PLUGINS:
-            self._register(_import(name), name)
+            self._load_module(name)
         if autoload is None:
             autoload = not env.get("AFFINITY_DISABLE_PLUGIN_AUTOLOAD")
+        self.autoload = autoload
         if autoload:
             self._load_entry_points()
-        for name in filter(None, (s.strip() for s in env.get("AFFINITY_PLUGINS", "").split(","))):
-            self._register(_import(name), name)
+        for name in _names(env.get("AFFINITY_PLUGINS", "")):
+            self._load_module(name)
         for plugin in plugins:
             self._register(plugin, None)
+        self._check_pending()
+
+    def _load_module(self, name: str) -> None:
+        if not self._pm.is_blocked(name) and self._pm.get_plugin(name) is None:
+            self._register(_import(name), name)
 
     def _register(self, plugin: object, name: str | None) -> None:
         if name is not None and self._pm.get_plugin(name) is not None:
             return
         try:
             self._pm.register(plugin, name=name)
-        except (ValueError, pluggy.PluginValidationError) as exc:
+        except pluggy.PluginValidationError as exc:
             msg = f"plugin {name or plugin!r} is invalid: {exc}"
             raise PluginError(msg) from exc
+        except ConfigError:  # from its affinity_configure, replayed as it registers
+            self._pm.unregister(plugin)
+            raise
+        except ValueError as exc:
+            raise PluginError(f"plugin {name or plugin!r} is invalid: {exc}") from exc
 
     def _load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -92,21 +134,119 @@ class PluginManager:
             except Exception as exc:
                 msg = f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}"
                 raise PluginError(msg) from exc
+            if ep.dist is not None:
+                self._dists[ep.name] = (ep.dist.name, ep.dist.version)
             self._register(plugin, ep.name)
 
+    def _check_pending(self) -> None:
+        """Refuse an implementation of a hook that does not exist (a misspelled name)."""
+        try:
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            name = self._pm.get_name(exc.plugin) or repr(exc.plugin)
+            unknown = sorted(
+                c.name for c in self._pm.get_hookcallers(exc.plugin) or () if not c.has_spec()
+            )
+            hook = unknown[0] if unknown else "?"
+            close = difflib.get_close_matches(hook, HOOKS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; see docs/hooks.md"
+            self._pm.unregister(exc.plugin)
+            raise PluginError(f"plugin {name!r} implements an unknown hook {hook!r}{hint}") from exc
+
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Register one more plugin object or module."""
+        """Register one more plugin object or module; configured at once if the rest are."""
         self._register(plugin, name)
+        self._check_pending()
         self._filters = None
 
     def names(self) -> list[str]:
         """Names of the registered plugins, in registration order."""
-        return [name for name, _ in self._pm.list_name_plugin()]
+        return [name for name, plugin in self._pm.list_name_plugin() if plugin is not None]
+
+    def describe(self) -> list[PluginInfo]:
+        """Each registered plugin: name, distribution, version, hooks and options table."""
+        tables = {id(plugin): result for plugin, result in self._declarations()}
+        found: list[PluginInfo] = []
+        for name, plugin in self._pm.list_name_plugin():
+            if plugin is None:  # blocked
+                continue
+            dist, version = self._dists.get(name) or _distribution_of(plugin)
+            hooks = sorted(c.name for c in self._pm.get_hookcallers(plugin) or ())
+            table = tables.get(id(plugin))
+            options = f"plugins.{table[0]}" if table else ""
+            found.append(PluginInfo(name, dist, version, tuple(hooks), options))
+        return found
 
     # -- configuration -------------------------------------------------------
 
+    def declared_options(self) -> dict[str, type[Any]]:
+        """The ``[plugins.<name>]`` tables the loaded plugins declare, with their dataclasses."""
+        return {table: cls for _, (table, cls) in self._declarations()}
+
+    def _declarations(self) -> list[tuple[object, tuple[str, type[Any]]]]:
+        """(plugin, (table, dataclass)) for each plugin that declares options; checked."""
+        found: list[tuple[object, tuple[str, type[Any]]]] = []
+        owners: dict[str, object] = {}
+        for impl in reversed(self._pm.hook.affinity_declare_options.get_hookimpls()):
+            result = impl.function()
+            if result is None:
+                continue
+            name = self._pm.get_name(impl.plugin)
+            if not (
+                isinstance(result, tuple)
+                and len(result) == 2
+                and isinstance(result[0], str)
+                and dataclasses.is_dataclass(result[1])
+                and isinstance(result[1], type)
+            ):
+                msg = f"plugin {name!r}: affinity_declare_options must return (name, dataclass)"
+                raise PluginError(msg)
+            table = result[0]
+            if table in owners:
+                other = self._pm.get_name(owners[table])
+                raise PluginError(f"plugins {other!r} and {name!r} both declare [plugins.{table}]")
+            owners[table] = impl.plugin
+            found.append((impl.plugin, (table, result[1])))
+        return found
+
     def configure(self, config: Config) -> None:
-        self._pm.hook.affinity_configure(config=config)
+        """Check every ``[plugins.<name>]`` table and variable, then configure every plugin.
+
+        :raises ConfigError: for a table no loaded plugin declares (naming the
+            tables that are known), an ``AFFINITY_PLUGINS_*`` variable that sets
+            no declared option, or a bad option (naming the key and the file or
+            variable).
+        """
+        declared = self.declared_options()
+        self._check_tables(config, declared)
+        for name, cls in declared.items():
+            config.plugin_options(name, cls)
+        self._configured = True
+        self._pm.hook.affinity_configure.call_historic(kwargs={"config": config})
+
+    def _check_tables(self, config: Config, declared: Mapping[str, type[Any]]) -> None:
+        known = ", ".join(repr(n) for n in sorted(declared)) or "none"
+        hint = "" if self.autoload else " (AFFINITY_DISABLE_PLUGIN_AUTOLOAD is set)"
+        for name in config.plugins:
+            if name in declared or name in self.blocked:
+                continue
+            close = difflib.get_close_matches(name, list(declared), n=1)
+            guess = f"did you mean {close[0]!r}? " if close else ""
+            msg = f"no loaded plugin has this table; {guess}known plugin tables: {known}{hint}"
+            raise ConfigError(msg, key=f"plugins.{name}", source=config.source)
+        variables = {
+            env_name(f"plugins.{name}.{field}")
+            for name, cls in declared.items()
+            for field in cls.__dataclass_fields__
+        }
+        skipped = tuple(env_name(f"plugins.{name}") + "_" for name in self.blocked)
+        for variable in config.env:
+            if not variable.startswith("AFFINITY_PLUGINS_") or variable in variables:
+                continue
+            if skipped and variable.startswith(skipped):
+                continue
+            msg = f"sets no option of a loaded plugin; known plugin tables: {known}{hint}"
+            raise ConfigError(msg, source=f"environment variable {variable}")
 
     # -- factories -------------------------------------------------------------
 
@@ -255,6 +395,22 @@ def _bind(impl: Any) -> Callable[..., Any]:
         return impl.function  # type: ignore[no-any-return]
     function = impl.function
     return lambda request: function()
+
+
+def _names(text: str) -> list[str]:
+    return [name for name in (s.strip() for s in text.split(",")) if name]
+
+
+def _distribution_of(plugin: object) -> tuple[str, str]:
+    """The distribution that installed a plugin's top-level package, and its version."""
+    module = plugin.__name__ if inspect.ismodule(plugin) else type(plugin).__module__
+    dists = importlib.metadata.packages_distributions().get(module.partition(".")[0], [])
+    if not dists:
+        return ("", "")
+    try:
+        return (dists[0], importlib.metadata.version(dists[0]))
+    except importlib.metadata.PackageNotFoundError:
+        return (dists[0], "")
 
 
 def _import(name: str) -> object:

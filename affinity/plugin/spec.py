@@ -3,8 +3,9 @@
 Names are ``affinity_<verb>_<object>``; the verb says how results are used:
 ``make_`` is a factory (first non-None result wins), ``reject_`` is a veto
 (first objection wins), ``report_`` collects contributions from every plugin,
-``check_`` raises to refuse, past participles are notifications, and
-``startup`` / ``shutdown`` are lifecycle hooks.
+``check_`` raises to refuse, ``declare_`` describes the plugin to the core,
+past participles are notifications, and ``startup`` / ``shutdown`` are
+lifecycle hooks.
 
 Hooks called on the request path (``affinity_reject_request``,
 ``affinity_assigned``, ``affinity_server_avoided``, ``affinity_report_load``)
@@ -38,12 +39,27 @@ if TYPE_CHECKING:
 
 
 @hookspec
-def affinity_configure(config: Config) -> None:
-    """Validate this plugin's settings and keep what it needs, once per process.
+def affinity_declare_options() -> tuple[str, type[Any]] | None:
+    """Declare this plugin's ``[plugins.<name>]`` table: its name and its options dataclass.
 
-    Called after the config file is loaded, before anything starts. Read your
-    table with ``config.plugin_options("<name>")``; raise
-    :class:`affinity.errors.ConfigError` (naming the key) to refuse it.
+    The fields of the dataclass give each option's name, type, default and help
+    (see :mod:`affinity.plugin.options`). The core refuses a ``[plugins.<name>]``
+    table that no loaded plugin declares, converts and checks every declared
+    table before any plugin is configured, and lists the options in the docs and
+    in ``affinity plugins --json``. Every result is collected.
+    """
+
+
+@hookspec(historic=True)
+def affinity_configure(config: Config) -> None:
+    """Keep what this plugin needs of the configuration, once per process.
+
+    Called after the config file is loaded and every declared options table
+    is checked, before anything starts; a plugin registered later is called
+    when it registers. Read your options with
+    ``config.plugin_options("<name>", YourOptions)``; raise
+    :class:`affinity.errors.ConfigError` (naming the key) to refuse what the
+    types alone cannot (two options that do not go together).
 
     :param config: The loaded, validated configuration.
     """

@@ -1,4 +1,4 @@
-"""Declared plugin options: converted by the core's converter, errors naming key and file or variable."""
+"""Declared plugin options: one converter; errors name the key and the file or variable."""
 
 from __future__ import annotations
 

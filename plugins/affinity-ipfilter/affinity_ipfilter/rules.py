@@ -9,22 +9,17 @@ the rule: top-level ``deny``, path ``deny``, path ``allow``, top-level ``allow``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
-from affinity.errors import ConfigError
+from affinity.plugin.options import Origin
+from affinity.plugin.shared_settings import CACHE_KEY_LENGTH, CACHE_SIZE
 from affinity.web.paths import ancestors, normalise_prefix
 from affinity_ipfilter.networks import Address, Network, NetworkSet, parse_networks
+from affinity_ipfilter.options import NAME, IPFilterOptions
 
-CACHE_SIZE = 4096
-"""Most addresses, path readings and path-rule matches remembered (all dropped when full)."""
-CACHE_KEY_LENGTH = 256
-"""Longer addresses or paths are worked out each time, so the caches stay small."""
 ROLES = frozenset({"referral", "server"})
-OPTIONS = frozenset({"allow", "deny", "paths", "roles"})
-PATH_OPTIONS = frozenset({"prefix", "allow", "deny"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,87 +99,38 @@ class RuleSet:
         return [found[i] for i in sorted(found)]
 
 
-@dataclass(frozen=True, slots=True)
-class _Where:
-    """Where a document came from, to name keys in errors and rules in counters."""
+def compile_rules(options: IPFilterOptions, origin: Origin) -> RuleSet:
+    """Compile checked options; a path rule with no list raises ConfigError naming it.
 
-    key_prefix: str  # "plugins.ipfilter" for the file, "ipfilter" for a shared document
-    source: str | None
-    id_prefix: str  # "ipfilter." for the file, "ipfilter.settings." for a shared document
-
-    def error(self, message: str, key: str) -> ConfigError:
-        return ConfigError(message, key=f"{self.key_prefix}.{key}", source=self.source)
-
-
-def compile_rules(
-    options: Mapping[str, Any], *, key_prefix: str, source: str | None, id_prefix: str
-) -> RuleSet:
-    """Validate a rule document and compile it; raises ConfigError naming the first bad key."""
-    where = _Where(key_prefix, source, id_prefix)
-    if not isinstance(options, Mapping):
-        raise ConfigError("expected a table", key=key_prefix, source=source)
-    _no_unknown(options, OPTIONS, "", where)
+    Rule ids start with ``ipfilter.`` for the file, ``ipfilter.settings.`` for
+    a shared document.
+    """
+    id_prefix = f"{NAME}.settings." if origin.shared else f"{NAME}."
+    by_prefix: dict[str, list[PathRule]] = {}
+    for i, table in enumerate(options.paths):
+        key = f"paths[{i}]"
+        if not (table.allow or table.deny):
+            raise origin.error("a path rule needs a non-empty 'allow' or 'deny'", key)
+        rule = PathRule(
+            index=i,
+            prefix=normalise_prefix(table.prefix),
+            allow=_networks(table.allow, f"{id_prefix}{key}.allow"),
+            deny=_networks(table.deny, f"{id_prefix}{key}.deny"),
+            allow_id=f"{id_prefix}{key}.allow",
+        )
+        by_prefix.setdefault(rule.prefix, []).append(rule)
     return RuleSet(
-        roles=_roles(options.get("roles", sorted(ROLES)), where),
-        allow=_networks(options.get("allow", []), "allow", where),
-        deny=_networks(options.get("deny", []), "deny", where),
-        paths=_paths(options.get("paths", []), where),
+        roles=frozenset(options.roles),
+        allow=_networks(options.allow, f"{id_prefix}allow"),
+        deny=_networks(options.deny, f"{id_prefix}deny"),
+        paths=MappingProxyType({prefix: tuple(rules) for prefix, rules in by_prefix.items()}),
         allow_id=f"{id_prefix}allow",
     )
 
 
-def _no_unknown(table: Mapping[str, Any], known: frozenset[str], key: str, where: _Where) -> None:
-    for name in table:
-        if name not in known:
-            expected = ", ".join(sorted(known))
-            raise where.error(f"unknown option {name!r}; expected one of {expected}", key + name)
-
-
-def _sequence(value: object, key: str, where: _Where) -> Sequence[object]:
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise where.error(f"expected a list, got {value!r}", key)
-    return value
-
-
-def _roles(value: object, where: _Where) -> frozenset[str]:
-    roles = _sequence(value, "roles", where)
-    for i, role in enumerate(roles):
-        if role not in ROLES:
-            raise where.error(
-                f"unknown role {role!r}; expected 'referral' or 'server'", f"roles[{i}]"
-            )
-    return frozenset(str(role) for role in roles)
-
-
-def _networks(value: object, key: str, where: _Where) -> NetworkSet:
-    entries: list[tuple[Network, str]] = []
-    for i, item in enumerate(_sequence(value, key, where)):
-        try:
-            nets = parse_networks(item)
-        except ValueError as exc:
-            raise where.error(str(exc), f"{key}[{i}]") from None
-        entries.extend((net, f"{where.id_prefix}{key}[{i}]") for net in nets)
-    return NetworkSet(entries)
-
-
-def _paths(value: object, where: _Where) -> Mapping[str, tuple[PathRule, ...]]:
-    by_prefix: dict[str, list[PathRule]] = {}
-    for i, table in enumerate(_sequence(value, "paths", where)):
-        key = f"paths[{i}]"
-        if not isinstance(table, Mapping):
-            raise where.error(f"expected a table with 'prefix', got {table!r}", key)
-        _no_unknown(table, PATH_OPTIONS, key + ".", where)
-        prefix = table.get("prefix")
-        if not isinstance(prefix, str) or not prefix.startswith("/"):
-            raise where.error(f"expected a path starting with '/', got {prefix!r}", key + ".prefix")
-        rule = PathRule(
-            index=i,
-            prefix=normalise_prefix(prefix),
-            allow=_networks(table.get("allow", []), key + ".allow", where),
-            deny=_networks(table.get("deny", []), key + ".deny", where),
-            allow_id=f"{where.id_prefix}{key}.allow",
-        )
-        if not (rule.allow or rule.deny):
-            raise where.error("a path rule needs a non-empty 'allow' or 'deny'", key)
-        by_prefix.setdefault(rule.prefix, []).append(rule)
-    return MappingProxyType({prefix: tuple(rules) for prefix, rules in by_prefix.items()})
+def _networks(entries: tuple[str, ...], rule_id: str) -> NetworkSet:
+    """Each entry's networks, tagged ``<rule_id>[i]`` (entries are checked already)."""
+    nets: list[tuple[Network, str]] = []
+    for i, entry in enumerate(entries):
+        nets.extend((net, f"{rule_id}[{i}]") for net in parse_networks(entry))
+    return NetworkSet(nets)

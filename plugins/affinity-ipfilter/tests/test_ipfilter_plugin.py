@@ -1,90 +1,103 @@
-"""The module as a plugin: entry point, hook signatures against the contract, hook calls."""
+"""The filter as a plugin: entry point, hook signatures against the contract, hook calls."""
 
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import affinity_ipfilter
 import pluggy
 import pytest
+from affinity_ipfilter import IPFilter
 
+from affinity.config import Config, load
 from affinity.errors import ConfigError
 from affinity.models import RequestInfo, SharedSettings
+from affinity.plugin import hookimpl
 from affinity.plugin import spec as hookspecs
+from affinity.plugin.manager import PluginManager
 
 
-@dataclass
-class FakeConfig:
-    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    source: str = "affinity.toml"
-
-    def plugin_options(self, name: str) -> Mapping[str, Any]:
-        return self.plugins.get(name, {})
+def manager(*plugins: object) -> PluginManager:
+    return PluginManager(autoload=False, env={}, plugins=plugins)
 
 
-@pytest.fixture
-def pm() -> Iterator[pluggy.PluginManager]:
-    manager = pluggy.PluginManager("affinity")
-    manager.add_hookspecs(hookspecs)
-    manager.register(affinity_ipfilter, name="ipfilter")  # validates against the hookspecs
-    yield manager
-    affinity_ipfilter.STATE.configure(FakeConfig())  # leave the process-wide state empty
+def config(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
+    path = tmp_path / "affinity.toml"
+    path.write_text(text)
+    return load(path, env=env or {})
 
 
-def test_entry_point_names_the_module() -> None:
+def test_entry_point_names_the_process_wide_filter() -> None:
     eps = importlib.metadata.entry_points(group="affinity", name="ipfilter")
-    assert [ep.value for ep in eps] == ["affinity_ipfilter"]
-    assert next(iter(eps)).load() is affinity_ipfilter
+    assert [ep.value for ep in eps] == ["affinity_ipfilter:STATE"]
+    assert next(iter(eps)).load() is affinity_ipfilter.STATE
 
 
-def test_hooks_through_pluggy(pm: pluggy.PluginManager) -> None:
-    pm.hook.affinity_configure(config=FakeConfig({"ipfilter": {"deny": ["192.0.2.0/24"]}}))
+def test_hook_signatures_match_the_contract() -> None:
+    pm = pluggy.PluginManager("affinity")
+    pm.add_hookspecs(hookspecs)
+    pm.register(IPFilter(), name="ipfilter")  # validates every hookimpl against its spec
+    pm.check_pending()
+
+
+def test_hooks_through_the_manager(tmp_path: Path) -> None:
+    f = IPFilter()
+    pm = manager(f)
+    assert pm.declared_options() == {"ipfilter": affinity_ipfilter.IPFilterOptions}
+    pm.configure(config(tmp_path, '[plugins.ipfilter]\ndeny = ["192.0.2.0/24"]\n'))
     request = RequestInfo(role="referral", method="GET", path="/v1/assign", client_ip="192.0.2.9")
-    answer = pm.hook.affinity_reject_request(request=request)
-    assert answer.status == 403
-    assert answer.rule == "ipfilter.deny[0]"
+    answer = pm.reject_request(request)
+    assert answer is not None and (answer.status, answer.rule) == (403, "ipfilter.deny[0]")
 
     other = SharedSettings(name="ratelimit", version=9, value={"deny": "not even a list"})
-    pm.hook.affinity_check_settings(settings=other)  # not ours: ignored
-    pm.hook.affinity_settings_changed(settings=other)
-    assert affinity_ipfilter.STATE.version == 0
+    assert pm.apply_settings(other) is None  # not ours: ignored
+    assert f.version == 0
 
     bad = SharedSettings(name="ipfilter", version=1, value={"deny": ["nope"]})
-    with pytest.raises(ConfigError):
-        pm.hook.affinity_check_settings(settings=bad)
+    refusal = pm.apply_settings(bad)
+    assert refusal is not None and refusal.key == "ipfilter.deny[0]"
 
     good = SharedSettings(name="ipfilter", version=2, value={"deny": ["198.51.100.0/24"]})
-    pm.hook.affinity_check_settings(settings=good)
-    pm.hook.affinity_settings_changed(settings=good)
-    assert affinity_ipfilter.STATE.version == 2
+    assert pm.apply_settings(good) is None
+    assert f.version == 2
     request = RequestInfo(role="server", method="GET", path="/", client_ip="198.51.100.1")
-    assert pm.hook.affinity_reject_request(request=request).rule == "ipfilter.settings.deny[0]"
-    assert affinity_ipfilter.STATE.counters() == {
-        "ipfilter.deny[0]": 1,
-        "ipfilter.settings.deny[0]": 1,
-    }
-    assert pm.hook.affinity_report_counters() == [affinity_ipfilter.STATE.counters()]
+    answer = pm.reject_request(request)
+    assert answer is not None and answer.rule == "ipfilter.settings.deny[0]"
+    assert f.counters() == {"ipfilter.deny[0]": 1, "ipfilter.settings.deny[0]": 1}
+    assert pm.report_counters() == f.counters()
 
 
-def test_config_error_from_configure_names_the_file(pm: pluggy.PluginManager) -> None:
-    config = FakeConfig({"ipfilter": {"allow": ["10.0.0.0/8", "10.0.0.0/80"]}}, source="/x.toml")
-    with pytest.raises(ConfigError, match=r"^/x\.toml: plugins\.ipfilter\.allow\[1\]: "):
-        pm.hook.affinity_configure(config=config)
+def test_a_bad_option_names_the_key_and_the_file(tmp_path: Path) -> None:
+    text = '[plugins.ipfilter]\nallow = ["10.0.0.0/8", "10.0.0.0/80"]\n'
+    with pytest.raises(ConfigError) as info:
+        manager(IPFilter()).configure(config(tmp_path, text))
+    assert info.value.key == "plugins.ipfilter.allow[1]"
+    assert str(info.value).startswith(f"{tmp_path / 'affinity.toml'}: plugins.ipfilter.allow[1]: ")
 
 
-def test_reject_runs_before_other_filters(pm: pluggy.PluginManager) -> None:
+def test_an_option_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    f = IPFilter()
+    env = {"AFFINITY_PLUGINS_IPFILTER_DENY": '["203.0.113.0/24"]'}
+    manager(f).configure(config(tmp_path, "", env))
+    answer = f.reject(RequestInfo(role="server", method="GET", path="/", client_ip="203.0.113.5"))
+    assert answer is not None
+    env = {"AFFINITY_PLUGINS_IPFILTER_DENY": '["203.0.113.0/240"]'}
+    with pytest.raises(ConfigError, match="environment variable AFFINITY_PLUGINS_IPFILTER_DENY"):
+        manager(IPFilter()).configure(config(tmp_path, "", env))
+
+
+def test_reject_runs_before_other_filters(tmp_path: Path) -> None:
     class Other:
-        @pluggy.HookimplMarker("affinity")
+        @hookimpl
         def affinity_reject_request(self, request: RequestInfo) -> None:
             raise AssertionError("the ipfilter should have answered first")
 
-    pm.register(Other())
-    pm.hook.affinity_configure(config=FakeConfig({"ipfilter": {"deny": ["0.0.0.0/0"]}}))
+    pm = manager(IPFilter(), Other())
+    pm.configure(config(tmp_path, '[plugins.ipfilter]\ndeny = ["0.0.0.0/0"]\n'))
     request = RequestInfo(role="server", method="GET", path="/", client_ip="1.2.3.4")
-    assert pm.hook.affinity_reject_request(request=request).status == 403
+    answer = pm.reject_request(request)
+    assert answer is not None and answer.status == 403
 
 
 def test_module_exports() -> None:

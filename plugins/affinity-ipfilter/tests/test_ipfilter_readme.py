@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from affinity_ipfilter import IPFilter
 
@@ -21,19 +18,10 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 
-@dataclass
-class FakeConfig:
-    options: Mapping[str, Any]
-    source: str = "README.md"
-
-    def plugin_options(self, name: str) -> Mapping[str, Any]:
-        return self.options
-
-
 def test_toml_example_compiles_and_behaves_as_described() -> None:
     (toml,) = blocks("toml")
     f = IPFilter()
-    f.configure(FakeConfig(tomllib.loads(toml)["plugins"]["ipfilter"]))
+    f.configure_table(tomllib.loads(toml)["plugins"]["ipfilter"], source="README.md")
 
     def rule(ip: str, path: str) -> str | None:
         answer = f.reject(RequestInfo(role="server", method="GET", path=path, client_ip=ip))
@@ -48,6 +36,6 @@ def test_toml_example_compiles_and_behaves_as_described() -> None:
 
 def test_json_document_passes_the_check() -> None:
     (document,) = blocks("json")[:1]
-    IPFilter.compile_settings(
+    IPFilter().compile_settings(
         SharedSettings(name="ipfilter", version=1, value=json.loads(document))
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -13,21 +11,9 @@ from affinity.errors import ConfigError
 from affinity.models import Rejection, RequestInfo
 
 
-@dataclass
-class FakeConfig:
-    """Stands in for affinity.config.Config: the two attributes a plugin uses."""
-
-    options: Mapping[str, Any] = field(default_factory=dict)
-    source: str = "/etc/affinity/affinity.toml"
-
-    def plugin_options(self, name: str) -> Mapping[str, Any]:
-        assert name == "ipfilter"
-        return self.options
-
-
 def make(**options: Any) -> IPFilter:
     f = IPFilter()
-    f.configure(FakeConfig(options))
+    f.configure_table(options, source="/etc/affinity/affinity.toml")
     return f
 
 
@@ -173,7 +159,7 @@ def test_counters_by_rule() -> None:
         ({"allow": "10.0.0.0/8"}, "plugins.ipfilter.allow", "expected a list"),
         ({"deny": [42]}, "plugins.ipfilter.deny[0]", "42"),
         ({"roles": ["referral", "proxy"]}, "plugins.ipfilter.roles[1]", "'proxy'"),
-        ({"alow": ["10.0.0.0/8"]}, "plugins.ipfilter.alow", "unknown option"),
+        ({"alow": ["10.0.0.0/8"]}, "plugins.ipfilter.alow", "unknown key"),
         ({"paths": [{"allow": ["10.0.0.0/8"]}]}, "plugins.ipfilter.paths[0].prefix", "'/'"),
         (
             {"paths": [{"prefix": "admin", "allow": ["1.1.1.1"]}]},
@@ -199,7 +185,7 @@ def test_bad_options_raise_config_error_naming_the_key(
 ) -> None:
     f = IPFilter()
     with pytest.raises(ConfigError) as info:
-        f.configure(FakeConfig(options))
+        f.configure_table(options, source="/etc/affinity/affinity.toml")
     assert info.value.key == key
     assert info.value.source == "/etc/affinity/affinity.toml"
     assert words in str(info.value)
@@ -209,13 +195,13 @@ def test_bad_options_raise_config_error_naming_the_key(
 def test_failed_reconfigure_keeps_the_previous_rules() -> None:
     f = make(deny=["10.0.0.0/8"])
     with pytest.raises(ConfigError):
-        f.configure(FakeConfig({"deny": ["bogus"]}))
+        f.configure_table({"deny": ["bogus"]}, source="/etc/affinity/affinity.toml")
     assert rule(f, "10.0.0.1") == "ipfilter.deny[0]"
 
 
 def test_decisions_hold_while_remembered_addresses_and_paths_come_and_go() -> None:
     """Parsed addresses and path readings are remembered in bounded caches; answers never change."""
-    from affinity_ipfilter.filter import CACHE_KEY_LENGTH, CACHE_SIZE
+    from affinity.plugin.shared_settings import CACHE_KEY_LENGTH, CACHE_SIZE
 
     f = make(deny=["10.0.0.0/16"], paths=[{"prefix": "/admin", "allow": ["10.1.0.0/16"]}])
     for round_ in range(2):  # the second round answers from the caches

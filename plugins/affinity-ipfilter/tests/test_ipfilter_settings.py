@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -14,18 +12,9 @@ from affinity.errors import ConfigError
 from affinity.models import RequestInfo, SharedSettings
 
 
-@dataclass
-class FakeConfig:
-    options: Mapping[str, Any] = field(default_factory=dict)
-    source: str = "affinity.toml"
-
-    def plugin_options(self, name: str) -> Mapping[str, Any]:
-        return self.options
-
-
 def make(**options: Any) -> IPFilter:
     f = IPFilter()
-    f.configure(FakeConfig(options))
+    f.configure_table(options, source="affinity.toml")
     return f
 
 
@@ -39,14 +28,14 @@ def rule(f: IPFilter, ip: str, path: str = "/") -> str | None:
 
 
 def test_check_accepts_a_good_document() -> None:
-    IPFilter.compile_settings(
+    IPFilter().compile_settings(
         doc(1, deny=["10.0.0.0/8"], paths=[{"prefix": "/a", "allow": ["::1"]}])
     )
 
 
 def test_check_rejects_a_bad_document_whole_naming_the_key() -> None:
     with pytest.raises(ConfigError) as info:
-        IPFilter.compile_settings(doc(3, deny=["10.0.0.0/8", "10.0.0.300"]))
+        IPFilter().compile_settings(doc(3, deny=["10.0.0.0/8", "10.0.0.300"]))
     assert info.value.key == "ipfilter.deny[1]"
     assert info.value.source == "shared settings 'ipfilter' version 3"
 
@@ -102,7 +91,7 @@ def test_a_bad_document_that_slips_through_keeps_the_previous_rules(
 def test_reconfigure_drops_the_shared_document() -> None:
     f = make()
     f.apply_settings(doc(4, deny=["192.0.2.0/24"]))
-    f.configure(FakeConfig({}))
+    f.configure_table({})
     assert f.version == 0
     assert rule(f, "192.0.2.1") is None
 

@@ -21,10 +21,13 @@ it from :attr:`affinity.models.Rejection.retry_after` on every 429.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Literal
 
-MODES = ("draft-08", "draft-07", "draft-06", "none")
+HeaderMode = Literal["draft-08", "draft-07", "draft-06", "none"]
+MODES: tuple[str, ...] = typing.get_args(HeaderMode)
 
 
 def quota_window(rate: float, burst: int) -> tuple[int, int]:

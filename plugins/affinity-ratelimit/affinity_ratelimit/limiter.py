@@ -11,38 +11,19 @@ under the new rate too.
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
-from affinity.errors import ConfigError
-from affinity.models import Rejection, RequestInfo, SharedSettings
+from affinity import hookimpl
+from affinity.models import Rejection, RequestInfo
+from affinity.plugin.options import Origin, overlay
+from affinity.plugin.shared_settings import SettingsPlugin, remember
 from affinity_ratelimit.gcra import NS, GcraTable
 from affinity_ratelimit.headers import render
-from affinity_ratelimit.options import ClientKey, Limit, Policy, compile_policy
-
-NAME = "ratelimit"
-"""The plugin's name: its entry point, its config table and its shared settings document."""
-
-log = logging.getLogger("affinity_ratelimit")
-
-
-class PluginConfig(Protocol):
-    """What the limiter needs of :class:`affinity.config.Config`."""
-
-    @property
-    def source(self) -> str: ...
-
-    def plugin_options(self, name: str) -> Mapping[str, Any]: ...
-
-
-CACHE_SIZE = 4096
-"""Most limit choices and address keys remembered per policy (the lot is dropped when full)."""
-CACHE_KEY_LENGTH = 256
-"""Longer paths or addresses are worked out each time, so the caches stay small."""
+from affinity_ratelimit.options import NAME, RateLimitOptions
+from affinity_ratelimit.policy import ClientKey, Limit, Policy, compile_policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,86 +36,59 @@ class _InForce:
     a new policy starts with empty caches.
     """
 
-    version: int = 0
     policy: Policy = field(default_factory=Policy)
     limits: dict[tuple[str, str], Limit | None] = field(default_factory=dict)
     addresses: dict[str, tuple[str, str | int]] = field(default_factory=dict)
-
-
-def _remember(cache: dict[Any, Any], key: Any, value: Any, text: str) -> None:
-    """Keep ``value`` in a bounded cache: dropped whole when full, so memory stays bounded and
-    a client rotating addresses or paths costs what it would without the cache. ``text`` is
-    the request's part of the key (path or address): a long one is not kept."""
-    if len(text) > CACHE_KEY_LENGTH:
-        return
-    if len(cache) >= CACHE_SIZE:
-        cache.clear()
-    cache[key] = value
 
 
 def _ceil_seconds(ns: int) -> int:
     return max(1, -(-ns // NS))
 
 
-class RateLimiter:
-    """Per-client GCRA limits for one process.
+class RateLimiter(SettingsPlugin[RateLimitOptions, Policy]):
+    """Per-client GCRA limits for one process; the instance is the plugin.
 
     :param clock: Seconds from a monotonic clock, injectable so tests need no sleep;
         by default ``time.monotonic_ns`` is read, whole nanoseconds with no float rounding.
     """
 
+    name = NAME
+    options_class = RateLimitOptions
+
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._now_ns: Callable[[], int] = (
             time.monotonic_ns if clock is None else lambda: round(clock() * NS)
         )
-        self._file_options: Mapping[str, Any] = MappingProxyType({})
         self._in_force = _InForce()
-        self._table = GcraTable(self._in_force.policy.max_keys)
-        self._counts: dict[str, int] = {}
+        super().__init__()
 
-    # -- configuration --------------------------------------------------------
+    # -- configuration (the rest is SettingsPlugin's) -------------------------
 
-    def configure(self, config: PluginConfig) -> None:
+    def configure(self, options: RateLimitOptions, source: str | None = None) -> None:
         """Compile the file's options; forgets every bucket, shared document and counter."""
-        options = config.plugin_options(NAME)
-        policy = compile_policy(options, key_prefix=f"plugins.{NAME}", source=config.source)
-        self._file_options = MappingProxyType(dict(options))
-        self._in_force = _InForce(policy=policy)
-        self._table = GcraTable(policy.max_keys)
-        self._counts = {}
+        super().configure(options, source)
+        self._table = GcraTable(options.max_keys)
 
-    def compile_settings(self, settings: SharedSettings) -> Policy:
-        """Validate a shared document over the file's options; raises ConfigError to refuse it."""
-        source = f"shared settings {NAME!r} version {settings.version}"
-        value = settings.value
-        if not isinstance(value, Mapping):
-            raise ConfigError("expected a table", key=NAME, source=source)
-        if "max_keys" in value:
+    def compile(self, options: RateLimitOptions, origin: Origin) -> Policy:
+        return compile_policy(options, origin)
+
+    def read_document(self, value: Any, origin: Origin) -> RateLimitOptions:
+        """The file's options with the document laid over them key by key (null: default)."""
+        if isinstance(value, dict) and "max_keys" in value:
             msg = "is per process; set it in the config file's [plugins.ratelimit] table"
-            raise ConfigError(msg, key=f"{NAME}.max_keys", source=source)
-        merged = {**self._file_options, **value}
-        options = {k: v for k, v in merged.items() if v is not None}
-        return compile_policy(options, key_prefix=NAME, source=source)
+            raise origin.error(msg, "max_keys")
+        return overlay(self.options, value, origin)
 
-    def apply_settings(self, settings: SharedSettings) -> bool:
-        """Put a newer shared document in force; True if applied.
-
-        Versions not newer than the one in force are ignored. A document that
-        does not compile keeps the previous policy and is logged (a notification
-        hook must not raise, or the plugins after this one would miss the change).
-        """
-        current = self._in_force
-        if settings.version <= current.version:
-            return False
-        try:
-            policy = self.compile_settings(settings)
-        except ValueError as exc:
-            log.warning("ignoring shared settings %r version %d: %s", NAME, settings.version, exc)
-            return False
-        self._in_force = _InForce(version=settings.version, policy=policy)
-        return True
+    def install(self, file: Policy, shared: Policy | None, version: int) -> None:
+        """Swap the policy in; the buckets stay (a TAT is meaningful under the new rate too)."""
+        self._in_force = _InForce(policy=file if shared is None else shared)
 
     # -- request path -----------------------------------------------------------
+
+    @hookimpl
+    def affinity_reject_request(self, request: RequestInfo) -> Rejection | None:
+        """Refuse a request over its client's limit (``429 rate_limited``, ``Retry-After``)."""
+        return self.reject(request)
 
     def reject(self, request: RequestInfo) -> Rejection | None:
         """Refuse with ``429 rate_limited`` when the client is over its limit; None admits."""
@@ -145,7 +99,7 @@ class RateLimiter:
             limit = in_force.limits[where]
         except KeyError:
             limit = policy.select(*where)
-            _remember(in_force.limits, where, limit, request.path)
+            remember(in_force.limits, where, limit, request.path)
         if limit is None:
             return None
         if limit.key == "client_or_ip" and request.client_id:
@@ -156,12 +110,12 @@ class RateLimiter:
                 kind, value = in_force.addresses[ip]
             except KeyError:
                 kind, value = policy.address_key(ip)
-                _remember(in_force.addresses, ip, (kind, value), ip)
+                remember(in_force.addresses, ip, (kind, value), ip)
             key = (limit.name, kind, value)
         decision = self._table.take(key, limit.cell, self._now_ns())
         if decision is None:
             return None
-        self._counts[limit.rule_id] = self._counts.get(limit.rule_id, 0) + 1
+        self.count(limit.rule_id)
         retry_after = _ceil_seconds(decision.wait_ns)
         headers = render(
             policy.headers,
@@ -183,11 +137,6 @@ class RateLimiter:
     # -- observation --------------------------------------------------------------
 
     @property
-    def version(self) -> int:
-        """Version of the shared document in force; 0 when only the file's options apply."""
-        return self._in_force.version
-
-    @property
     def policy(self) -> Policy:
         """The compiled policy in force."""
         return self._in_force.policy
@@ -201,7 +150,3 @@ class RateLimiter:
     def evicted_active(self) -> int:
         """Entries evicted while still limiting someone; non-zero: ``max_keys`` is too small."""
         return self._table.evicted_active
-
-    def counters(self) -> Mapping[str, int]:
-        """Refusals so far by rule id (``ratelimit.default``, ``ratelimit.<name>``)."""
-        return MappingProxyType(dict(self._counts))

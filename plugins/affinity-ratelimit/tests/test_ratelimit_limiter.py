@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -16,18 +14,6 @@ from affinity.errors import ConfigError
 from affinity.models import Rejection, RequestInfo
 
 
-@dataclass
-class FakeConfig:
-    """Stands in for affinity.config.Config: the two attributes a plugin uses."""
-
-    options: Mapping[str, Any] = field(default_factory=dict)
-    source: str = "/etc/affinity/affinity.toml"
-
-    def plugin_options(self, name: str) -> Mapping[str, Any]:
-        assert name == "ratelimit"
-        return self.options
-
-
 class Clock:
     def __init__(self, now: float = 1000.0) -> None:
         self.now = now
@@ -38,7 +24,7 @@ class Clock:
 
 def make(clock: Clock | None = None, **options: Any) -> RateLimiter:
     limiter = RateLimiter(clock=clock or Clock())
-    limiter.configure(FakeConfig(options))
+    limiter.configure_table(options, source="/etc/affinity/affinity.toml")
     return limiter
 
 
@@ -311,8 +297,8 @@ def test_bounded_memory_through_the_public_api() -> None:
         ({"max_keys": 0}, "plugins.ratelimit.max_keys", "got 0"),
         ({"roles": ["edge"]}, "plugins.ratelimit.roles[0]", "'edge'"),
         ({"exempt_paths": ["healthz"]}, "plugins.ratelimit.exempt_paths[0]", "'healthz'"),
-        ({"rates": 5}, "plugins.ratelimit.rates", "unknown option"),
-        ({"limits": [{"prefix": "/a"}]}, "plugins.ratelimit.limits[0].rate", "needs a 'rate'"),
+        ({"rates": 5}, "plugins.ratelimit.rates", "unknown key"),
+        ({"limits": [{"prefix": "/a"}]}, "plugins.ratelimit.limits[0].rate", "missing"),
         ({"limits": [{"rate": 1, "name": 'x"; y'}]}, "plugins.ratelimit.limits[0].name", "letters"),
         (
             {"limits": [{"rate": 1, "name": "default"}]},
@@ -336,14 +322,14 @@ def test_bad_options_raise_config_error_naming_the_key(
 ) -> None:
     limiter = RateLimiter()
     with pytest.raises(ConfigError) as info:
-        limiter.configure(FakeConfig(options))
+        limiter.configure_table(options, source="/etc/affinity/affinity.toml")
     assert info.value.key == key
     assert info.value.source == "/etc/affinity/affinity.toml"
     assert words in str(info.value)
 
 
 def test_many_addresses_and_paths_keep_the_caches_bounded_and_answers_right() -> None:
-    from affinity_ratelimit.limiter import CACHE_SIZE
+    from affinity.plugin.shared_settings import CACHE_SIZE
 
     limiter = make(rate=0.001, burst=1, limits=[{"name": "x", "prefix": "/x", "rate": 1000.0}])
     for i in range(CACHE_SIZE + 500):

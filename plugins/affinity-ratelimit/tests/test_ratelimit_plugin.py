@@ -1,83 +1,102 @@
-"""The module as a plugin: entry point, hook signatures against the contract, hook calls."""
+"""The limiter as a plugin: entry point, hook signatures against the contract, hook calls."""
 
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import affinity_ratelimit
 import pluggy
 import pytest
+from affinity_ratelimit import RateLimiter
 
+from affinity.config import Config, load
 from affinity.errors import ConfigError
 from affinity.models import RequestInfo, SharedSettings
 from affinity.plugin import spec as hookspecs
+from affinity.plugin.manager import PluginManager
 
 
-@dataclass
-class FakeConfig:
-    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    source: str = "affinity.toml"
-
-    def plugin_options(self, name: str) -> Mapping[str, Any]:
-        return self.plugins.get(name, {})
+def manager(*plugins: object) -> PluginManager:
+    return PluginManager(autoload=False, env={}, plugins=plugins)
 
 
-@pytest.fixture
-def pm() -> Iterator[pluggy.PluginManager]:
-    manager = pluggy.PluginManager("affinity")
-    manager.add_hookspecs(hookspecs)
-    manager.register(affinity_ratelimit, name="ratelimit")  # validates against the hookspecs
-    yield manager
-    affinity_ratelimit.STATE.configure(FakeConfig())  # leave the process-wide state empty
+def config(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
+    path = tmp_path / "affinity.toml"
+    path.write_text(text)
+    return load(path, env=env or {})
 
 
-def test_entry_point_names_the_module() -> None:
+def test_entry_point_names_the_process_wide_limiter() -> None:
     eps = importlib.metadata.entry_points(group="affinity", name="ratelimit")
-    assert [ep.value for ep in eps] == ["affinity_ratelimit"]
-    assert next(iter(eps)).load() is affinity_ratelimit
+    assert [ep.value for ep in eps] == ["affinity_ratelimit:STATE"]
+    assert next(iter(eps)).load() is affinity_ratelimit.STATE
 
 
-def test_hooks_through_pluggy(pm: pluggy.PluginManager) -> None:
-    pm.hook.affinity_configure(config=FakeConfig({"ratelimit": {"rate": 0.001, "burst": 2}}))
+def test_hook_signatures_match_the_contract() -> None:
+    pm = pluggy.PluginManager("affinity")
+    pm.add_hookspecs(hookspecs)
+    pm.register(RateLimiter(), name="ratelimit")  # validates every hookimpl against its spec
+    pm.check_pending()
+
+
+def test_hooks_through_the_manager(tmp_path: Path) -> None:
+    limiter = RateLimiter(clock=lambda: 100.0)
+    pm = manager(limiter)
+    pm.configure(config(tmp_path, "[plugins.ratelimit]\nrate = 0.001\nburst = 2\n"))
     request = RequestInfo(role="referral", method="GET", path="/v1/assign", client_ip="192.0.2.9")
-    assert pm.hook.affinity_reject_request(request=request) is None
-    assert pm.hook.affinity_reject_request(request=request) is None
-    answer = pm.hook.affinity_reject_request(request=request)
-    assert answer.status == 429
-    assert answer.retry_after >= 1
-    assert answer.rule == "ratelimit.default"
+    assert pm.reject_request(request) is None
+    assert pm.reject_request(request) is None
+    answer = pm.reject_request(request)
+    assert answer is not None and (answer.status, answer.rule) == (429, "ratelimit.default")
+    assert answer.retry_after is not None and answer.retry_after >= 1
 
     other = SharedSettings(name="ipfilter", version=9, value={"rate": "not a number"})
-    pm.hook.affinity_check_settings(settings=other)  # not ours: ignored
-    pm.hook.affinity_settings_changed(settings=other)
-    assert affinity_ratelimit.STATE.version == 0
+    assert pm.apply_settings(other) is None  # not ours: ignored
+    assert limiter.version == 0
 
-    bad = SharedSettings(name="ratelimit", version=1, value={"rate": -1})
-    with pytest.raises(ConfigError):
-        pm.hook.affinity_check_settings(settings=bad)
+    refusal = pm.apply_settings(SharedSettings(name="ratelimit", version=1, value={"rate": -1}))
+    assert refusal is not None and refusal.key == "ratelimit.rate"
 
     good = SharedSettings(name="ratelimit", version=2, value={"rate": None, "burst": None})
-    pm.hook.affinity_check_settings(settings=good)
-    pm.hook.affinity_settings_changed(settings=good)
-    assert affinity_ratelimit.STATE.version == 2
-    assert pm.hook.affinity_reject_request(request=request) is None
-    assert affinity_ratelimit.STATE.counters() == {"ratelimit.default": 1}
-    assert pm.hook.affinity_report_counters() == [{"ratelimit.default": 1}]
+    assert pm.apply_settings(good) is None
+    assert limiter.version == 2
+    assert pm.reject_request(request) is None
+    assert limiter.counters() == {"ratelimit.default": 1}
+    assert pm.report_counters() == {"ratelimit.default": 1}
 
 
-def test_installed_but_unconfigured_limits_nothing(pm: pluggy.PluginManager) -> None:
-    pm.hook.affinity_configure(config=FakeConfig())
+def test_installed_but_unconfigured_limits_nothing(tmp_path: Path) -> None:
+    pm = manager(RateLimiter())
+    pm.configure(config(tmp_path, ""))
     request = RequestInfo(role="server", method="GET", path="/", client_ip="192.0.2.9")
-    assert all(pm.hook.affinity_reject_request(request=request) is None for _ in range(100))
+    assert all(pm.reject_request(request) is None for _ in range(100))
 
 
-def test_config_error_from_configure_names_the_file(pm: pluggy.PluginManager) -> None:
-    config = FakeConfig({"ratelimit": {"rate": 5, "key": "header"}}, source="/x.toml")
-    with pytest.raises(ConfigError, match=r"^/x\.toml: plugins\.ratelimit\.key: "):
-        pm.hook.affinity_configure(config=config)
+def test_a_bad_option_names_the_key_and_the_file(tmp_path: Path) -> None:
+    text = '[plugins.ratelimit]\nrate = 5\nkey = "header"\n'
+    with pytest.raises(ConfigError) as info:
+        manager(RateLimiter()).configure(config(tmp_path, text))
+    assert str(info.value).startswith(f"{tmp_path / 'affinity.toml'}: plugins.ratelimit.key: ")
+
+
+def test_an_option_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    limiter = RateLimiter()
+    manager(limiter).configure(config(tmp_path, "", {"AFFINITY_PLUGINS_RATELIMIT_RATE": "7"}))
+    assert limiter.policy.limits["/"][0].rate == 7.0
+    env = {"AFFINITY_PLUGINS_RATELIMIT_RATE": "0"}
+    with pytest.raises(ConfigError) as info:
+        manager(RateLimiter()).configure(config(tmp_path, "", env))
+    assert info.value.key == "plugins.ratelimit.rate"
+    assert info.value.source == "environment variable AFFINITY_PLUGINS_RATELIMIT_RATE"
+
+
+def test_a_misspelled_table_is_an_error_naming_the_known_plugins(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        manager(RateLimiter()).configure(config(tmp_path, "[plugins.ratelimt]\nrate = 5\n"))
+    assert info.value.key == "plugins.ratelimt"
+    assert "did you mean 'ratelimit'?" in info.value.message
+    assert "known plugin tables: 'ratelimit'" in info.value.message
 
 
 def test_module_exports() -> None:

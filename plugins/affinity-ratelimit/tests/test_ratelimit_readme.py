@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from affinity_ratelimit import RateLimiter
 
@@ -21,19 +18,10 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 
-@dataclass
-class FakeConfig:
-    options: Mapping[str, Any]
-    source: str = "README.md"
-
-    def plugin_options(self, name: str) -> Mapping[str, Any]:
-        return self.options
-
-
 def make() -> RateLimiter:
     (toml,) = blocks("toml")
     limiter = RateLimiter(clock=lambda: 0.0)
-    limiter.configure(FakeConfig(tomllib.loads(toml)["plugins"]["ratelimit"]))
+    limiter.configure_table(tomllib.loads(toml)["plugins"]["ratelimit"], source="README.md")
     return limiter
 
 

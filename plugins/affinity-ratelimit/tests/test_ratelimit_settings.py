@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -12,15 +10,6 @@ from affinity_ratelimit import RateLimiter
 
 from affinity.errors import ConfigError
 from affinity.models import RequestInfo, SharedSettings
-
-
-@dataclass
-class FakeConfig:
-    options: Mapping[str, Any] = field(default_factory=dict)
-    source: str = "affinity.toml"
-
-    def plugin_options(self, name: str) -> Mapping[str, Any]:
-        return self.options
 
 
 class Clock:
@@ -32,7 +21,7 @@ class Clock:
 
 def make(**options: Any) -> RateLimiter:
     limiter = RateLimiter(clock=Clock())
-    limiter.configure(FakeConfig(options))
+    limiter.configure_table(options, source="affinity.toml")
     return limiter
 
 
@@ -123,7 +112,7 @@ def test_reconfigure_starts_over() -> None:
     limiter = make(rate=1, burst=1)
     limiter.apply_settings(doc(2, burst=2))
     admitted(limiter, 5)
-    limiter.configure(FakeConfig({"rate": 1, "burst": 1}))
+    limiter.configure_table({"rate": 1, "burst": 1}, source="affinity.toml")
     assert limiter.version == 0
     assert limiter.counters() == {}
     assert limiter.table_size == 0
