@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from affinity import __version__
-from affinity.cli import certs, dev, keys, request
+from affinity.cli import certs, dev, keys, plugins, request
 from affinity.config import Config, load
 from affinity.errors import AffinityError, ConfigError
 
@@ -43,18 +43,13 @@ def _check(args: argparse.Namespace) -> int:
 
     config = _config(args)
     manager = PluginManager()
-    manager.configure(config)
+    manager.configure(config)  # every declared [plugins.*] table, and the registry's options
     for service in config.services:
         manager.make_policy(service, config)
-    print(f"{config.source}: ok ({len(config.services)} services)")
-    return 0
-
-
-def _plugins(args: argparse.Namespace) -> int:
-    from affinity.plugin.manager import PluginManager
-
-    for name in PluginManager().names():
-        print(name)
+    tables = ", ".join(f"[plugins.{name}]" for name in sorted(manager.declared_options()))
+    print(
+        f"{config.source}: ok ({len(config.services)} services; options of {tables or 'no plugin'})"
+    )
     return 0
 
 
@@ -187,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     _config_option(c)
     c.set_defaults(func=_check)
 
-    command("plugins", "list the loaded plugins").set_defaults(func=_plugins)
+    plugins.configure(command("plugins", "list the loaded plugins and the hooks they implement"))
     return p
 
 

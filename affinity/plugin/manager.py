@@ -85,6 +85,7 @@ class PluginManager:
         env = os.environ if env is None else env
         self._filters: list[Callable[..., Any]] | None = None
         self._dists: dict[str, tuple[str, str]] = {}
+        self._seen: set[str] = set()  # names of the plugins found, loaded or blocked
         self._configured = False
         self._pm = pluggy.PluginManager("affinity")
         self._pm.add_hookspecs(hookspecs)
@@ -106,8 +107,11 @@ class PluginManager:
         for plugin in plugins:
             self._register(plugin, None)
         self._check_pending()
+        for name in sorted(self.blocked - self._seen):
+            log.warning("AFFINITY_DISABLE_PLUGINS names %r, which is no plugin here", name)
 
     def _load_module(self, name: str) -> None:
+        self._seen.add(name)
         if not self._pm.is_blocked(name) and self._pm.get_plugin(name) is None:
             self._register(_import(name), name)
 
@@ -127,6 +131,7 @@ class PluginManager:
 
     def _load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            self._seen.add(ep.name)
             if self._pm.get_plugin(ep.name) is not None or self._pm.is_blocked(ep.name):
                 continue
             try:
