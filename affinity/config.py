@@ -362,7 +362,7 @@ def _section(cls: type[Any], table: Any, prefix: str, ctx: _Ctx, env: Mapping[st
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in table:
         if key not in fields:
-            expected = f"expected one of {sorted(fields)}" if fields else "expected no keys"
+            expected = f"expected one of {sorted(fields)}" if fields else "this takes no options"
             raise ctx.error(_join(prefix, str(key)), f"unknown key; {expected}")
     values: dict[str, Any] = {}
     for name, f in fields.items():

@@ -23,14 +23,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from affinity.errors import ConfigError
 from affinity.models import AssignRequest, Pool, Server
 from affinity.plugin import hashing, hookimpl
+from affinity.plugin.options import option
 from affinity.plugin.policy import Policy
 
 __all__ = [
     "POLICIES",
+    "ConsistentOptions",
     "ConsistentPolicy",
+    "LoadWeightedOptions",
     "LoadWeightedPolicy",
     "RandomPolicy",
     "RoundRobinPolicy",
@@ -44,39 +46,33 @@ _RR_UNITS = 100
 """Round-robin slots per unit of effective weight, so slow-start ramps keep 1 % steps."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Option:
-    kind: type[int] | type[float]
-    default: float
-    low: float
-    high: float
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _CapacityOptions:
+    default_capacity: int = option(
+        100, low=1, high=2**31, help="Capacity assumed for a server whose health reports none."
+    )
 
 
-def _read_options(
-    policy: str, options: Mapping[str, Any] | None, spec: Mapping[str, _Option]
-) -> dict[str, float]:
-    """Validated option values, defaults filled in; ConfigError naming the bad key."""
-    options = {} if options is None else options
-    if not isinstance(options, Mapping):
-        got = type(options).__name__
-        raise ConfigError(f"must be a table, got {got}", key="policy_options")
-    for key in options:
-        if key not in spec:
-            expected = ", ".join(sorted(spec)) or "none"
-            msg = f"unknown option of policy {policy!r}; expected: {expected}"
-            raise ConfigError(msg, key=str(key))
-    values: dict[str, float] = {}
-    for key, opt in spec.items():
-        value = options.get(key, opt.default)
-        kinds = (int,) if opt.kind is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            what = "an integer" if opt.kind is int else "a number"
-            raise ConfigError(f"must be {what}, got {value!r}", key=key)
-        if not opt.low <= value <= opt.high:  # NaN fails this too
-            low, high = opt.kind(opt.low), opt.kind(opt.high)
-            raise ConfigError(f"must be between {low} and {high}, got {value!r}", key=key)
-        values[key] = opt.kind(value)
-    return values
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadWeightedOptions(_CapacityOptions):
+    """``policy_options`` of ``load_weighted``."""
+
+    choices: int = option(
+        2, low=2, high=3, help="Random candidates compared per pick (power of d choices)."
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsistentOptions(_CapacityOptions):
+    """``policy_options`` of ``consistent``."""
+
+    load_factor: float = option(
+        1.25,
+        low=1.0,
+        high=1e6,
+        help="A server loaded above this times the pool's mean (plus a few clients) is "
+        "passed over for the next in score order.",
+    )
 
 
 def _fallback(servers: tuple[Server, ...], avoid: frozenset[str], rng: random.Random) -> int | None:
@@ -87,20 +83,17 @@ def _fallback(servers: tuple[Server, ...], avoid: frozenset[str], rng: random.Ra
 
 
 class _BuiltinPolicy(Policy):
-    """Validates options against ``option_spec`` and owns the random generator."""
-
-    option_spec: ClassVar[Mapping[str, _Option]] = MappingProxyType({})
+    """Owns the random generator; ``_setup`` runs once the options are read."""
 
     def __init__(
         self, options: Mapping[str, Any] | None = None, *, rng: random.Random | None = None
     ) -> None:
-        self._values = _read_options(self.name, options, self.option_spec)
         super().__init__(options)
         self._rng = rng if rng is not None else random.Random()
         self._setup()
 
     def _setup(self) -> None:
-        """Initialise per-policy state once the options are read (``self._values``)."""
+        """Initialise per-policy state once the options are read (``self.options``)."""
 
 
 # -- round robin --------------------------------------------------------------
@@ -307,17 +300,13 @@ class LoadWeightedPolicy(_SamplingPolicy):
         "report, so between reports they do not see each other's, but random candidates "
         "keep their bursts spread instead of all landing on the least-loaded server."
     )
-    option_spec = MappingProxyType(
-        {
-            "choices": _Option(int, 2, 2, 3),
-            "default_capacity": _Option(int, 100, 1, 2**31),
-        }
-    )
+    options_class = LoadWeightedOptions
+    options: LoadWeightedOptions
 
     def _setup(self) -> None:
         super()._setup()
-        self._choices = int(self._values["choices"])
-        self._default_capacity = int(self._values["default_capacity"])
+        self._choices = self.options.choices
+        self._default_capacity = self.options.default_capacity
         self._loads: array[float] = array("d")  # reported, per assignment, count; per server
 
     def choose(self, pool: Pool, request: AssignRequest) -> Server | None:
@@ -392,18 +381,14 @@ class ConsistentPolicy(_BuiltinPolicy):
         "Deterministic: every worker and replica with the same view of the pool "
         "(servers, weights, health, reported load) gives the same server for a client id."
     )
-    option_spec = MappingProxyType(
-        {
-            "load_factor": _Option(float, 1.25, 1.0, 1e6),
-            "default_capacity": _Option(int, 100, 1, 2**31),
-        }
-    )
+    options_class = ConsistentOptions
+    options: ConsistentOptions
     slack_clients: ClassVar[int] = 4
     """Clients allowed above the bound, so tiny loads (1 vs 0) do not count as overload."""
 
     def _setup(self) -> None:
-        self._load_factor = self._values["load_factor"]
-        self._default_capacity = int(self._values["default_capacity"])
+        self._load_factor = self.options.load_factor
+        self._default_capacity = self.options.default_capacity
         self._table = _Table((), ())
 
     def choose(self, pool: Pool, request: AssignRequest) -> Server | None:

@@ -264,7 +264,10 @@ class PluginManager:
                 name=settings.policy, options=settings.policy_options
             )
         except ConfigError as exc:
-            option = f"services.{service}.policy_options.{exc.key}" if exc.key else key
+            option = key
+            if exc.key:  # declared options name "policy_options.<key>"; a plain key is one too
+                relative = exc.key.removeprefix("policy_options.")
+                option = f"services.{service}.policy_options.{relative}"
             raise ConfigError(exc.message, key=option, source=config.source) from exc
         if policy is None:
             msg = (

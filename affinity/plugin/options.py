@@ -40,7 +40,15 @@ from typing import Any, TypeVar
 from affinity.config import RULE, Rule, convert
 from affinity.errors import ConfigError
 
-__all__ = ["Origin", "describe", "markdown_table", "option", "overlay", "read_options"]
+__all__ = [
+    "NoOptions",
+    "Origin",
+    "describe",
+    "markdown_table",
+    "option",
+    "overlay",
+    "read_options",
+]
 
 T = TypeVar("T")
 
@@ -78,6 +86,11 @@ def option(
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class NoOptions:
+    """The options of something that takes none: any key is an error."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from affinity import hookimpl
-from affinity.errors import ConfigError
 from affinity.models import AssignRequest, Pool, Server
+from affinity.plugin import hookimpl
+from affinity.plugin.options import option
 from affinity.plugin.policy import Policy
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZoneOptions:
+    """``policy_options`` of ``policy = "zone"``: declared once, checked by the core."""
+
+    zone: str = option(
+        help="The zone whose servers are preferred (servers' `meta.zone`).",
+        pattern=r"[a-z0-9-]{1,32}",
+        expected="a zone name, for example 'eu'",
+    )
 
 
 def _score(client_id: str, server_id: str) -> bytes:
@@ -27,17 +39,12 @@ class ZonePolicy(Policy):
 
     name = "zone"
     guarantee = "the same answer in every worker and replica for the same view"
-
-    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        super().__init__(options)
-        zone = self.options.get("zone")
-        if not isinstance(zone, str) or not zone:
-            raise ConfigError("expected a zone name, for example 'eu'", key="zone")
-        self.zone = zone
+    options_class = ZoneOptions
+    options: ZoneOptions
 
     def choose(self, pool: Pool, request: AssignRequest) -> Server | None:
         usable = [s for s in pool.assignable if s.id not in request.avoid]
-        local = [s for s in usable if s.meta.get("zone") == self.zone]
+        local = [s for s in usable if s.meta.get("zone") == self.options.zone]
         return _pick(local or usable, request.client_id)
 
 
@@ -47,5 +54,5 @@ def _pick(servers: Sequence[Server], client_id: str) -> Server | None:
 
 @hookimpl
 def affinity_make_policy(name: str, options: Mapping[str, Any]) -> Policy | None:
-    """Answer for ``policy = "zone"``."""
+    """Answer for ``policy = "zone"``; a missing or bad ``zone`` is a ConfigError naming it."""
     return ZonePolicy(options) if name == "zone" else None

@@ -149,7 +149,7 @@ def test_bad_options_raise_config_error_naming_the_key(
 ) -> None:
     with pytest.raises(ConfigError) as info:
         affinity_make_policy(name=name, options=options)
-    assert info.value.key == key
+    assert info.value.key == f"policy_options.{key}"
     assert isinstance(info.value, ValueError)
 
 
