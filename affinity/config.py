@@ -290,6 +290,8 @@ class Rule:
     pattern: re.Pattern[str] | None = None
     expected: str = ""
     check: Callable[[Any], object] | None = None
+    resolved: bool = False
+    """True for a field the owner fills in after conversion (a secret, say): not an option."""
 
     def bounds(self) -> str:
         """The bounds in words (``from 1 to 32``, ``of at least 1``), empty when there are none."""
@@ -329,6 +331,13 @@ def convert(
     return value
 
 
+def option_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+    """The fields of a dataclass that a table may set (not the resolved ones)."""
+    return [
+        f for f in dataclasses.fields(cls) if f.init and not f.metadata.get(RULE, _NO_RULE).resolved
+    ]
+
+
 def env_name(key: str) -> str:
     """The variable that overrides a dotted key: ``plugins.ratelimit.rate`` ->
     ``AFFINITY_PLUGINS_RATELIMIT_RATE``."""
@@ -359,7 +368,7 @@ def _section(cls: type[Any], table: Any, prefix: str, ctx: _Ctx, env: Mapping[st
     if not isinstance(table, Mapping):
         raise ctx.error(prefix, f"expected a table, got {table!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in option_fields(cls)}
     for key in table:
         if key not in fields:
             expected = f"expected one of {sorted(fields)}" if fields else "this takes no options"

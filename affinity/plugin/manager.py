@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from affinity.config import env_name
+from affinity.config import env_name, option_fields
 from affinity.errors import ConfigError, PluginError
 from affinity.plugin import spec as hookspecs
 
@@ -242,7 +242,7 @@ class PluginManager:
         variables = {
             env_name(f"plugins.{name}.{field}")
             for name, cls in declared.items()
-            for field in cls.__dataclass_fields__
+            for field in (f.name for f in option_fields(cls))
         }
         skipped = tuple(env_name(f"plugins.{name}") + "_" for name in self.blocked)
         for variable in config.env:

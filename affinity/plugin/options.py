@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from affinity.config import RULE, Rule, convert
+from affinity.config import RULE, Rule, convert, option_fields
 from affinity.errors import ConfigError
 
 __all__ = [
@@ -46,8 +46,10 @@ __all__ = [
     "describe",
     "markdown_table",
     "option",
+    "option_fields",
     "overlay",
     "read_options",
+    "resolved",
 ]
 
 T = TypeVar("T")
@@ -86,6 +88,16 @@ def option(
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def resolved(default: Any, *, secret: bool = False) -> Any:
+    """A dataclass field the owner fills in after conversion (from the environment, a file).
+
+    Not an option: a table may not set it and the docs do not list it. A
+    ``secret`` one is left out of ``repr``, so no log line or error shows it.
+    """
+    metadata = {RULE: Rule(resolved=True)}
+    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,9 +217,7 @@ def markdown_table(cls: type[Any], prefix: str = "") -> str:
 def _rows(cls: type[Any], prefix: str) -> list[str]:
     hints = typing.get_type_hints(cls)
     rows = []
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
+    for f in option_fields(cls):
         rule: Rule = f.metadata.get(RULE, Rule())
         hint = hints[f.name]
         meaning = rule.help + (f" ({rule.bounds()})" if rule.bounds() else "")

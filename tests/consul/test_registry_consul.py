@@ -33,13 +33,15 @@ import pytest
 from affinity.builtin.consul import blocking
 from affinity.builtin.consul.catalog import health_of, server_from_entry
 from affinity.builtin.consul.client import PooledHTTPClient
-from affinity.builtin.consul.options import KNOWN, ConsulOptions, parse_options
+from affinity.builtin.consul.options import ConsulOptions, parse_options
 from affinity.builtin.consul.plugin import affinity_make_registrar, affinity_make_registry
 from affinity.builtin.consul.registrar import ConsulRegistrar
 from affinity.builtin.consul.registry import ConsulRegistry
 from affinity.config import Config, load
 from affinity.errors import ConfigError, RegistrationFailed, RegistryUnavailable
 from affinity.models import HealthStatus, Server
+from affinity.plugin.manager import PluginManager
+from affinity.plugin.options import option_fields
 from affinity.plugin.registry import RegistryView
 from tests.consul.conftest import real_agent_url
 
@@ -231,6 +233,35 @@ def test_bad_options_name_the_key(tmp_path: Path, options: dict[str, Any], key: 
     assert caught.value.source == str(path)
 
 
+def test_configure_checks_the_options_before_anything_is_made(tmp_path: Path) -> None:
+    """``affinity check`` configures the plugins: a bad Consul option fails there."""
+    path = write_config(tmp_path / "affinity.toml", {"wait": 0})
+    with pytest.raises(ConfigError) as caught:
+        PluginManager(autoload=False, env={}).configure(load(path, env={}))
+    assert (caught.value.key, caught.value.source) == ("registry.options.wait", str(path))
+
+
+def test_an_option_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "affinity.toml", {"wait": 5})
+    options = parse_options(load(path, env={"AFFINITY_REGISTRY_OPTIONS_WAIT": "7"}), env={})
+    assert options.wait == 7.0
+    bad = load(path, env={"AFFINITY_REGISTRY_OPTIONS_WAIT": "forever"})
+    with pytest.raises(ConfigError) as caught:
+        parse_options(bad, env={})
+    assert caught.value.source == "environment variable AFFINITY_REGISTRY_OPTIONS_WAIT"
+    host = load(path, env={"AFFINITY_REGISTRY_OPTIONS_HOST": "10.0.0.2"})
+    env = {"CONSUL_HTTP_ADDR": "elsewhere:1"}
+    assert parse_options(host, env=env).base_url == "http://10.0.0.2:8500"  # explicit wins
+
+
+def test_the_token_is_not_an_option(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "affinity.toml", {"token": "s3cret"})
+    with pytest.raises(ConfigError) as caught:
+        parse_options(load(path, env={}), env={})
+    assert caught.value.key == "registry.options.token"
+    assert "s3cret" not in str(caught.value)
+
+
 def test_server_meta_consul_would_refuse_is_a_config_error(tmp_path: Path) -> None:
     path = write_config(tmp_path / "a.toml", {}, server='meta = { "a.b" = "x" }')
     with pytest.raises(ConfigError, match=r"server\.meta\.a\.b"):
@@ -260,7 +291,7 @@ def test_explicit_settings_win_over_the_consul_environment(tmp_path: Path) -> No
 def test_every_option_is_documented() -> None:
     text = (ROOT / "docs" / "consul.md").read_text()
     table = text.split("## Options", 1)[1].split("\n## ", 1)[0]
-    for key in KNOWN:
+    for key in (f.name for f in option_fields(ConsulOptions)):
         assert f"`{key}`" in table, f"registry.options.{key} missing from docs/consul.md"
 
 

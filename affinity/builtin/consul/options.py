@@ -1,4 +1,4 @@
-"""``[registry.options]`` for ``backend = "consul"``: parsed and validated before anything connects.
+"""``[registry.options]`` for ``backend = "consul"``: declared once, checked before connecting.
 
 Explicit settings always win over python-consul2's environment variables
 (``CONSUL_HTTP_ADDR``, ``CONSUL_HTTP_SSL``, ``CONSUL_HTTP_TOKEN``), which that
@@ -11,27 +11,27 @@ out of ``repr`` so no log line or error message can carry it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from affinity.config import Config
-from affinity.errors import ConfigError
+from affinity.config import Config, env_name
+from affinity.plugin.options import Origin, option, resolved
 
 TOKEN_ENV = "AFFINITY_CONSUL_TOKEN"
 CONSUL_TOKEN_ENV = "CONSUL_HTTP_TOKEN"
 CONSUL_ADDR_ENV = "CONSUL_HTTP_ADDR"
 CONSUL_SSL_ENV = "CONSUL_HTTP_SSL"
+KEY = "registry.options"
 
-_KV_PREFIX = re.compile(r"([A-Za-z0-9_-][A-Za-z0-9._-]*/)+")
-_NAME_PREFIX = re.compile(r"[A-Za-z0-9_-]*")
-_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=-]{0,127}")
-_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,253}")
-_DC = re.compile(r"[A-Za-z0-9_-]{0,64}")
+_HOST = r"[A-Za-z0-9.:\[\]-]{1,253}"
+_TAG = r"[A-Za-z0-9][A-Za-z0-9._:=-]{0,127}"
+_TAG_TEXT = "a tag of letters, digits, '._:=-'"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,30 +43,101 @@ class ConsulOptions:
     blocking ones, so a blocking read never outlives its HTTP timeout.
     """
 
-    scheme: str = "http"
-    host: str = "127.0.0.1"
-    port: int = 8500
-    ca_file: Path | None = None
-    token: str | None = field(default=None, repr=False)
-    token_source: str = ""
-    datacenter: str = ""
-    service_prefix: str = ""
-    tag: str = "affinity"
-    tags: tuple[str, ...] = ()
-    discover: bool = True
-    kv_prefix: str = "affinity/"
-    wait: float = 30.0
-    timeout: float = 10.0
-    stale_reads: bool = True
-    watch_rate: float = 5.0
-    watch_burst: int = 10
-    backoff_cap: float = 5.0
-    check_interval: float = 1.0
-    check_timeout: float = 2.0
-    deregister_critical_service_after: float = 60.0
-    check_host: str = ""
-    tls_server_name: str = ""
-    tls_skip_verify: bool = False
+    address: str = option(
+        "",
+        help="The agent: `host:port`, `http://host:port` or `https://host:port`. "
+        "Unset: `CONSUL_HTTP_ADDR` (and `CONSUL_HTTP_SSL`), else `127.0.0.1:8500`.",
+    )
+    scheme: Literal["http", "https"] = option(
+        "http", help="The agent's scheme, as a separate key (not with `address`)."
+    )
+    host: str = option(
+        "127.0.0.1",
+        pattern=_HOST,
+        expected="a host name or IP address",
+        help="The agent's host (not with `address`).",
+    )
+    port: int = option(8500, low=1, high=65535, help="The agent's port (not with `address`).")
+    ca_file: Path | None = option(None, help="CA of an `https` agent.")
+    token_file: Path | None = option(
+        None,
+        help="File holding the ACL token (`AFFINITY_CONSUL_TOKEN` wins over it, "
+        "`CONSUL_HTTP_TOKEN` is the fallback).",
+    )
+    datacenter: str = option(
+        "",
+        pattern=r"[A-Za-z0-9_-]{0,64}",
+        expected="a datacenter name",
+        help="`dc` of every call; empty: the agent's.",
+    )
+    service_prefix: str = option(
+        "",
+        pattern=r"[A-Za-z0-9_-]*",
+        expected="letters, digits, '_' or '-' (or empty)",
+        help="Prepended to service names in Consul (`web` becomes `<prefix>web`).",
+    )
+    tag: str = option(
+        "affinity",
+        pattern=_TAG,
+        expected=_TAG_TEXT,
+        help="Tag every registration carries; discovery looks for it.",
+    )
+    tags: tuple[str, ...] = option((), pattern=_TAG, expected=_TAG_TEXT, help="More tags.")
+    discover: bool = option(True, help="Also watch services found in the catalog with `tag`.")
+    kv_prefix: str = option(
+        "affinity/",
+        pattern=r"([A-Za-z0-9_-][A-Za-z0-9._-]*/)+",
+        expected="a key prefix like 'affinity/' (segments of letters, digits, '._-', "
+        "not starting with '.', ending with '/')",
+        help="Where drain flags and shared settings live in the KV store.",
+    )
+    wait: float = option(30.0, low=0.1, high=300.0, help="Seconds a blocking read waits.")
+    timeout: float = option(
+        10.0,
+        low=0.1,
+        high=120.0,
+        help="Seconds for other calls; added to `wait` for blocking ones.",
+    )
+    stale_reads: bool = option(
+        True, help="Read with `?stale` (any server answers, also without a leader)."
+    )
+    watch_rate: float = option(
+        5.0, low=0.01, high=1000.0, help="Reads per second each loop may make under churn."
+    )
+    watch_burst: int = option(
+        10, low=1, high=1000, help="Reads a loop may make at once before the rate applies."
+    )
+    backoff_cap: float = option(
+        5.0, low=0.1, high=300.0, help="Longest pause between failed reads (at most `wait`)."
+    )
+    check_interval: float = option(
+        1.0, low=0.01, high=3600.0, help="HTTP check interval (Consul raises it to at least 1 s)."
+    )
+    check_timeout: float = option(2.0, low=0.01, high=600.0, help="HTTP check timeout.")
+    deregister_critical_service_after: float = option(
+        60.0,
+        low=0.0,
+        high=30 * 86400.0,
+        help="The agent removes a service critical this long (Consul's minimum is 60 s); 0: never.",
+    )
+    check_host: str = option(
+        "",
+        pattern=_HOST,
+        expected="a host name or IP address",
+        help="Address the agent uses to reach the server; empty: the URL's host.",
+    )
+    tls_server_name: str = option(
+        "",
+        pattern=_HOST,
+        expected="a host name",
+        help="Name the check verifies the certificate for; empty: the URL's host when "
+        "`check_host` is set.",
+    )
+    tls_skip_verify: bool = option(
+        False, help="Do not verify the server's certificate in the check."
+    )
+    token: str | None = resolved(None, secret=True)
+    token_source: str = resolved("")
 
     @property
     def base_url(self) -> str:
@@ -78,126 +149,43 @@ class ConsulOptions:
         return self.service_prefix + service
 
 
-class _Reader:
-    """Reads one options table, naming ``registry.options.<key>`` in every error."""
-
-    def __init__(self, table: Mapping[str, Any], source: str) -> None:
-        self.table = table
-        self.source = source
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, key=f"registry.options.{key}", source=self.source)
-
-    def get(self, key: str, kind: type[Any] | tuple[type[Any], ...], expected: str) -> Any:
-        value = self.table.get(key)
-        if value is None:
-            return None
-        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-            raise self.error(key, f"expected {expected}, got {value!r}")
-        return value
-
-    def text(self, key: str, pattern: re.Pattern[str], expected: str) -> str | None:
-        value = self.get(key, str, expected)
-        if value is not None and not pattern.fullmatch(value):
-            raise self.error(key, f"expected {expected}, got {value!r}")
-        return value  # type: ignore[no-any-return]
-
-    def seconds(self, key: str, low: float, high: float) -> float | None:
-        value = self.get(key, (int, float), "a number of seconds")
-        if value is not None and not low <= value <= high:
-            raise self.error(
-                key, f"expected a number of seconds from {low} to {high}, got {value!r}"
-            )
-        return None if value is None else float(value)
-
-    def integer(self, key: str, low: int, high: int) -> int | None:
-        value = self.get(key, int, f"an integer from {low} to {high}")
-        if value is not None and not low <= value <= high:
-            raise self.error(key, f"expected an integer from {low} to {high}, got {value!r}")
-        return value  # type: ignore[no-any-return]
-
-    def path(self, key: str, base: Path) -> Path | None:
-        value = self.get(key, str, "a file path")
-        return None if value is None else base / Path(value).expanduser()
-
-
-KNOWN = frozenset(
-    {
-        "address",
-        "scheme",
-        "host",
-        "port",
-        "ca_file",
-        "token_file",
-        "datacenter",
-        "service_prefix",
-        "tag",
-        "tags",
-        "discover",
-        "kv_prefix",
-        "wait",
-        "timeout",
-        "stale_reads",
-        "watch_rate",
-        "watch_burst",
-        "backoff_cap",
-        "check_interval",
-        "check_timeout",
-        "deregister_critical_service_after",
-        "check_host",
-        "tls_server_name",
-        "tls_skip_verify",
-    }
-)
-
-
 def parse_options(config: Config, env: Mapping[str, str] | None = None) -> ConsulOptions:
-    """Validate ``config.registry.options``; a :class:`ConfigError` names the bad key."""
+    """``config.registry.options`` converted and resolved; a ConfigError names the bad key."""
     env = os.environ if env is None else env
-    reader = _Reader(config.registry.options, config.source)
-    for key in reader.table:
-        if key not in KNOWN:
-            raise reader.error(key, f"unknown option; expected one of {sorted(KNOWN)}")
-    base = _base_dir(config.source)
-    values: dict[str, Any] = {**_address(reader, env), **_token(reader, env, base)}
-    for parse in (_naming, _timing, _check):
-        values.update(parse(reader))
-    values["ca_file"] = reader.path("ca_file", base)
-    if values["ca_file"] is not None and values["scheme"] != "https":
-        raise reader.error("ca_file", "a CA file is only used with an https agent address")
-    return ConsulOptions(**{k: v for k, v in values.items() if v is not None})
+    table = config.registry.options
+    origin = Origin(KEY, config.source)
+    options = config.read(ConsulOptions, table, KEY)
+    given = {
+        key
+        for key in ("address", "scheme", "host", "port")
+        if key in table or env_name(f"{KEY}.{key}") in config.env
+    }
+    changes = {**_address(options, given, env, origin), **_token(options, env, origin)}
+    options = dataclasses.replace(options, **changes)
+    if options.ca_file is not None and options.scheme != "https":
+        raise origin.error("a CA file is only used with an https agent address", "ca_file")
+    return options
 
 
-def _base_dir(source: str) -> Path:
-    path = Path(source)
-    return path.resolve().parent if path.is_file() else Path.cwd()
-
-
-def _address(reader: _Reader, env: Mapping[str, str]) -> dict[str, Any]:
+def _address(
+    options: ConsulOptions, given: set[str], env: Mapping[str, str], origin: Origin
+) -> dict[str, Any]:
     """Where the agent is: ``address``, or ``scheme``/``host``/``port``, else the environment."""
-    explicit = [k for k in ("address", "scheme", "host", "port") if k in reader.table]
-    if "address" in explicit and len(explicit) > 1:
-        raise reader.error("address", "give either address or scheme/host/port, not both")
-    if "address" in explicit:
-        return _split_address(reader, reader.get("address", str, "'host:port' or a URL"))
-    if not explicit and env.get(CONSUL_ADDR_ENV):
-        found = _split_address(reader, env[CONSUL_ADDR_ENV], CONSUL_ADDR_ENV)
+    if "address" in given and len(given) > 1:
+        raise origin.error("give either address or scheme/host/port, not both", "address")
+    if "address" in given:
+        return _split_address(options.address, origin)
+    if not given and env.get(CONSUL_ADDR_ENV):
+        found = _split_address(env[CONSUL_ADDR_ENV], origin, CONSUL_ADDR_ENV)
         if "://" not in env[CONSUL_ADDR_ENV] and env.get(CONSUL_SSL_ENV) == "true":
             found["scheme"] = "https"
         return found
-    scheme = reader.get("scheme", str, "'http' or 'https'")
-    if scheme is not None and scheme not in ("http", "https"):
-        raise reader.error("scheme", f"expected 'http' or 'https', got {scheme!r}")
-    if scheme is None and not explicit and env.get(CONSUL_SSL_ENV) == "true":
-        scheme = "https"
-    return {
-        "scheme": scheme or "http",
-        "host": reader.text("host", _HOST, "a host name or IP address"),
-        "port": reader.integer("port", 1, 65535),
-    }
+    if not given and env.get(CONSUL_SSL_ENV) == "true":
+        return {"scheme": "https"}
+    return {}
 
 
-def _split_address(reader: _Reader, text: str, where: str = "address") -> dict[str, Any]:
+def _split_address(text: str, origin: Origin, where: str = "address") -> dict[str, Any]:
     expected = "'host:port', 'http://host:port' or 'https://host:port'"
     raw = text if "://" in text else f"http://{text}"
     parts = urllib.parse.urlsplit(raw)
@@ -211,17 +199,17 @@ def _split_address(reader: _Reader, text: str, where: str = "address") -> dict[s
         or parts.path not in ("", "/")
         or parts.query
         or parts.username is not None
-        or not _HOST.fullmatch(parts.hostname)
+        or not re.fullmatch(_HOST, parts.hostname)
     ):
         if where != "address":
             msg = f"the environment variable {where} is {text!r}; expected {expected}"
-            raise reader.error("address", msg)
-        raise reader.error("address", f"expected {expected}, got {text!r}")
+            raise origin.error(msg, "address")
+        raise origin.error(f"expected {expected}, got {text!r}", "address")
     return {"scheme": parts.scheme, "host": parts.hostname, "port": port or 8500}
 
 
-def _token(reader: _Reader, env: Mapping[str, str], base: Path) -> dict[str, Any]:
-    path = reader.path("token_file", base)
+def _token(options: ConsulOptions, env: Mapping[str, str], origin: Origin) -> dict[str, Any]:
+    path = options.token_file
     if env.get(TOKEN_ENV, "").strip():
         return {"token": env[TOKEN_ENV].strip(), "token_source": TOKEN_ENV}
     if path is not None:
@@ -229,61 +217,13 @@ def _token(reader: _Reader, env: Mapping[str, str], base: Path) -> dict[str, Any
             token = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             msg = f"cannot read the Consul token file {str(path)!r}: {exc.strerror}"
-            raise reader.error("token_file", msg) from exc
+            raise origin.error(msg, "token_file") from exc
         if not token:
-            raise reader.error("token_file", f"the Consul token file {str(path)!r} is empty")
+            raise origin.error(f"the Consul token file {str(path)!r} is empty", "token_file")
         return {"token": token, "token_source": "token_file"}
     if env.get(CONSUL_TOKEN_ENV, "").strip():
         return {"token": env[CONSUL_TOKEN_ENV].strip(), "token_source": CONSUL_TOKEN_ENV}
     return {}
-
-
-def _naming(reader: _Reader) -> dict[str, Any]:
-    tags = reader.get("tags", list, "a list of tags")
-    for i, tag in enumerate(tags or ()):
-        if not isinstance(tag, str) or not _TAG.fullmatch(tag):
-            raise reader.error(
-                f"tags[{i}]", f"expected a tag of letters, digits, '._:=-', got {tag!r}"
-            )
-    return {
-        "datacenter": reader.text("datacenter", _DC, "a datacenter name"),
-        "service_prefix": reader.text(
-            "service_prefix", _NAME_PREFIX, "letters, digits, '_' or '-' (or empty)"
-        ),
-        "tag": reader.text("tag", _TAG, "a tag of letters, digits, '._:=-'"),
-        "tags": None if tags is None else tuple(tags),
-        "discover": reader.get("discover", bool, "true or false"),
-        "kv_prefix": reader.text(
-            "kv_prefix",
-            _KV_PREFIX,
-            "a key prefix like 'affinity/' (segments of letters, digits, '._-', "
-            "not starting with '.', ending with '/')",
-        ),
-        "stale_reads": reader.get("stale_reads", bool, "true or false"),
-    }
-
-
-def _timing(reader: _Reader) -> dict[str, Any]:
-    return {
-        "wait": reader.seconds("wait", 0.1, 300.0),
-        "timeout": reader.seconds("timeout", 0.1, 120.0),
-        "watch_rate": reader.seconds("watch_rate", 0.01, 1000.0),
-        "watch_burst": reader.integer("watch_burst", 1, 1000),
-        "backoff_cap": reader.seconds("backoff_cap", 0.1, 300.0),
-    }
-
-
-def _check(reader: _Reader) -> dict[str, Any]:
-    return {
-        "check_interval": reader.seconds("check_interval", 0.01, 3600.0),
-        "check_timeout": reader.seconds("check_timeout", 0.01, 600.0),
-        "deregister_critical_service_after": reader.seconds(
-            "deregister_critical_service_after", 0.0, 30 * 86400.0
-        ),
-        "check_host": reader.text("check_host", _HOST, "a host name or IP address"),
-        "tls_server_name": reader.text("tls_server_name", _HOST, "a host name"),
-        "tls_skip_verify": reader.get("tls_skip_verify", bool, "true or false"),
-    }
 
 
 def go_duration(seconds: float) -> str:

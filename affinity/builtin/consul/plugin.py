@@ -5,8 +5,9 @@ Consul's health of every service and a KV prefix for drain flags and shared
 settings. The implementation lives in :mod:`affinity.builtin.consul` and is
 imported only here, only when the backend is selected, so the embedded
 default never needs python-consul2 (``pip install 'affinity-lb[consul]'``).
-The options are validated before that import, so a bad option is reported as
-such even where python-consul2 is missing.
+The options (:class:`~affinity.builtin.consul.options.ConsulOptions`) are
+checked at configure time, before that import, so ``affinity check`` reports
+a bad option, even where python-consul2 is missing.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ def _need_python_consul(config: Config) -> None:
             "pip install 'affinity-lb[consul]'"
         )
         raise ConfigError(msg, key="registry.backend", source=config.source) from exc
+
+
+@hookimpl
+def affinity_configure(config: Config) -> None:
+    """Check ``[registry.options]`` when the backend is Consul (nothing connects yet)."""
+    if config.registry.backend == BACKEND:
+        from affinity.builtin.consul.options import parse_options
+
+        parse_options(config)
 
 
 @hookimpl(trylast=True)
