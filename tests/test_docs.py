@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from affinity_ipfilter import IPFilterOptions
+from affinity_ratelimit import RateLimitOptions
 
+from affinity.builtin.consul.options import ConsulOptions
+from affinity.builtin.policies import POLICIES
 from affinity.config import SECTIONS
+from affinity.plugin.manager import PluginManager
+from affinity.plugin.options import NoOptions, markdown_table, replace_block
 
 ROOT = Path(__file__).resolve().parent.parent
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+
+DECLARED: dict[str, type[Any]] = {
+    "plugins.ipfilter": IPFilterOptions,
+    "plugins.ratelimit": RateLimitOptions,
+    "registry.options": ConsulOptions,
+    **{
+        f"policy.{name}": cls.options_class
+        for name, cls in POLICIES.items()
+        if cls.options_class is not NoOptions
+    },
+}
+"""Every declared options table the docs list, by the name of its generated block."""
 
 
 @pytest.mark.parametrize("section", sorted(SECTIONS))
@@ -19,6 +40,36 @@ def test_every_config_key_is_documented(section: str) -> None:
     part = text.split(f"## `[{section}]`", 1)[1].split("\n## ", 1)[0]
     for field in dataclasses.fields(SECTIONS[section]):
         assert f"| `{field.name}` |" in part, f"{section}.{field.name} missing"
+
+
+def test_every_declared_option_is_listed_as_declared() -> None:
+    """docs/configuration.md holds each table as its declaration renders it.
+
+    When an option changes, regenerate the blocks with
+    ``AFFINITY_WRITE_DOCS=1 .venv/bin/python -m pytest tests/test_docs.py``.
+    """
+    text = CONFIGURATION.read_text(encoding="utf-8")
+    expected = text
+    for name, cls in DECLARED.items():
+        expected = replace_block(expected, name, markdown_table(cls))
+    if os.environ.get("AFFINITY_WRITE_DOCS") and expected != text:
+        CONFIGURATION.write_text(expected, encoding="utf-8")
+        text = expected
+    assert text == expected, "docs/configuration.md is out of step; see this test's docstring"
+
+
+def test_every_table_a_loaded_plugin_declares_is_in_the_docs() -> None:
+    declared = PluginManager(env={}).declared_options()
+    assert declared, "the first-party plugins are installed (scripts/setup)"
+    for name, cls in declared.items():
+        assert DECLARED.get(f"plugins.{name}") is cls, f"[plugins.{name}] is not in DECLARED"
+
+
+def test_every_policy_is_in_the_docs() -> None:
+    text = CONFIGURATION.read_text(encoding="utf-8").split("### `policy_options`", 1)[1]
+    section = text.split("\n## ", 1)[0]
+    for name in POLICIES:
+        assert re.search(rf"`(policy = \")?{name}\"?`", section), f"policy {name} missing"
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,7 @@ __all__ = [
     "option_fields",
     "overlay",
     "read_options",
+    "replace_block",
     "resolved",
 ]
 
@@ -220,13 +221,27 @@ def _rows(cls: type[Any], prefix: str) -> list[str]:
     for f in option_fields(cls):
         rule: Rule = f.metadata.get(RULE, Rule())
         hint = hints[f.name]
-        meaning = rule.help + (f" ({rule.bounds()})" if rule.bounds() else "")
-        rows.append(f"| `{prefix}{f.name}` | {describe(hint)} | {default_text(f)} | {meaning} |")
+        kind = f"{describe(hint)} {rule.bounds()}".rstrip()
+        rows.append(f"| `{prefix}{f.name}` | {kind} | {default_text(f)} | {rule.help} |")
         nested = _nested(hint)
         if nested is not None:
             suffix = "[]." if typing.get_origin(_optional(hint)) is tuple else "."
             rows += _rows(nested, f"{prefix}{f.name}{suffix}")
     return rows
+
+
+BLOCK_START = "<!-- options: {name} -->"
+BLOCK_END = "<!-- end options -->"
+
+
+def replace_block(text: str, name: str, table: str) -> str:
+    """``text`` with the lines between ``<!-- options: NAME -->`` and ``<!-- end options -->``
+    set to ``table``: how a document keeps a generated options table (ValueError if absent)."""
+    start = BLOCK_START.format(name=name)
+    before, found, rest = text.partition(start + "\n")
+    if not found or BLOCK_END not in rest:
+        raise ValueError(f"no block {start!r} ... {BLOCK_END!r}")
+    return before + start + "\n" + table + rest[rest.index(BLOCK_END) :]
 
 
 def _optional(hint: Any) -> Any:

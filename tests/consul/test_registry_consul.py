@@ -41,7 +41,6 @@ from affinity.config import Config, load
 from affinity.errors import ConfigError, RegistrationFailed, RegistryUnavailable
 from affinity.models import HealthStatus, Server
 from affinity.plugin.manager import PluginManager
-from affinity.plugin.options import option_fields
 from affinity.plugin.registry import RegistryView
 from tests.consul.conftest import real_agent_url
 
@@ -286,13 +285,6 @@ def test_explicit_settings_win_over_the_consul_environment(tmp_path: Path) -> No
     # ... and affinity's own variable beats the file.
     ours = parse_options(load(path, env={}), env={**env, "AFFINITY_CONSUL_TOKEN": "ours"})
     assert (ours.token, ours.token_source) == ("ours", "AFFINITY_CONSUL_TOKEN")
-
-
-def test_every_option_is_documented() -> None:
-    text = (ROOT / "docs" / "consul.md").read_text()
-    table = text.split("## Options", 1)[1].split("\n## ", 1)[0]
-    for key in (f.name for f in option_fields(ConsulOptions)):
-        assert f"`{key}`" in table, f"registry.options.{key} missing from docs/consul.md"
 
 
 def test_example_configs_are_valid() -> None:

@@ -10,7 +10,14 @@ import pytest
 
 from affinity.config import load
 from affinity.errors import ConfigError
-from affinity.plugin.options import Origin, markdown_table, option, overlay, read_options
+from affinity.plugin.options import (
+    Origin,
+    markdown_table,
+    option,
+    overlay,
+    read_options,
+    replace_block,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,8 +129,16 @@ def test_read_options_of_a_document() -> None:
 
 def test_markdown_table_lists_every_option_with_type_default_and_help() -> None:
     table = markdown_table(GreetOptions)
-    assert "| `times` | integer | `1` | how often (from 1 to 10) |" in table
+    assert "| `times` | integer from 1 to 10 | `1` | how often |" in table
     assert '| `mode` | `"loud"` or `"quiet"` | `"quiet"` | how |' in table
     assert "| `limit` | number | unset | optional number |" in table
     assert '| `words` | list of strings | `["a", "b"]` | some words |' in table
     assert "| `rules[].prefix` | string | required | path prefix |" in table
+
+
+def test_replace_block_keeps_the_text_around_a_generated_table() -> None:
+    text = "intro\n<!-- options: plugins.greet -->\nold\n<!-- end options -->\nafter\n"
+    new = replace_block(text, "plugins.greet", "| new |\n")
+    assert new == "intro\n<!-- options: plugins.greet -->\n| new |\n<!-- end options -->\nafter\n"
+    with pytest.raises(ValueError, match="plugins.other"):
+        replace_block(text, "plugins.other", "x")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
 
-from affinity_ipfilter import IPFilter
+from affinity_ipfilter import IPFilter, IPFilterOptions
 
 from affinity.models import RequestInfo, SharedSettings
+from affinity.plugin.options import markdown_table, replace_block
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -39,3 +41,14 @@ def test_json_document_passes_the_check() -> None:
     IPFilter().compile_settings(
         SharedSettings(name="ipfilter", version=1, value=json.loads(document))
     )
+
+
+def test_options_table_is_the_declaration() -> None:
+    """The README's table is generated from ``IPFilterOptions``; regenerate it with
+    ``AFFINITY_WRITE_DOCS=1 pytest plugins/affinity-ipfilter/tests/test_ipfilter_readme.py``."""
+    text = README.read_text(encoding="utf-8")
+    expected = replace_block(text, "plugins.ipfilter", markdown_table(IPFilterOptions))
+    if os.environ.get("AFFINITY_WRITE_DOCS") and expected != text:
+        README.write_text(expected, encoding="utf-8")
+        text = expected
+    assert text == expected, "README.md is out of step with the options; see this test"

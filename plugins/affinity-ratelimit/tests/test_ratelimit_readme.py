@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
 
-from affinity_ratelimit import RateLimiter
+from affinity_ratelimit import RateLimiter, RateLimitOptions
 
 from affinity.models import RequestInfo, SharedSettings
+from affinity.plugin.options import markdown_table, replace_block
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -54,3 +56,14 @@ def test_json_document_passes_the_check() -> None:
     (document,) = blocks("json")[:1]
     settings = SharedSettings(name="ratelimit", version=1, value=json.loads(document))
     make().compile_settings(settings)
+
+
+def test_options_table_is_the_declaration() -> None:
+    """The README's table is generated from ``RateLimitOptions``; regenerate it with
+    ``AFFINITY_WRITE_DOCS=1 pytest plugins/affinity-ratelimit/tests/test_ratelimit_readme.py``."""
+    text = README.read_text(encoding="utf-8")
+    expected = replace_block(text, "plugins.ratelimit", markdown_table(RateLimitOptions))
+    if os.environ.get("AFFINITY_WRITE_DOCS") and expected != text:
+        README.write_text(expected, encoding="utf-8")
+        text = expected
+    assert text == expected, "README.md is out of step with the options; see this test"
