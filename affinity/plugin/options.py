@@ -138,11 +138,15 @@ def overlay(options: T, document: Any, origin: Origin) -> T:
         raise origin.error(f"expected a table, got {document!r}")
     cls = type(options)
     given = read_options(cls, {k: v for k, v in document.items() if v is not None}, origin)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    changes = {key: getattr(given, key) for key, value in document.items() if value is not None}
+    fields = {f.name: f for f in option_fields(cls)}
+    changes: dict[str, Any] = {}
     for key, value in document.items():
-        if value is None:
+        if value is not None:
+            changes[key] = getattr(given, key)
+        elif key in fields:
             changes[key] = _default(fields[key])
+        else:
+            raise origin.error(f"unknown key; expected one of {sorted(fields)}", str(key))
     return dataclasses.replace(options, **changes)  # type: ignore[type-var]
 
 

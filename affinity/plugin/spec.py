@@ -76,7 +76,8 @@ def affinity_make_policy(name: str, options: Mapping[str, Any]) -> Policy | None
     result; the built-in policies answer last, so a plugin may replace them.
 
     :param name: The configured policy name, for example ``"load_weighted"``.
-    :param options: The service's ``policy_options`` table.
+    :param options: The service's ``policy_options`` table as the file holds it; a
+        :class:`~affinity.plugin.policy.Policy` converts it to its ``options_class``.
     """
 
 

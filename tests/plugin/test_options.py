@@ -142,3 +142,10 @@ def test_replace_block_keeps_the_text_around_a_generated_table() -> None:
     assert new == "intro\n<!-- options: plugins.greet -->\n| new |\n<!-- end options -->\nafter\n"
     with pytest.raises(ValueError, match="plugins.other"):
         replace_block(text, "plugins.other", "x")
+
+
+def test_overlay_refuses_an_unknown_key_even_when_null() -> None:
+    origin = Origin("greet", "doc", shared=True)
+    with pytest.raises(ConfigError) as info:
+        overlay(GreetOptions(), {"tims": None}, origin)
+    assert info.value.key == "greet.tims"

@@ -12,7 +12,7 @@ under the new rate too.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,7 @@ class RateLimiter(SettingsPlugin[RateLimitOptions, Policy]):
 
     def read_document(self, value: Any, origin: Origin) -> RateLimitOptions:
         """The file's options with the document laid over them key by key (null: default)."""
-        if isinstance(value, dict) and "max_keys" in value:
+        if isinstance(value, Mapping) and "max_keys" in value:
             msg = "is per process; set it in the config file's [plugins.ratelimit] table"
             raise origin.error(msg, "max_keys")
         return overlay(self.options, value, origin)
