@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from affinity.config import env_name, option_fields
+from affinity.convert import env_name, option_fields
 from affinity.errors import ConfigError, PluginError
 from affinity.plugin import spec as hookspecs
 

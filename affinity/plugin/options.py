@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from affinity.config import RULE, Rule, convert, option_fields
+from affinity.convert import RULE, Rule, convert, option_fields
 from affinity.errors import ConfigError
 
 __all__ = [

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from affinity.config import Config, env_name
+from affinity.config import Config
+from affinity.convert import env_name
 from affinity.plugin.options import Origin, option, resolved
 
 TOKEN_ENV = "AFFINITY_CONSUL_TOKEN"
