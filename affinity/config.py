@@ -8,8 +8,9 @@ overridden by the environment variable ``AFFINITY_SECTION_KEY`` (for example
 and validated at start-up by :mod:`affinity.convert`; an error names the key
 and the file (or the variable). Plugin tables are kept as the file holds them
 until the plugins that declare them are loaded (``Config.plugin_options``).
-Relative paths are resolved against the directory of the file. Secrets (token keys, the admin token) come
-from files or the environment, never from the command line.
+Relative paths are resolved against the directory of the file. Secrets (token
+keys, the admin token) come from files or the environment, never from the
+command line.
 """
 
 from __future__ import annotations
