@@ -86,7 +86,6 @@ class PluginManager:
         self._filters: list[Callable[..., Any]] | None = None
         self._dists: dict[str, tuple[str, str]] = {}
         self._seen: set[str] = set()  # names of the plugins found, loaded or blocked
-        self._configured = False
         self._pm = pluggy.PluginManager("affinity")
         self._pm.add_hookspecs(hookspecs)
         if env.get("AFFINITY_TRACE_PLUGINS"):
@@ -226,7 +225,6 @@ class PluginManager:
         self._check_tables(config, declared)
         for name, cls in declared.items():
             config.plugin_options(name, cls)
-        self._configured = True
         self._pm.hook.affinity_configure.call_historic(kwargs={"config": config})
 
     def _check_tables(self, config: Config, declared: Mapping[str, type[Any]]) -> None:
