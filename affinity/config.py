@@ -15,6 +15,7 @@ command line.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from affinity.convert import convert
+from affinity.convert import convert, env_name
 from affinity.errors import ConfigError
 
 TABLE_ENV_PREFIXES = ("AFFINITY_PLUGINS_", "AFFINITY_REGISTRY_OPTIONS_")
@@ -203,6 +204,15 @@ class Config:
     """The directory relative paths are resolved against (the file's)."""
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     """The variables of :data:`TABLE_ENV_PREFIXES` at load time; never shown (may hold secrets)."""
+    from_env: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    """The dotted keys of the core sections and services whose value came from the environment."""
+
+    def source_of(self, key: str) -> str:
+        """Where the value of ``key`` came from, for an error message: the file, or the
+        environment variable that overrode it."""
+        if key in self.from_env:
+            return f"environment variable {env_name(key)}"
+        return self.source
 
     def plugin_options(self, name: str, cls: type[T]) -> T:
         """The ``[plugins.<name>]`` table converted to ``cls``, a dataclass of declared options.
@@ -265,16 +275,27 @@ def _build(raw: dict[str, Any], source: str, base: Path, env: Mapping[str, str])
         for name, cls in SECTIONS.items()
     }
     services = {
-        name: convert(ServiceSettings, table, prefix=f"services.{name}", source=source, base=base)
+        name: convert(
+            ServiceSettings, table, prefix=f"services.{name}", source=source, base=base, env=env
+        )
         for name, table in _table(raw, "services", source).items()
     }
     for name, table in _table(raw, "plugins", source).items():
         if not isinstance(table, dict):
             raise ConfigError("expected a table", key=f"plugins.{name}", source=source)
+    tables: dict[str, type] = {name: cls for name, cls in SECTIONS.items()}
+    tables.update({f"services.{name}": ServiceSettings for name in services})
+    from_env = frozenset(
+        f"{prefix}.{f.name}"
+        for prefix, cls in tables.items()
+        for f in dataclasses.fields(cls)
+        if env_name(f"{prefix}.{f.name}") in env
+    )
     return Config(
         source=source,
         base=base,
         env={k: v for k, v in env.items() if k.startswith(TABLE_ENV_PREFIXES)},
+        from_env=from_env,
         services=services,
         plugins=raw.get("plugins", {}),
         **sections,

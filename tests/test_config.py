@@ -124,3 +124,28 @@ def test_secrets_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.Monke
     secret.unlink()
     with pytest.raises(ConfigError, match=key):
         config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key)
+
+
+def test_environment_overrides_a_service_key(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text('[services.web]\npolicy = "round_robin"\n')
+    config = load(path, env={"AFFINITY_SERVICES_WEB_POLICY": "random"})
+    assert config.services["web"].policy == "random"
+    assert (
+        config.source_of("services.web.policy")
+        == "environment variable AFFINITY_SERVICES_WEB_POLICY"
+    )
+    assert config.source_of("services.web.servers") == str(path)
+
+
+def test_a_bad_policy_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    from affinity.plugin.manager import PluginManager
+
+    path = tmp_path / "a.toml"
+    path.write_text('[services.web]\npolicy = "round_robin"\n')
+    config = load(path, env={"AFFINITY_SERVICES_WEB_POLICY": "bogus"})
+    with pytest.raises(ConfigError) as caught:
+        PluginManager().make_policy("web", config)
+    assert str(caught.value).startswith(
+        "environment variable AFFINITY_SERVICES_WEB_POLICY: services.web.policy: unknown policy"
+    )

@@ -266,13 +266,14 @@ class PluginManager:
             if exc.key:  # declared options name "policy_options.<key>"; a plain key is one too
                 relative = exc.key.removeprefix("policy_options.")
                 option = f"services.{service}.policy_options.{relative}"
-            raise ConfigError(exc.message, key=option, source=config.source) from exc
+            where = config.source_of(f"services.{service}.policy_options")
+            raise ConfigError(exc.message, key=option, source=where) from exc
         if policy is None:
             msg = (
                 f"unknown policy {settings.policy!r}; built-in: "
                 "'round_robin', 'random', 'load_weighted', 'consistent' (or install a plugin)"
             )
-            raise ConfigError(msg, key=key, source=config.source)
+            raise ConfigError(msg, key=key, source=config.source_of(key))
         return policy
 
     def make_registry(self, config: Config) -> Registry:
