@@ -93,7 +93,7 @@ def _pick(ctx: ReferralContext, areq: AssignRequest) -> tuple[Server | None, boo
         if current is not None and current.service == areq.service and current.keeps_clients:
             return current, True
     pool = ctx.table.pool(areq.service)
-    return ctx.policies[areq.service].choose(pool, areq), False
+    return ctx.policy_for(areq.service).choose(pool, areq), False
 
 
 async def assign(request: Request) -> HTTPResponse:

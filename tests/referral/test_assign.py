@@ -188,3 +188,15 @@ def test_unknown_routes_and_methods_are_json_errors(client: httpx.Client) -> Non
     assert r.status_code == 404 and r.json()["error"] == "not_found"
     r = client.post("/v1/assign")
     assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+
+
+def test_the_default_service_exists_without_a_services_table(tmp_path: Path) -> None:
+    """No ``[services.*]`` at all: the default service has the default policy and no server
+    yet, so a client gets a 503 it can retry, not a 500."""
+    with Deployment(tmp_path, services="", health="sources = []") as d:
+        d.start_referral()
+        with d.client(base_url=d.referral_url) as client:
+            r = client.get("/v1/assign")
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "no_healthy_server"
+            assert client.get("/v1/assign", params={"service": "nope"}).status_code == 404
