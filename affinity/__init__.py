@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from affinity.plugin import hookimpl as hookimpl
-
-__version__ = "0.1.0"
+from affinity.version import __version__ as __version__
 
 if TYPE_CHECKING:
     # ``X as X`` marks a re-export, so ``from affinity import Client`` type-checks under

@@ -23,6 +23,8 @@ libraries it uses are wrapped at the boundary (``raise ... from exc``).
     * NoHealthyServer     no assignable server for the service
     * Unauthorized        no valid admin bearer token
     * AdminClosed         no admin token is configured: the admin API is closed
+    * Forbidden           understood but not allowed (a dashboard action without its CSRF token)
+    * TooLarge            the body is larger than the route reads
   * ChildFailed           a child process (``affinity dev``, affinity.testing) exited early or
                           did not answer in time
   * ClientError           the client library gave up (see affinity.client)
@@ -149,6 +151,14 @@ class Unauthorized(Refused):
 
 class AdminClosed(Refused):
     """No admin token is configured, so the admin API refuses every call."""
+
+
+class Forbidden(Refused):
+    """The request is understood and refused: a dashboard action without its CSRF token."""
+
+
+class TooLarge(Refused):
+    """The request's body is larger than the route reads (a login form, for instance)."""
 
 
 class ChildFailed(AffinityError):

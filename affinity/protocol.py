@@ -58,6 +58,9 @@ class ErrorCode(StrEnum):
     INVALID_JSON = "invalid_json"
     INVALID_QUERY = "invalid_query"
     REGISTRY_UNAVAILABLE = "registry_unavailable"
+    # the dashboard
+    FORBIDDEN = "forbidden"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
 
 
 TOKEN_ERRORS = frozenset({ErrorCode.TOKEN_EXPIRED, ErrorCode.INVALID_TOKEN})

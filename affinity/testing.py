@@ -25,8 +25,10 @@ from typing import Any
 
 import httpx
 
+from affinity.config import load
 from affinity.process import ChildProcess, stop, wait_answering
-from affinity.tokens.jws import generate_keyfile
+from affinity.tokens.jws import TokenIssuer, generate_keyfile
+from affinity.tokens.keyring import load_keyring
 from affinity.web.certs import make_dev_certs
 from affinity.web.tls import client_context
 
@@ -218,6 +220,14 @@ heartbeat_interval = 0.5
             base_url=referral_url or self.referral_url,
             headers={"Authorization": f"Bearer {self.admin_token}"},
         )
+
+    def token(self, server_id: str, service: str = "web", *, age: float = 0.0) -> str:
+        """A token signed with the deployment's keys, as the referral would issue it;
+        with ``age`` seconds past, so that ``age`` beyond the lifetime makes it expired."""
+        ring = load_keyring(load(str(self.config)))
+        issuer = TokenIssuer(ring, ttl=60.0, jitter=0.0, clock=lambda: time.time() - age)
+        token, _ = issuer.issue(server_id, issuer.new_client_id(), service)
+        return token
 
     def registered(self, referral_url: str | None = None) -> set[str]:
         with self.admin(referral_url) as c:

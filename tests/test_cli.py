@@ -62,6 +62,7 @@ def test_every_command_is_in_one_tree() -> None:
         "certs",
         "keys",
         "request",
+        "status",
         "check",
         "plugins",
     }

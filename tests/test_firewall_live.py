@@ -145,7 +145,7 @@ def test_denied_cidr_gets_403_on_referral_and_app_server(limited: Deployment) ->
         on_server = c.get(s1 + METRICS).text
     assert (metric(on_referral, "affinity_plugin_events_total", rule="ipfilter.deny[0]") or 0) >= 4
     assert (metric(on_server, "affinity_plugin_events_total", rule="ipfilter.deny[0]") or 0) >= 6
-    assert metric(on_server, "affinity_server_draining") == 0.0
+    assert metric(on_server, "affinity_app_draining") == 0.0
 
 
 @dataclass

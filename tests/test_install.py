@@ -124,6 +124,13 @@ def test_installed_wheels_run_dev_from_an_empty_directory(installed: Path, tmp_p
             )
         assert answer.status_code == 200
         assert answer.json()["server"] == assigned["server"]["id"]
+        # The dashboard's assets come from the installed package, not from this checkout.
+        referral = curl.group(2).removesuffix("/v1/assign")
+        with httpx.Client(verify=client_context(ca), timeout=5) as client:
+            for asset in ("dashboard.js", "dashboard.css", "icon.svg"):
+                served = client.get(f"{referral}/dashboard/static/{asset}")
+                assert served.status_code == 200 and served.content, asset
+            assert "Admin token" in client.get(f"{referral}/dashboard").text
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, rest

@@ -1,5 +1,5 @@
 """The ``affinity`` command: one parser tree over referral, serve, dev, certs, keys, request,
-check and plugins; each command's options live with its code in this package."""
+status, check and plugins; each command's options live with its code in this package."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from affinity import __version__
-from affinity.cli import certs, dev, keys, plugins, request
+from affinity.cli import certs, dev, keys, plugins, request, status
 from affinity.config import Config, load
 from affinity.errors import AffinityError, ConfigError
 
@@ -157,8 +157,14 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
+        # No abbreviations: "--admin-token SECRET" must not become "--admin-token-file SECRET".
         parser = sub.add_parser(
-            name, help=text, description=text, parents=[common], formatter_class=_Formatter
+            name,
+            help=text,
+            description=text,
+            parents=[common],
+            formatter_class=_Formatter,
+            allow_abbrev=False,
         )
         parser.set_defaults(command_parser=parser)
         return parser
@@ -177,6 +183,7 @@ def parser() -> argparse.ArgumentParser:
     certs.configure(command("certs", "make a local CA and a wildcard certificate"))
     keys.configure(command("keys", "manage token signing keys"), common)
     request.configure(command("request", "send one request with failover"))
+    status.configure(command("status", "show the servers a referral sees, as a table or JSON"))
 
     c = command("check", "validate a config file and its plugins")
     _config_option(c)

@@ -9,6 +9,7 @@ Everything the request path needs hangs on ``app.ctx.affinity`` (a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import itertools
@@ -25,18 +26,22 @@ from affinity.protocol import ASSIGN_PATH, JWKS_PATH
 from affinity.referral import admin as admin_routes
 from affinity.referral import assign as assign_routes
 from affinity.referral.context import ReferralContext
-from affinity.referral.openapi import SPEC
+from affinity.referral.dashboard import dashboard
+from affinity.referral.metrics import referral_metrics, start_worker_metrics, stop_worker_metrics
+from affinity.referral.openapi import openapi_spec
+from affinity.referral.session import Sessions
+from affinity.referral.status import status as status_routes
 from affinity.referral.table import ServerTable
 from affinity.referral.watch import watch_registry
 from affinity.tokens.jws import TokenIssuer, TokenVerifier
 from affinity.tokens.keyring import load_keyring
+from affinity.web.exposition import shared_metrics_dir
 from affinity.web.http import (
     json_response,
     new_app,
     rejection_response,
     request_info,
 )
-from affinity.web.metrics import CONTENT_TYPE, ReferralMetrics
 
 log = logging.getLogger("affinity.referral")
 _names = itertools.count(1)
@@ -71,10 +76,12 @@ class ReferralServer:
         )
         policies = {s: self.manager.make_policy(s, config) for s in config.services}
         tokens = config.tokens
+        registry = self.manager.make_registry(config)
+        metrics = referral_metrics(table, registry, config.referral.workers)
         return ReferralContext(
             config=config,
             manager=self.manager,
-            registry=self.manager.make_registry(config),
+            registry=registry,
             table=table,
             policies=policies,
             services=frozenset(config.services) | {config.referral.default_service},
@@ -88,7 +95,7 @@ class ReferralServer:
                 leeway=tokens.leeway,
                 cache_size=tokens.cache_size,
             ),
-            metrics=ReferralMetrics(table.servers),
+            metrics=metrics,
             health_sources=self.manager.make_health_sources(config),
         )
 
@@ -112,7 +119,11 @@ class ReferralServer:
         app.add_route(_healthz, "/healthz", methods=["GET"], name="healthz")
         app.add_route(_metrics, "/metrics", methods=["GET"], name="metrics")
         app.add_route(_openapi, "/openapi.json", methods=["GET"], name="openapi")
+        app.ctx.openapi = openapi_spec(referral.redirect_prefix)
         app.blueprint(admin_routes.admin)
+        app.blueprint(status_routes)
+        app.ctx.dashboard_sessions = Sessions(app.ctx.admin_auth)
+        app.blueprint(dashboard)
         if self.manager.has_request_filters():
             # Sanic pays for every middleware on every request; add it only when used.
             app.register_middleware(_filter_request, "request")
@@ -131,12 +142,14 @@ class ReferralServer:
         app.add_task(
             watch_registry(ctx.registry, ctx.apply_view, ctx.mark_stale), name="affinity.watch"
         )
+        start_worker_metrics(app, ctx.metrics, ctx.plugin_events)
         for source in ctx.health_sources:
             app.add_task(source.run(ctx.table), name=f"affinity.plugin.health.{source.name}")
         await self.manager.startup(app, self.role)
 
     async def _stop(self, app: Sanic[Any, Any]) -> None:
         ctx: ReferralContext = app.ctx.affinity
+        stop_worker_metrics(ctx.metrics)
         await self.manager.shutdown(app, self.role)
         for source in ctx.health_sources:
             await source.aclose()
@@ -154,13 +167,16 @@ class ReferralServer:
                 type(self).__qualname__,
                 self.config.source,
             )
-        serve(
-            factory,
-            self.config.referral,
-            section="referral",
-            source=self.config.source,
-            workers=self.config.referral.workers,
-        )
+        with contextlib.ExitStack() as stack:
+            if self.config.referral.workers > 1:
+                stack.enter_context(shared_metrics_dir())
+            serve(
+                factory,
+                self.config.referral,
+                section="referral",
+                source=self.config.source,
+                workers=self.config.referral.workers,
+            )
 
 
 def build_worker_app(module: str, qualname: str, source: str) -> Sanic[Any, Any]:
@@ -194,11 +210,12 @@ async def _healthz(request: Request) -> HTTPResponse:
 
 async def _metrics(request: Request) -> HTTPResponse:
     ctx: ReferralContext = request.app.ctx.affinity
-    return HTTPResponse(ctx.metrics.exposition(), content_type=CONTENT_TYPE)
+    body, content_type = ctx.metrics.exposition(request.headers.get("accept"))
+    return HTTPResponse(body, content_type=content_type)
 
 
 async def _openapi(request: Request) -> HTTPResponse:
-    return json_response(SPEC)
+    return json_response(request.app.ctx.openapi)
 
 
 __all__ = ["ReferralServer"]

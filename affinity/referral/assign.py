@@ -6,11 +6,12 @@ A request that cannot be served raises (:class:`affinity.errors.Refused`);
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 
 from sanic import HTTPResponse, Request
 
-from affinity.errors import InvalidRequest, InvalidToken, NoHealthyServer, NotFound
+from affinity.errors import ExpiredToken, InvalidRequest, InvalidToken, NoHealthyServer, NotFound
 from affinity.models import Assignment, AssignRequest, Claims, Server
 from affinity.protocol import COOKIE, MAX_AVOID, ErrorCode
 from affinity.referral.context import ReferralContext
@@ -22,15 +23,22 @@ _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 _QUERY_SAFE = _PATH_SAFE + "?"
 
 
-def read_claims(ctx: ReferralContext, request: Request) -> Claims | None:
-    """The claims of the client's token (header, else cookie); None if absent or invalid."""
+def read_claims(ctx: ReferralContext, request: Request) -> tuple[Claims | None, str]:
+    """The claims of the client's token (header, else cookie), or None and why not.
+
+    The reason is what a re-referral of this client is counted as:
+    ``new_client`` without a token, ``expired`` or ``invalid`` for a token
+    that does not verify.
+    """
     token = request_token(request)
     if token is None:
-        return None
+        return None, "new_client"
     try:
-        return ctx.verifier.verify(token)
+        return ctx.verifier.verify(token), ""
+    except ExpiredToken:
+        return None, "expired"
     except InvalidToken:
-        return None
+        return None, "invalid"
 
 
 def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment:
@@ -40,6 +48,7 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment:
     as the request filters do: from the proxy headers when a trusted proxy is
     configured, else the socket peer.
     """
+    started = time.perf_counter()
     avoid_list = request.args.getlist("avoid", [])
     if len(avoid_list) > MAX_AVOID or not all(is_valid_id(a) for a in avoid_list):
         raise InvalidRequest(
@@ -48,7 +57,7 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment:
         )
     if service not in ctx.services and service not in ctx.table.services():
         raise NotFound(f"no service named {service!r}", code=ErrorCode.UNKNOWN_SERVICE)
-    claims = read_claims(ctx, request)
+    claims, why = read_claims(ctx, request)
     avoid = frozenset(avoid_list)
     address = client_ip(request)
     for server_id in avoid:
@@ -66,18 +75,37 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment:
         client_ip=address,
     )
     server, sticky = _pick(ctx, areq)
+    policy = ctx.policies[service].name
+    reason = None if sticky else why or _moved(ctx, areq)
     if server is None:
-        ctx.metrics.no_server(service)
+        ctx.metrics.referred(
+            service, "", policy, "no_server", reason, time.perf_counter() - started
+        )
         raise NoHealthyServer(service, retry_after=ctx.config.referral.retry_after)
     token, expires_in = ctx.issuer.issue(server.id, areq.client_id, service)
     ctx.table.note_assigned(server.id)
     assignment = Assignment(
         request=areq, server=server, token=token, expires_in=expires_in, sticky=sticky
     )
-    ctx.metrics.assigned(service, sticky)
+    outcome = "sticky" if sticky else "referred"
+    ctx.metrics.referred(service, server.id, policy, outcome, reason, time.perf_counter() - started)
     if ctx.observed:
         ctx.manager.assigned(assignment)
     return assignment
+
+
+def _moved(ctx: ReferralContext, areq: AssignRequest) -> str:
+    """Why a client with a valid token was not kept on its server (see REREFERRAL_REASONS)."""
+    if areq.previous is None:
+        return "misdirected"  # the token is for another service
+    current = ctx.table.get(areq.previous)
+    if current is None or current.service != areq.service:
+        return "gone"
+    if current.draining:
+        return "drain"
+    if not current.keeps_clients:
+        return "unhealthy"
+    return "avoid"
 
 
 def _pick(ctx: ReferralContext, areq: AssignRequest) -> tuple[Server | None, bool]:

@@ -21,7 +21,7 @@ from affinity.plugin.registry import Registry, RegistryView
 from affinity.plugin.settings import SettingsInForce
 from affinity.referral.table import ServerTable
 from affinity.tokens.jws import KeyRing, TokenIssuer, TokenVerifier
-from affinity.web.metrics import ReferralMetrics
+from affinity.web.metrics import PluginEvents, ReferralMetrics
 
 
 @dataclass(kw_only=True)
@@ -45,10 +45,14 @@ class ReferralContext:
     observed: bool = False
     settings_index: int = 1
     settings_event: asyncio.Event = field(default_factory=asyncio.Event)
+    plugin_events: PluginEvents = field(init=False)
+    """The plugins' counters as they are copied into the metrics."""
 
     def __post_init__(self) -> None:
         self.settings = SettingsInForce(self.manager, refused=self.metrics.settings_refused)
-        self.metrics.observe_plugins(self.manager.report_counters, self.settings.versions)
+        self.plugin_events = self.metrics.observe_plugins(
+            self.manager.report_counters, self.settings.versions
+        )
 
     def apply_view(self, view: RegistryView) -> None:
         """Take a registry view: servers into the table, changed settings to the plugins."""
@@ -75,6 +79,7 @@ class ReferralContext:
         event.set()
 
     def mark_stale(self, reason: str) -> None:
+        self.metrics.watch_failed(self.registry.name)
         self.table.stale = True
         self.table.stale_reason = reason
 

@@ -100,6 +100,10 @@ class ServerTable:
         self._seeded = False
         self._version = 0
         self.assignments: dict[str, int] = {}
+        self.on_health_change: Callable[[Server, Server], None] | None = None
+        """Called with the server before and after a health observation changed its health."""
+        self.on_check: Callable[[Server, float], None] | None = None
+        """Called with the server and the check's duration for each timed observation."""
         self.view_index = 0
         self.stale = False
         self.stale_reason = ""
@@ -161,11 +165,18 @@ class ServerTable:
         after = self._merge(server_id)
         self._servers[server_id] = after
         self._note_transition(before, after)
+        self._notify(before, after, latency)
         if before.assignable != after.assignable or before.at_capacity != after.at_capacity:
             self._pools.pop(after.service, None)
             self._check_threshold(after.service)
         elif after.service in self._pools:
             self._pools[after.service].dirty = True
+
+    def _notify(self, before: Server, after: Server, latency: float | None) -> None:
+        if latency is not None and self.on_check is not None:
+            self.on_check(after, latency)
+        if before.health is not after.health and self.on_health_change is not None:
+            self.on_health_change(before, after)
 
     def _observe(
         self,

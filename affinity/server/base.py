@@ -30,7 +30,6 @@ from affinity.server import guard
 from affinity.server.lifecycle import Lifecycle
 from affinity.server.state import ServerState
 from affinity.web.http import health_code, json_response, new_app
-from affinity.web.metrics import CONTENT_TYPE
 from affinity.web.names import check_id, check_origin
 
 F = TypeVar("F", bound=Callable[..., Awaitable[HTTPResponse]])
@@ -170,7 +169,8 @@ class AppServer:
         force, settings refused, and the load figures. Like health it needs no token;
         the request filters still apply to it.
         """
-        return HTTPResponse(self.state.metrics.exposition(), content_type=CONTENT_TYPE)
+        body, content_type = self.state.metrics.exposition(request.headers.get("accept"))
+        return HTTPResponse(body, content_type=content_type)
 
     def _add_method_routes(self, app: Sanic[Any, Any]) -> None:
         for attr in dir(type(self)):

@@ -12,12 +12,14 @@ says; the guard changes only the :class:`ServerState`.
 from __future__ import annotations
 
 import random
+import time
 
 from sanic import HTTPResponse, Request
 from sanic.response import BaseHTTPResponse
 
 from affinity.errors import (
     Draining,
+    ExpiredToken,
     InvalidToken,
     Misdirected,
     Refused,
@@ -28,6 +30,9 @@ from affinity.models import Claims
 from affinity.protocol import SERVER_HEADER, WELL_KNOWN
 from affinity.server.state import ServerState
 from affinity.web.http import refusal_response, rejection_response, request_info, request_token
+
+UNMATCHED = "unmatched"
+"""The route label of a request no route matched (a 404)."""
 
 
 async def learn_keys(request: Request) -> None:
@@ -46,6 +51,7 @@ async def learn_keys(request: Request) -> None:
 def on_request(request: Request) -> HTTPResponse | None:
     """Synchronous on purpose: Sanic awaits nothing for a plain function, a cost per request."""
     state: ServerState = request.app.ctx.affinity
+    request.ctx.started = time.perf_counter()
     request.ctx.client_id = None
     request.ctx.claims = None
     request.ctx.counted = False
@@ -60,6 +66,7 @@ def on_request(request: Request) -> HTTPResponse | None:
         if refused is not None:
             return refused
     if problem is not None:
+        state.metrics.token_rejected(_reason(problem))
         return refusal_response(problem)
     if claims is not None:
         request.ctx.claims = claims
@@ -89,6 +96,14 @@ def on_response(request: Request, response: BaseHTTPResponse) -> HTTPResponse | 
         if state.inflight == 0:
             state.idle.set()
     response.headers[SERVER_HEADER] = state.server.id
+    started = getattr(request.ctx, "started", None)
+    route = request.route
+    state.metrics.answered(
+        "/" + route.raw_path.lstrip("/") if route is not None else UNMATCHED,
+        request.method,
+        response.status,
+        None if started is None else time.perf_counter() - started,
+    )
     return None
 
 
@@ -108,6 +123,15 @@ def _check_token(
     if claims.sid != server.id or claims.svc != server.service:
         return claims, Misdirected("this token names another server; ask the referral again")
     return claims, None
+
+
+def _reason(problem: Refused | InvalidToken) -> str:
+    """The ``reason`` label of ``affinity_app_token_rejections_total`` for a token's problem."""
+    if isinstance(problem, TokenRequired):
+        return "required"
+    if isinstance(problem, Misdirected):
+        return "misdirected"
+    return "expired" if isinstance(problem, ExpiredToken) else "invalid"
 
 
 def _reassign(state: ServerState) -> Draining:

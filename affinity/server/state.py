@@ -43,11 +43,8 @@ class ServerState:
             manager, refused=lambda name: self.metrics.settings_refused(name)
         )
         """The shared settings documents in force in this process."""
-        self.metrics = ServerMetrics(
-            counters=manager.report_counters,
-            versions=self.shared_settings.versions,
-            load=self.gauges,
-        )
+        self.metrics = ServerMetrics(self.gauges)
+        self.metrics.observe_plugins(manager.report_counters, self.shared_settings.versions)
 
     def reassigning(self) -> bool:
         """True once draining has lasted past the drain grace: clients are sent elsewhere."""

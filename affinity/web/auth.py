@@ -8,6 +8,7 @@ says so, where a missing or wrong token is ``401 unauthorized``.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -42,6 +43,22 @@ class BearerAuth:
     def configured(self) -> bool:
         """False when no (or an empty) admin token is configured: the admin API is closed."""
         return self._expected is not None
+
+    def matches(self, given: str) -> bool:
+        """True when ``given`` is the admin token, compared in constant time (a login form)."""
+        if self._expected is None:
+            return False
+        return hmac.compare_digest(given.strip().encode(), self._expected)
+
+    def derive_key(self, purpose: bytes) -> bytes | None:
+        """A key for ``purpose`` made from the admin token (HMAC-SHA256); None when closed.
+
+        What is signed with it (the dashboard's session cookies) is valid wherever
+        the same token is configured, and no longer once the token changes.
+        """
+        if self._expected is None:
+            return None
+        return hmac.new(self._expected, purpose, hashlib.sha256).digest()
 
     def check(self, authorization: str | None) -> None:
         """Pass, or raise :class:`AdminClosed` / :class:`Unauthorized` (rendered 403 / 401)."""

@@ -27,6 +27,7 @@ from affinity.errors import (
     AffinityError,
     Draining,
     ExpiredToken,
+    Forbidden,
     InvalidRequest,
     InvalidToken,
     Misdirected,
@@ -35,6 +36,7 @@ from affinity.errors import (
     Refused,
     RegistryError,
     TokenRequired,
+    TooLarge,
     Unauthorized,
     UnknownKey,
 )
@@ -131,6 +133,8 @@ ANSWERS: Mapping[type[Exception], Answer] = {
         401, ErrorCode.UNAUTHORIZED, headers={"WWW-Authenticate": 'Bearer realm="affinity"'}
     ),
     AdminClosed: Answer(403, ErrorCode.ADMIN_CLOSED),
+    Forbidden: Answer(403, ErrorCode.FORBIDDEN),
+    TooLarge: Answer(413, ErrorCode.PAYLOAD_TOO_LARGE),
     RegistryError: Answer(503, ErrorCode.REGISTRY_UNAVAILABLE, retry_after=1.0),
 }
 """Every error a request can end in, by exception type (the nearest base class counts)."""

@@ -1,225 +1,327 @@
-"""Prometheus metrics of a referral, one registry per app so tests can run several side by side."""
+"""Prometheus metrics of the referral and of the app servers (docs/metrics.md lists them).
+
+Counters and histograms are prometheus-client metrics, counted on the request
+path: each labelled child is looked up once and kept, so an increment costs a
+dict lookup and the child's own update. Gauges are read at scrape time from
+what the process keeps anyway (the server table, the load figures), so they
+cost the request path nothing. With several referral workers the counters are
+summed over all workers (:mod:`affinity.web.exposition`), while a gauge says
+what the worker that answered sees: every worker holds the same view of the
+registry, a watch round trip apart.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from affinity.models import Server
+from affinity.version import __version__
+from affinity.web.exposition import BuildInfo, Union, process_collectors, render
+from affinity.web.gauges import gauge, load_gauges, registry_gauges, server_gauges
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ASSIGN_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
+REREFERRAL_REASONS = (
+    "new_client",
+    "expired",
+    "invalid",
+    "misdirected",
+    "gone",
+    "unhealthy",
+    "drain",
+    "avoid",
+)
+"""Why a client was not kept on its server (``affinity_rereferrals_total{reason}``)."""
 
-class _ServerCollector(Collector):
-    """Reads the server table at scrape time, so the request path pays nothing for gauges."""
+TOKEN_REJECTIONS = ("required", "invalid", "expired", "misdirected")
+"""Why an app server refused a token (``affinity_app_token_rejections_total{reason}``)."""
 
-    def __init__(self, servers: Callable[[], Iterable[Server]]) -> None:
-        self._servers = servers
-
-    def collect(self) -> Iterator[Metric]:
-        health = GaugeMetricFamily(
-            "affinity_servers",
-            "Servers known to this referral by service and health",
-            labels=["service", "health", "draining"],
-        )
-        counts: dict[tuple[str, str, str], int] = {}
-        load = GaugeMetricFamily(
-            "affinity_server_active_clients",
-            "Active clients a server last reported",
-            labels=["service", "server"],
-        )
-        for server in self._servers():
-            key = (server.service, server.health.value, str(server.draining).lower())
-            counts[key] = counts.get(key, 0) + 1
-            load.add_metric([server.service, server.id], server.load.active_clients)
-        for key, count in sorted(counts.items()):
-            health.add_metric(list(key), count)
-        yield health
-        yield load
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class CountCollector(Collector):
-    """Counters kept as plain dict entries, turned into a metric family only when scraped.
+class Family:
+    """A labelled counter or histogram whose children are looked up once."""
 
-    A labelled ``prometheus_client.Counter`` costs a lock and a label lookup
-    per increment, a measurable share of the assign path. A Sanic worker
-    serves on one thread, so plain increments are safe.
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def child(self, labels: tuple[str, ...]) -> Any:
+        found = self._children.get(labels)
+        if found is None:
+            found = self._children[labels] = self._metric.labels(*labels)
+        return found
+
+    def inc(self, *labels: str) -> None:
+        self.child(labels).inc()
+
+    def observe(self, value: float, *labels: str) -> None:
+        self.child(labels).observe(value)
+
+
+class PluginEvents:
+    """Plugins' own counters (``affinity_report_counters``) copied into a counter.
+
+    The plugins count in plain dicts of their own, so the request path pays
+    nothing for them; :meth:`sync` adds what changed since the last copy. A
+    scrape syncs the answering process; with several workers each worker also
+    syncs on a timer, so the others' events show within that period.
     """
 
-    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labels = labels
-        self.counts: dict[tuple[str, ...], int] = {}
+    def __init__(self, counters: Callable[[], Mapping[str, int]], family: Family) -> None:
+        self._counters = counters
+        self._family = family
+        self._seen: dict[str, int] = {}
 
-    def inc(self, key: tuple[str, ...]) -> None:
-        counts = self.counts
-        counts[key] = counts.get(key, 0) + 1
+    def sync(self) -> None:
+        for rule, value in self._counters().items():
+            before = self._seen.get(rule, 0)
+            # A counter that went back was reset by its plugin: all of it is new.
+            delta = value - before if value >= before else value
+            if delta:
+                self._family.child((rule,)).inc(delta)
+            self._seen[rule] = value
+
+
+class _Gauges(Collector):
+    """Gauge families made at scrape time by a function."""
+
+    def __init__(self, make: Callable[[], Iterable[Metric]]) -> None:
+        self._make = make
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for key, value in sorted(self.counts.items()):
-            family.add_metric(list(key), value)
-        yield family
+        yield from self._make()
 
 
-class PluginCollector(Collector):
-    """Plugins' counters and the shared settings in force, read at scrape time.
+class Metrics:
+    """What both roles expose: counting metrics, scrape-time gauges, process and build info.
 
-    The plugins count in plain dicts of their own (``affinity_report_counters``)
-    and the versions are what the process keeps anyway, so observing the
-    firewall costs the request path nothing.
+    ``directory`` is the shared directory of a multi-worker referral, None
+    for one process.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        # The same families with one worker or several: multiprocess mode has no _created.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.directory = directory
+        self.registry = CollectorRegistry()
+        self._gauges: list[Collector] = []
+        self._before_scrape: list[Callable[[], None]] = []
+        self._process = process_collectors(directory)
+        self._build = BuildInfo(__version__)
+        self._settings_refused = self.counter(
+            "affinity_settings_refused",
+            "Shared settings documents refused whole (the previous version stays in force)",
+            ["name"],
+        )
+        self._plugin_events = self.counter(
+            "affinity_plugin_events",
+            "Events counted by plugins by rule id (a refusal counts against the rule that refused)",
+            ["rule"],
+        )
+
+    # -- declaring -----------------------------------------------------------------
+
+    def counter(self, name: str, documentation: str, labels: list[str]) -> Family:
+        return Family(Counter(name, documentation, labels, registry=self.registry))
+
+    def histogram(
+        self, name: str, documentation: str, labels: list[str], buckets: tuple[float, ...]
+    ) -> Family:
+        return Family(
+            Histogram(name, documentation, labels, registry=self.registry, buckets=buckets)
+        )
+
+    def add_gauges(self, make: Callable[[], Iterable[Metric]]) -> None:
+        """Publish gauge families made at scrape time."""
+        self._gauges.append(_Gauges(make))
+
+    def observe_plugins(
+        self, counters: Callable[[], Mapping[str, int]], versions: Callable[[], Mapping[str, int]]
+    ) -> PluginEvents:
+        """Publish the plugins' counters and the shared settings versions in force."""
+        events = PluginEvents(counters, self._plugin_events)
+        self._before_scrape.append(events.sync)
+        self.add_gauges(
+            lambda: [
+                gauge(
+                    "affinity_settings_version",
+                    "Version of each shared settings document in force",
+                    (([name], version) for name, version in sorted(versions().items())),
+                    labels=["name"],
+                )
+            ]
+        )
+        return events
+
+    # -- counting ----------------------------------------------------------------------
+
+    def settings_refused(self, name: str) -> None:
+        self._settings_refused.inc(name)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def counting(self) -> Collector:
+        """The counters and histograms: this process's, or every worker's summed."""
+        if self.directory is None:
+            return self.registry
+        return MultiProcessCollector(None, str(self.directory))  # type: ignore[no-untyped-call]
+
+    def collectors(self) -> list[Collector]:
+        for sync in self._before_scrape:
+            sync()
+        return [self.counting(), *self._gauges, self._build, *self._process]
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The text to answer a scrape with, and its content type."""
+        return render(Union(self.collectors), accept)
+
+    def totals(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """The samples of one counter (``name`` with ``_total``), by sorted label pairs."""
+        found: dict[tuple[tuple[str, str], ...], float] = {}
+        for family in self.counting().collect():
+            for sample in family.samples:
+                if sample.name == name:
+                    key = tuple(sorted(sample.labels.items()))
+                    found[key] = found.get(key, 0.0) + sample.value
+        return found
+
+
+class ReferralMetrics(Metrics):
+    """The referral's metrics: assignments, re-referrals, health, registry, filters.
+
+    ``servers`` gives the servers as ``GET /v1/servers`` describes them and
+    ``registry`` the registry's name, index and staleness, both read at
+    scrape time.
     """
 
     def __init__(
         self,
-        counters: Callable[[], Mapping[str, int]],
-        versions: Callable[[], Mapping[str, int]],
+        servers: Callable[[], Iterable[Mapping[str, Any]]],
+        registry: Callable[[], Mapping[str, Any]],
+        directory: Path | None = None,
     ) -> None:
-        self._counters = counters
-        self._versions = versions
-
-    def collect(self) -> Iterator[Metric]:
-        events = CounterMetricFamily(
-            "affinity_plugin_events",
-            "Events counted by plugins in this process by rule id (a refusal counts "
-            "against the rule that refused)",
-            labels=["rule"],
-        )
-        for rule, value in sorted(self._counters().items()):
-            events.add_metric([rule], value)
-        yield events
-        versions = GaugeMetricFamily(
-            "affinity_settings_version",
-            "Version of each shared settings document in force in this process",
-            labels=["name"],
-        )
-        for name, version in sorted(self._versions().items()):
-            versions.add_metric([name], version)
-        yield versions
-
-
-def settings_refused_counter() -> CountCollector:
-    """Shared settings documents refused whole: the previous version stayed in force."""
-    return CountCollector(
-        "affinity_settings_refused",
-        "Shared settings documents refused whole (the previous version stays in force)",
-        ["name"],
-    )
-
-
-class ReferralMetrics:
-    """Counters the referral updates on the request path, and the text exposition."""
-
-    def __init__(self, servers: Callable[[], Iterable[Server]]) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._assignments = CountCollector(
+        super().__init__(directory)
+        self._assignments = self.counter(
             "affinity_assignments",
-            "Assignments made by this referral process",
-            ["service", "sticky"],
+            "Assign answers by service, server, policy and outcome (sticky, referred, no_server)",
+            ["service", "server", "policy", "outcome"],
         )
-        self._no_server = CountCollector(
-            "affinity_no_healthy_server",
-            "Assign requests answered 503 for want of a server",
+        self._rereferrals = self.counter(
+            "affinity_rereferrals",
+            "Assign answers that did not keep the client on its server, by reason",
+            ["service", "reason"],
+        )
+        self._assign_seconds = self.histogram(
+            "affinity_assign_duration_seconds",
+            "Time to decide an assignment and sign its token",
             ["service"],
-        )
-        self._rejected = CountCollector(
-            "affinity_requests_rejected",
-            "Requests refused by a request filter",
-            ["status", "error"],
+            ASSIGN_BUCKETS,
         )
         # Client failure reports: each one only wakes a health check (a client can lie), so
         # this counter is how an operator sees that clients are failing over, and from where.
-        self._avoided = CountCollector(
+        self._avoided = self.counter(
             "affinity_avoid_reports",
             "Servers named in a client's avoid (the client failed on them)",
             ["service", "server"],
         )
-        collectors: tuple[Collector, ...] = (
-            self._assignments,
-            self._no_server,
-            self._rejected,
-            self._avoided,
-            _ServerCollector(servers),
+        self._rejected = self.counter(
+            "affinity_requests_rejected",
+            "Requests refused by a request filter (firewall, rate limit) by status and error",
+            ["status", "error"],
         )
-        for collector in collectors:
-            self.registry.register(collector)
-        self._refused = settings_refused_counter()
-        self.registry.register(self._refused)
+        self._transitions = self.counter(
+            "affinity_health_transitions",
+            "Changes of a server's health as this referral sees it",
+            ["service", "server", "from_health", "to_health"],
+        )
+        self._check_seconds = self.histogram(
+            "affinity_health_check_duration_seconds",
+            "Time a health check of a server took",
+            ["service"],
+            CHECK_BUCKETS,
+        )
+        self._watch_errors = self.counter(
+            "affinity_registry_watch_errors",
+            "Failed reads of the registry (the last view is kept, marked stale)",
+            ["registry"],
+        )
+        self.add_gauges(lambda: server_gauges(servers()))
+        self.add_gauges(lambda: registry_gauges(registry()))
 
-    def assigned(self, service: str, sticky: bool) -> None:
-        self._assignments.inc((service, "true" if sticky else "false"))
-
-    def no_server(self, service: str) -> None:
-        self._no_server.inc((service,))
-
-    def rejected(self, status: int, error: str) -> None:
-        self._rejected.inc((str(status), error))
-
-    def settings_refused(self, name: str) -> None:
-        self._refused.inc((name,))
-
-    def observe_plugins(
-        self, counters: Callable[[], Mapping[str, int]], versions: Callable[[], Mapping[str, int]]
+    def referred(
+        self,
+        service: str,
+        server: str,
+        policy: str,
+        outcome: str,
+        reason: str | None,
+        seconds: float,
     ) -> None:
-        """Publish the plugins' counters and the settings versions, both read at scrape time."""
-        self.registry.register(PluginCollector(counters, versions))
+        """One assign decision: ``outcome`` sticky, referred or no_server (``server`` empty)."""
+        self._assignments.inc(service, server, policy, outcome)
+        if reason is not None:
+            self._rereferrals.inc(service, reason)
+        self._assign_seconds.observe(seconds, service)
 
     def avoided(self, service: str, server_id: str) -> None:
-        self._avoided.inc((service, server_id))
+        self._avoided.inc(service, server_id)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def rejected(self, status: int, error: str) -> None:
+        self._rejected.inc(str(status), error)
+
+    def health_changed(self, service: str, server: str, before: str, after: str) -> None:
+        self._transitions.inc(service, server, before, after)
+
+    def checked(self, service: str, seconds: float) -> None:
+        self._check_seconds.observe(seconds, service)
+
+    def watch_failed(self, registry: str) -> None:
+        self._watch_errors.inc(registry)
 
 
-class ServerMetrics:
-    """An app server's ``/.well-known/affinity/metrics``: plugin counters, settings, load.
+class ServerMetrics(Metrics):
+    """An app server's metrics: requests by route and status, token rejections, load.
 
-    Everything is read at scrape time from what the server keeps anyway, so
-    the request path updates no metric.
+    ``load`` gives the figures of the health answer (active clients,
+    in-flight requests, capacity, draining), read at scrape time.
     """
 
-    def __init__(
-        self,
-        *,
-        counters: Callable[[], Mapping[str, int]],
-        versions: Callable[[], Mapping[str, int]],
-        load: Callable[[], Mapping[str, float]],
-    ) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._refused = settings_refused_counter()
-        self.registry.register(self._refused)
-        self.registry.register(PluginCollector(counters, versions))
-        self.registry.register(_LoadCollector(load))
-
-    def settings_refused(self, name: str) -> None:
-        self._refused.inc((name,))
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-SERVER_GAUGES = {
-    "active_clients": "Clients seen with a valid token within the activity window",
-    "inflight": "Requests being served now",
-    "capacity": "Configured capacity (0: not set)",
-    "draining": "1 while the server is draining",
-}
-
-
-class _LoadCollector(Collector):
-    """The figures of the server's health answer (:data:`SERVER_GAUGES`), as gauges."""
-
     def __init__(self, load: Callable[[], Mapping[str, float]]) -> None:
-        self._load = load
+        super().__init__()
+        self._requests = self.counter(
+            "affinity_app_requests",
+            "Requests answered by route template, method and status",
+            ["route", "method", "status"],
+        )
+        self._seconds = self.histogram(
+            "affinity_app_request_duration_seconds",
+            "Time from the first middleware to the response, by route template and method",
+            ["route", "method"],
+            REQUEST_BUCKETS,
+        )
+        self._token_rejections = self.counter(
+            "affinity_app_token_rejections",
+            "Requests refused for their token by reason (required, invalid, expired, "
+            "misdirected): the signal of clients bypassing the referral",
+            ["reason"],
+        )
+        self.add_gauges(lambda: load_gauges(load()))
 
-    def collect(self) -> Iterator[Metric]:
-        figures = self._load()
-        for name, documentation in SERVER_GAUGES.items():
-            if name in figures:
-                yield GaugeMetricFamily(
-                    f"affinity_server_{name}", documentation, value=figures[name]
-                )
+    def answered(self, route: str, method: str, status: int, seconds: float | None) -> None:
+        """One answer; ``seconds`` None when the request never reached the middleware."""
+        method = method if method in METHODS else "OTHER"
+        self._requests.inc(route, method, str(status))
+        if seconds is not None:
+            self._seconds.observe(seconds, route, method)
+
+    def token_rejected(self, reason: str) -> None:
+        self._token_rejections.inc(reason)

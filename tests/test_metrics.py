@@ -1,0 +1,110 @@
+"""The metrics plumbing: cached children, plugin counters, worker directories, both formats."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from affinity.web import exposition
+from affinity.web.metrics import Metrics, PluginEvents, ServerMetrics
+from tests.promtext import parse
+
+
+def test_a_labelled_child_is_looked_up_once() -> None:
+    metrics = Metrics()
+    family = metrics.counter("things", "Things", ["kind"])
+    family.inc("a")
+    first = family.child(("a",))
+    family.inc("a")
+    assert family.child(("a",)) is first
+    assert metrics.totals("things_total") == {(("kind", "a"),): 2.0}
+
+
+def test_plugin_counters_are_copied_as_increments_and_survive_a_reset() -> None:
+    counts = {"rule": 5}
+    metrics = Metrics()
+    events: PluginEvents = metrics.observe_plugins(lambda: counts, dict)
+    events.sync()
+    counts["rule"] = 7
+    events.sync()
+    assert metrics.totals("affinity_plugin_events_total") == {(("rule", "rule"),): 7.0}
+    counts["rule"] = 2  # the plugin started counting again
+    events.sync()
+    assert metrics.totals("affinity_plugin_events_total") == {(("rule", "rule"),): 9.0}
+
+
+def test_a_scrape_syncs_the_plugin_counters() -> None:
+    metrics = Metrics()
+    metrics.observe_plugins(lambda: {"r": 3}, lambda: {"fw": 4})
+    families = parse(metrics.exposition()[0].decode())
+    assert families["affinity_plugin_events_total"].value(rule="r") == 3
+    assert families["affinity_settings_version"].value(name="fw") == 4
+
+
+def test_text_and_openmetrics_are_strictly_valid() -> None:
+    metrics = ServerMetrics(lambda: {"active_clients": 1, "inflight": 0, "capacity": 4})
+    metrics.answered("/", "GET", 200, 0.01)
+    text, content_type = metrics.exposition(None)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    families = parse(text.decode())
+    assert families["affinity_app_capacity"].value() == 4
+    body, content_type = metrics.exposition("application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    names = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert "affinity_app_requests" in names and "affinity_build_info" in names
+
+
+def test_no_created_series() -> None:
+    metrics = Metrics()
+    metrics.counter("things", "Things", ["kind"]).inc("a")
+    assert b"_created" not in metrics.exposition()[0]
+
+
+def test_live_workers_are_those_whose_process_runs(tmp_path: Path) -> None:
+    exposition.worker_started(tmp_path)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (tmp_path / f"worker-{gone.stdout.strip()}").touch()
+    (tmp_path / "worker-junk").touch()
+    assert exposition.live_workers(tmp_path) == [os.getpid()]
+    exposition.worker_stopped(tmp_path)
+    assert exposition.live_workers(tmp_path) == []
+
+
+def test_the_main_process_makes_and_removes_the_shared_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(exposition.MULTIPROC_ENV, raising=False)
+    monkeypatch.setattr(exposition.tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    leftover = tmp_path / f"affinity-metrics-{dead}-abc"
+    leftover.mkdir()
+    with exposition.shared_metrics_dir() as made:
+        assert os.environ[exposition.MULTIPROC_ENV] == str(made)
+        assert made.parent == tmp_path and made.is_dir()
+        assert not leftover.exists()  # its main process was killed: swept
+    assert not made.exists() and exposition.MULTIPROC_ENV not in os.environ
+
+
+def test_a_directory_the_operator_named_is_used_and_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    named = tmp_path / "prom"
+    monkeypatch.setenv(exposition.MULTIPROC_ENV, str(named))
+    with exposition.shared_metrics_dir() as used:
+        assert used == named and named.is_dir()
+    assert named.is_dir() and os.environ[exposition.MULTIPROC_ENV] == str(named)
