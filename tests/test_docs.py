@@ -92,4 +92,5 @@ def test_quick_start_is_two_commands() -> None:
     commands = [line for line in block.splitlines()[1:] if line.strip()]
     assert commands == [c for c in commands if c.startswith("./scripts/")]
     assert len(commands) == 2
-    assert (ROOT / ".ci" / "run").read_text().count("scripts/test") == 1
+    # CI runs the README's test command once (scripts/test-browser only installs, before it).
+    assert len(re.findall(r"scripts/test(?![\w-])", (ROOT / ".ci" / "run").read_text())) == 1
