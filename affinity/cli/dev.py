@@ -165,6 +165,9 @@ def _print_banner(
         f"{referral}/v1/servers/{rows[-1][0]}/drain",
         f'  curl --cacert {ca} -H "Authorization: Bearer $(cat {d / "admin-token"})" '
         f"{referral}/v1/servers",
+        f"  affinity status --referral {referral} --cacert {ca} "
+        f"--admin-token-file {d / 'admin-token'} --watch",
+        f"  a browser on {referral}/dashboard (log in with the token in {d / 'admin-token'})",
         "",
         "Ctrl-C stops everything.",
     ]
