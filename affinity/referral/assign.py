@@ -75,7 +75,7 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment:
         client_ip=address,
     )
     server, sticky = _pick(ctx, areq)
-    policy = ctx.policies[service].name
+    policy = ctx.policy_for(service).name
     reason = None if sticky else why or _moved(ctx, areq)
     if server is None:
         ctx.metrics.referred(
