@@ -492,6 +492,21 @@ def test_consistent_bounded_load_skips_an_overloaded_server() -> None:
     assert chosen is not None and chosen.id == top
 
 
+@pytest.mark.parametrize(("top_load", "stays"), [(1, True), (4, True), (5, False)])
+def test_consistent_bound_has_a_slack_of_four_clients(top_load: int, stays: bool) -> None:
+    """In an idle pool, a few clients on the top-ranked server are not an overload.
+
+    Ten servers of capacity 100, all idle but the top one: the mean is
+    ``top_load / 1000`` and the bound ``1.25 x mean + 4 / 100``. One or four
+    clients are within it (0.04 <= 0.045), five are over it (0.05 > 0.04625).
+    """
+    ids = [f"s{i}" for i in range(10)]
+    top, second = hashing.rank("alice", [(sid, 1) for sid in ids])[:2]
+    p = pool(server(sid, active=top_load if sid == top else 0, capacity=100) for sid in ids)
+    chosen = make("consistent").choose(p, request("alice"))
+    assert chosen is not None and chosen.id == (top if stays else second)
+
+
 def test_consistent_bounded_load_spreads_a_hot_server() -> None:
     ids = [f"s{i:02d}" for i in range(20)]
     p = pool(server(sid, active=95 if sid == "s05" else 20, capacity=100) for sid in ids)

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from affinity.testing import Deployment
+from affinity.tokens.jws import KeyRing, TokenIssuer
 
 SERVICES = """
 [services.web]
@@ -133,6 +134,29 @@ def test_a_token_for_another_service_is_not_sticky(referral: Deployment) -> None
             assert web["sticky"] is False and web["server"]["id"] != "o1"
         finally:
             admin.delete("/v1/servers/o1")
+
+
+def test_a_server_moved_to_another_service_loses_the_clients_of_the_first(
+    referral: Deployment,
+) -> None:
+    """A token for service web that names m1 keeps its client on m1 only while m1 serves web."""
+    issuer = TokenIssuer(KeyRing.load(referral.dir / "keys.json"))
+    token = issuer.issue("m1", issuer.new_client_id(), "web")[0]
+    headers = {"Affinity-Token": token}
+    with referral.admin() as admin, referral.client(base_url=referral.referral_url) as c:
+        url = "https://m1.affinity.test:8443"
+        assert admin.put("/v1/servers/m1", json={"service": "web", "url": url}).status_code == 200
+        try:
+            kept = c.get("/v1/assign", headers=headers).json()
+            assert kept["server"]["id"] == "m1" and kept["sticky"] is True
+            moved = admin.put("/v1/servers/m1", json={"service": "other", "url": url})
+            assert moved.status_code == 200 and moved.json()["service"] == "other"
+            for _ in range(4):
+                web = c.get("/v1/assign", headers=headers).json()
+                assert web["server"]["id"] in {"s1", "s2", "s3"}
+                assert web["sticky"] is False
+        finally:
+            admin.delete("/v1/servers/m1")
 
 
 def test_redirect_preserves_path_and_query_and_sets_the_cookie(client: httpx.Client) -> None:
