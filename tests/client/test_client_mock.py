@@ -464,6 +464,16 @@ def check_budget_spent(run: Run) -> None:
     assert run.of(GaveUp)[0].attempts == 1
 
 
+def check_budget_charged(run: Run) -> None:
+    """Two retries allowed, each one taken from the budget: the third failure is the last."""
+    error = run.failed()
+    assert isinstance(error, AllAttemptsFailed)
+    assert "the retry budget is spent (2 retries for 1 requests in 10s)" in str(error)
+    assert run.of(GaveUp)[0].attempts == 3
+    assert [e.attempt for e in run.of(Retried)] == [2, 3]
+    assert len(run.net.assigns()) == 3
+
+
 def check_delivered(status: int) -> Callable[[Run], None]:
     def check(run: Run) -> None:
         assert run.ok().status_code == status
@@ -605,6 +615,13 @@ SCENARIOS = [
         check_budget_spent,
         mode("app", "s1", "down"),
         options={"retry_budget_min": 0, "retry_budget_ratio": 0.0},
+    ),
+    Scenario(
+        "retry budget charged per retry",
+        (Call(),),
+        check_budget_charged,
+        modes(mode("app", "s1", "down"), mode("app", "s2", "down")),
+        options={"retry_budget_min": 2, "retry_budget_ratio": 0.0, "max_attempts": 10},
     ),
     Scenario(
         "503 without Reassign is the caller's",
