@@ -199,6 +199,32 @@ def test_sigterm_drains_then_deregisters_and_exits_0(running: Deployment) -> Non
     wait_until(lambda: running.registered() == {"s2"}, 5, what="deregistration")
 
 
+def test_a_draining_server_serves_its_clients_until_the_grace_has_passed(
+    deployment: Deployment,
+) -> None:
+    """Within ``drain_grace`` a valid token is served; only after it comes 503 + Reassign.
+
+    No clock in the test: s1's grace is an hour, so every request falls within it;
+    s2's is zero, so every request falls after it.
+    """
+    deployment.start_referral()
+    for sid, grace in (("s1", "3600"), ("s2", "0")):
+        deployment.start_server(sid, app=APP, env={"AFFINITY_SERVER_DRAIN_GRACE": grace})
+    auth = {"Authorization": f"Bearer {deployment.admin_token}"}
+    with deployment.client() as c:
+        for sid in ("s1", "s2"):
+            url = deployment.server_urls[sid]
+            drained = c.post(url + "/.well-known/affinity/drain", headers=auth)
+            assert drained.status_code == 200 and drained.json()["draining"] is True
+            assert c.get(url + "/.well-known/affinity/health").json()["draining"] is True
+    within = get(deployment, "s1", "/whoami", token_for(deployment, "s1"))
+    assert within.status_code == 200 and within.json()["server"] == "s1"
+    assert "affinity-reassign" not in within.headers
+    after = get(deployment, "s2", "/whoami", token_for(deployment, "s2"))
+    assert after.status_code == 503 and after.json()["error"] == "draining"
+    assert after.headers["affinity-reassign"] == "1"
+
+
 def test_a_server_registers_again_after_the_referral_forgets_it(deployment: Deployment) -> None:
     deployment.config.write_text(
         deployment.config.read_text().replace('state_file = "state.json"', "")
