@@ -112,6 +112,16 @@ def test_unparseable_address_fails_closed_only_under_an_allow_list() -> None:
     assert answer.detail == "the client address is not allowed"
 
 
+@pytest.mark.parametrize("ip", ["unix:/run/x.sock", "<script>", ""])
+def test_unparseable_address_fails_closed_under_a_path_allow_list(ip: str) -> None:
+    f = make(
+        paths=[{"prefix": "/admin", "allow": ["127.0.0.1"]}, {"prefix": "/x", "deny": ["::1"]}]
+    )
+    assert rule(f, ip, "/admin/users") == "ipfilter.paths[0].allow"
+    assert rule(f, ip, "/x/y") is None, "a deny list alone does not refuse it"
+    assert rule(f, ip, "/other") is None, "no allow list applies there"
+
+
 def test_rejection_shape() -> None:
     f = make(deny=["2001:db8::/32"])
     answer = f.reject(req("2001:0db8:0000::0001", "/secret/%3Cscript%3E"))
