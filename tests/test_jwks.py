@@ -143,6 +143,30 @@ def test_learns_a_key_after_rotation(referral: Referral) -> None:
     run(main)
 
 
+def test_a_key_dropped_from_the_jwks_stops_verifying_even_a_cached_token(
+    referral: Referral,
+) -> None:
+    ring1 = ed_ring()
+    referral.serve(ring1)
+    old = token_for(ring1)
+    clock = Monotonic()
+
+    async def main() -> None:
+        async with JwksKeySource(referral.url, clock=clock) as source:
+            check = JwksVerifier(source)
+            assert (await check.verify(old)).kid == "e1"  # fetched, verified and cached
+            assert check.verify_nowait(old).kid == "e1"
+            ring2 = KeyRing.generate("EdDSA", kid="e2")  # e1 is not in it
+            referral.serve(ring2)
+            clock.now += 30
+            assert await source.refresh() is True
+            with pytest.raises(UnknownKey, match="e1"):
+                check.verify_nowait(old)
+            assert check.verify_nowait(token_for(ring2)).kid == "e2"
+
+    run(main)
+
+
 def test_a_flood_of_random_kids_fetches_at_most_once(referral: Referral) -> None:
     referral.serve(ed_ring())
     clock = Monotonic()

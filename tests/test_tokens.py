@@ -511,6 +511,21 @@ def test_rotation_keeps_old_tokens_until_retire_at() -> None:
         TokenIssuer(KeyRing([Key("k1", "HS256", secret=SECRET, retire_at=NOW)], "k1"), clock=clock)
 
 
+def test_replacing_the_ring_forgets_tokens_verified_under_a_dropped_key() -> None:
+    clock = FakeClock()
+    old_ring = hs_ring()
+    token = issue(old_ring, clock)
+    check = verifier(old_ring, clock)
+    assert check.verify(token).kid == "k1"
+    assert check.cache_info()[0] == 1  # the next verify of this token would be a cache hit
+    other = hashlib.sha256(b"another secret").digest()
+    new_ring = KeyRing([Key("k2", "HS256", secret=other)], "k2")
+    check.replace_ring(new_ring)
+    with pytest.raises(UnknownKey, match="k1"):
+        check.verify(token)
+    assert check.verify(issue(new_ring, clock)).kid == "k2"
+
+
 def test_rotation_to_another_algorithm() -> None:
     ring = hs_ring().rotate("EdDSA")
     assert ring.active is not None and ring.active.alg == "EdDSA"
