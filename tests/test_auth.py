@@ -62,7 +62,9 @@ def test_the_environment_variable_wins_over_the_file(
         auth.check(f"Bearer {TOKEN}")
 
 
-def test_the_token_is_compared_in_constant_time() -> None:
+def test_the_source_compares_the_token_with_compare_digest_only() -> None:
+    """A reading of the source, not a timing: ``hmac.compare_digest`` is used, and no
+    ``==``, ``!=``, ``in`` or ordering comparison touches the token or its expected value."""
     source = Path(auth_module.__file__).read_text()
     assert "hmac.compare_digest" in source
     tree = ast.parse(source)

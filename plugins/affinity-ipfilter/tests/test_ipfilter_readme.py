@@ -9,9 +9,11 @@ import tomllib
 from pathlib import Path
 
 from affinity_ipfilter import IPFilter, IPFilterOptions
+from affinity_ipfilter.networks import parse_address
 
 from affinity.models import RequestInfo, SharedSettings
 from affinity.plugin.options import markdown_table, replace_block
+from affinity.web.paths import path_variants
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -36,11 +38,19 @@ def test_toml_example_compiles_and_behaves_as_described() -> None:
     assert rule("192.0.2.1", "/") == "ipfilter.allow"
 
 
-def test_json_document_passes_the_check() -> None:
+def test_json_document_passes_the_check_and_compiles_as_described() -> None:
     (document,) = blocks("json")[:1]
-    IPFilter().compile_settings(
+    rules = IPFilter().compile_settings(
         SharedSettings(name="ipfilter", version=1, value=json.loads(document))
     )
+
+    def rule(ip: str, path: str) -> str | None:
+        return rules.check("server", parse_address(ip), lambda: path_variants(path))
+
+    assert rule("198.51.100.7", "/") == "ipfilter.settings.deny[0]"
+    assert rule("10.1.1.1", "/admin/x") == "ipfilter.settings.paths[0].allow"
+    assert rule("10.9.1.1", "/admin/x") is None
+    assert rule("10.1.1.1", "/") is None
 
 
 def test_options_table_is_the_declaration() -> None:

@@ -7,9 +7,12 @@ from typing import Any
 
 import pytest
 from affinity_ipfilter import IPFilter
+from affinity_ipfilter.networks import parse_address
+from affinity_ipfilter.rules import RuleSet
 
 from affinity.errors import ConfigError
 from affinity.models import RequestInfo, SharedSettings
+from affinity.web.paths import path_variants
 
 
 def make(**options: Any) -> IPFilter:
@@ -27,10 +30,20 @@ def rule(f: IPFilter, ip: str, path: str = "/") -> str | None:
     return None if answer is None else answer.rule
 
 
-def test_check_accepts_a_good_document() -> None:
-    IPFilter().compile_settings(
+def decide(rules: RuleSet, ip: str, path: str = "/") -> str | None:
+    """What a compiled rule set says of one request to an app server."""
+    return rules.check("server", parse_address(ip), lambda: path_variants(path))
+
+
+def test_check_accepts_a_good_document_and_compiles_every_rule() -> None:
+    rules = IPFilter().compile_settings(
         doc(1, deny=["10.0.0.0/8"], paths=[{"prefix": "/a", "allow": ["::1"]}])
     )
+    assert rules.active
+    assert decide(rules, "10.1.2.3") == "ipfilter.settings.deny[0]"
+    assert decide(rules, "192.0.2.1") is None
+    assert decide(rules, "192.0.2.1", "/a/b") == "ipfilter.settings.paths[0].allow"
+    assert decide(rules, "::1", "/a/b") is None
 
 
 def test_check_rejects_a_bad_document_whole_naming_the_key() -> None:

@@ -52,10 +52,20 @@ def test_sample_answer_matches_the_readme() -> None:
     assert json.dumps({"error": answer.error, "detail": answer.detail}) in text
 
 
-def test_json_document_passes_the_check() -> None:
+def test_json_document_passes_the_check_and_compiles_as_described() -> None:
+    """Laid over the README's file key by key; its ``limits`` replace the file's whole."""
     (document,) = blocks("json")[:1]
     settings = SharedSettings(name="ratelimit", version=1, value=json.loads(document))
-    make().compile_settings(settings)
+    policy = make().compile_settings(settings)
+    assign = policy.select("referral", "/v1/assign")
+    assert assign is not None
+    assert (assign.name, assign.rate, assign.burst, assign.key) == ("assign", 1.0, 1, "ip")
+    assert assign.roles == {"referral", "server"}
+    default = policy.select("server", "/admin/x")  # the file's admin limit is gone
+    assert default is not None
+    assert (default.name, default.rate, default.burst) == ("default", 20.0, 40)
+    assert default.key == "client_or_ip"  # kept from the file
+    assert policy.headers == "draft-08"
 
 
 def test_options_table_is_the_declaration() -> None:
