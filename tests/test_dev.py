@@ -46,6 +46,17 @@ def dev_ports() -> int:
     raise RuntimeError("no free block of ports")
 
 
+def default_sigint() -> None:
+    """Run in the child before exec: SIGINT back to its default action.
+
+    A shell without job control starts background jobs with SIGINT ignored, and
+    Python turns SIGINT into KeyboardInterrupt only when it did not inherit it
+    ignored. Without this, the Ctrl-C below would do nothing whenever the suite
+    itself runs as such a job.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
     port = dev_ports()
     proc = subprocess.Popen(
@@ -63,6 +74,7 @@ def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=default_sigint,
     )
     lines: list[str] = []
     try:
@@ -96,3 +108,7 @@ def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        # Its children have sessions of their own: when the test failed, they are still up.
+        for pid in (int(p) for p in re.findall(r"pid (\d+)", "".join(lines))):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
