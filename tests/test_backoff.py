@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 
@@ -42,10 +43,17 @@ def test_delays_spread_over_the_whole_range() -> None:
     assert statistics.mean(delays) == pytest.approx(1.0, abs=0.1)
 
 
-@pytest.mark.parametrize(("base", "cap", "key"), [(0, 1, "base"), (1, 0.5, "cap")])
+@pytest.mark.parametrize(
+    ("base", "cap", "key"),
+    [(0, 1, "base"), (math.inf, math.inf, "base"), (1, 0.5, "cap"), (1, math.nan, "cap")],
+)
 def test_backoff_refuses_bad_arguments(base: float, cap: float, key: str) -> None:
     with pytest.raises(ValueError, match=f"^{key}: "):
         Backoff(base=base, cap=cap)
+
+
+def test_a_cap_equal_to_the_base_is_allowed() -> None:
+    assert Backoff(base=0.5, cap=0.5).ceiling(10) == 0.5
 
 
 def test_delay_without_a_random_source_uses_the_module_one() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,13 +71,32 @@ def test_budget_refills_as_the_window_slides() -> None:
     assert budget.try_spend() and budget.retries == 1
 
 
+def test_budget_defaults_are_twenty_percent_and_at_least_three() -> None:
+    clock = Clock()
+    budget = RetryBudget(clock=clock)
+    assert [budget.try_spend() for _ in range(4)] == [True, True, True, False]
+    for _ in range(20):
+        budget.record_request()
+    assert budget.allowance() == pytest.approx(4.0)
+    assert budget.try_spend() and not budget.try_spend()
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "key"),
-    [({"ratio": -0.1}, "retry_budget_ratio"), ({"minimum": -1}, "retry_budget_min")],
+    ("kwargs", "key", "message"),
+    [
+        ({"ratio": -0.1}, "retry_budget_ratio", "expected a ratio >= 0, got -0.1"),
+        ({"ratio": math.nan}, "retry_budget_ratio", "expected a ratio >= 0, got nan"),
+        ({"minimum": -1}, "retry_budget_min", "expected a count >= 0, got -1"),
+        ({"window": 0.0}, "retry_budget_window", "expected a positive number of seconds, got 0.0"),
+        ({"window": -1.0}, "retry_budget_window", "expected a positive number of seconds"),
+        ({"window": math.inf}, "retry_budget_window", "expected a positive number of seconds"),
+    ],
 )
-def test_budget_refuses_bad_settings(kwargs: dict[str, float], key: str) -> None:
-    with pytest.raises(ConfigError, match=key):
+def test_budget_refuses_bad_settings(kwargs: dict[str, float], key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
         RetryBudget(**kwargs)  # type: ignore[arg-type]
+    assert info.value.key == key  # exactly: match= would also find it inside a longer key
+    assert message in str(info.value)
 
 
 # -- Retry-After -------------------------------------------------------------------------------
@@ -98,6 +120,24 @@ NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 )
 def test_parse_retry_after(value: str | None, expected: float) -> None:
     assert parse_retry_after(value, now=NOW) == pytest.approx(expected)
+
+
+def test_an_http_date_is_read_against_the_wall_clock_by_default() -> None:
+    assert parse_retry_after("Sat, 01 Jan 2000 00:00:00 GMT") == 0.0
+    assert parse_retry_after("Fri, 01 Jan 2999 00:00:00 GMT") == MAX_RETRY_AFTER
+
+
+def test_a_date_with_no_zone_is_gmt_whatever_the_local_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``-0000`` (RFC 5322: no zone information) is read as GMT, not as the local time."""
+    monkeypatch.setenv("TZ", "JST-9")  # a POSIX zone string: no zone database needed
+    time.tzset()
+    try:
+        assert parse_retry_after("Tue, 14 Nov 2023 22:13:50 -0000", now=NOW) == 30.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 @given(st.text(max_size=40))
