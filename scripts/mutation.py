@@ -12,7 +12,7 @@ Code that runs in the referral and app-server processes the tests start
 ``PYTHONPATH`` so that those processes report the functions they run to the
 test that started them (see ``mutation_hits/sitecustomize.py``).
 
-Usage: scripts/mutation [--list] [--jobs N] [TARGET...]   (no target: all of them)
+Usage: scripts/mutation [--list] [--jobs N] [--mutant NAME] [TARGET...]   (no target: all)
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ pytest_add_cli_args = ["-p", "mutation_hits"]
     return work
 
 
-def run(name: str, target: Target, jobs: int) -> dict[str, int]:
+def run(name: str, target: Target, jobs: int, mutants: list[str]) -> dict[str, int]:
     work = prepare(name, target)
     env = {
         **os.environ,
@@ -155,7 +155,7 @@ def run(name: str, target: Target, jobs: int) -> dict[str, int]:
     }
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     started = time.monotonic()
-    done = subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env)
+    done = subprocess.run([mutmut, "run", "--max-children", str(jobs), *mutants], cwd=work, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{name}: mutmut run exited with {done.returncode}")
     subprocess.run([mutmut, "export-cicd-stats"], cwd=work, env=env, check=True)
@@ -180,6 +180,13 @@ def main() -> int:
     parser.add_argument("targets", nargs="*", metavar="TARGET", help="default: all")
     parser.add_argument("--list", action="store_true", help="list the targets and their tests")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument(
+        "--mutant",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="test only this mutant again (a name from survivors.txt, '*' allowed); repeatable",
+    )
     args = parser.parse_args()
     if args.list:
         for name, target in TARGETS.items():
@@ -190,7 +197,7 @@ def main() -> int:
         parser.error(f"unknown target(s) {', '.join(unknown)}; see --list")
     results = {}
     for name in args.targets or list(TARGETS):
-        results[name] = run(name, TARGETS[name], args.jobs)
+        results[name] = run(name, TARGETS[name], args.jobs, args.mutant)
     print()
     print(
         f"{'target':14} {'score':>6} {'killed':>7} {'survived':>9} {'no tests':>9} {'timeout':>8}"

@@ -29,4 +29,4 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     hits.write_text("")
     from mutmut.state import state
 
-    state()._stats.update(names)
+    state()._stats.update(set(names))

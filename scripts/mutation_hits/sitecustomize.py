@@ -20,16 +20,15 @@ def _follow() -> None:
         from mutmut.mutation import trampoline
     except ImportError:
         return
-    seen: set[str] = set()
 
     def record(name: str, caller: str | None = None) -> None:
-        if name not in seen:
-            seen.add(name)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, name.encode() + b"\n")
-            finally:
-                os.close(fd)
+        # Every call, not the first only: a process that outlives a test (a module-scoped
+        # fixture) must report again what it runs during the next test.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, name.encode() + b"\n")
+        finally:
+            os.close(fd)
 
     setattr(trampoline, "record_trampoline_hit", record)  # noqa: B010 (not exported)
 
