@@ -57,6 +57,17 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def kill_children(banner: str) -> None:
+    """Kill the processes ``affinity dev`` listed (``pid N``) that are still running.
+
+    They run in sessions of their own, so killing ``affinity dev`` when a test
+    fails leaves them up.
+    """
+    for pid in (int(p) for p in re.findall(r"pid (\d+)", banner)):
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
     port = dev_ports()
     proc = subprocess.Popen(
@@ -108,7 +119,4 @@ def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        # Its children have sessions of their own: when the test failed, they are still up.
-        for pid in (int(p) for p in re.findall(r"pid (\d+)", "".join(lines))):
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        kill_children("".join(lines))

@@ -15,7 +15,7 @@ import pytest
 
 import affinity
 from affinity.web.tls import client_context
-from tests.test_dev import alive, dev_ports
+from tests.test_dev import alive, default_sigint, dev_ports, kill_children
 
 ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTIONS = [
@@ -33,12 +33,6 @@ print(any(str(f).endswith("LICENSE") for f in d.files))
 print(any(r.startswith(("ruff", "mypy")) for r in d.requires or ()))
 assert d.version == affinity.__version__
 """
-
-
-def _default_sigint() -> None:
-    # A background job of a non-interactive shell starts with SIGINT ignored, and a
-    # child inherits that; Ctrl-C is what this test sends, so give it back its default.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +94,7 @@ def test_installed_wheels_run_dev_from_an_empty_directory(installed: Path, tmp_p
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     )
     lines: list[str] = []
     try:
@@ -139,3 +133,4 @@ def test_installed_wheels_run_dev_from_an_empty_directory(installed: Path, tmp_p
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        kill_children("".join(lines))
