@@ -51,7 +51,7 @@ TARGETS: dict[str, Target] = {
         ("affinity/tokens/keyring.py",), ("tests/test_tokens.py", "tests/test_jwks.py")
     ),
     "guard": Target(
-        ("affinity/server/guard.py",),
+        ("affinity/server/guard.py", "affinity/server/tokens.py"),
         ("tests/server/test_app_server.py", "tests/server/test_jwks_live.py"),
         processes=True,
     ),
@@ -73,8 +73,9 @@ TARGETS: dict[str, Target] = {
         ("tests/client/test_rules.py", "tests/client/test_client_mock.py"),
     ),
     "backoff": Target(
-        ("affinity/client/backoff.py",),
+        ("affinity/backoff.py", "affinity/client/backoff.py"),
         (
+            "tests/test_backoff.py",
             "tests/client/test_backoff.py",
             "tests/client/test_rules.py",
             "tests/client/test_client_mock.py",

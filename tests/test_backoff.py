@@ -60,3 +60,9 @@ def test_delay_without_a_random_source_uses_the_module_one() -> None:
     backoff = Backoff(base=0.1, cap=0.4)
     delays = {backoff.delay(5) for _ in range(50)}
     assert all(0.0 <= d <= 0.4 for d in delays) and len(delays) > 1
+
+
+def test_delay_draws_from_the_random_source_given() -> None:
+    """An injected generator makes the waits reproducible (the client's tests rely on it)."""
+    backoff = Backoff(base=0.1, cap=0.4)
+    assert backoff.delay(5, random.Random(3)) == random.Random(3).uniform(0.0, 0.4)
