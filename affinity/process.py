@@ -1,9 +1,17 @@
 """Child ``affinity`` processes: started with their output in a log file, waited on until they
 answer, stopped with a grace period. ``affinity dev`` and :mod:`affinity.testing` both use it.
+
+Every child leads a process group of its own, so that stopping it also stops
+what it started (the worker processes of a multi-worker Sanic), and on Linux it
+is told by the kernel to stop (SIGTERM, ``PR_SET_PDEATHSIG``) when its parent
+dies, even by SIGKILL: no child outlives the process that started it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import signal
 import ssl
 import subprocess
@@ -19,12 +27,29 @@ from affinity.errors import ChildFailed
 TAIL_LINES = 20
 """How many of its last log lines a :class:`ChildFailed` quotes."""
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """Run in the child before exec: SIGTERM when ``parent`` dies (Linux; a no-op elsewhere).
+
+    If the parent died between the fork and this call, the signal would never
+    come, so the child checks and stops itself.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
 
 class ChildProcess:
     """One ``python -m affinity <args>`` process, its output (stdout and stderr) in ``log``.
 
     ``own_session`` starts it in a session of its own, so a Ctrl-C in the
-    terminal reaches only the parent, which then stops its children in order.
+    terminal reaches only the parent, which then stops its children in order;
+    otherwise it still leads a process group of its own.
     """
 
     def __init__(
@@ -38,6 +63,7 @@ class ChildProcess:
     ) -> None:
         self.name = name
         self.log = log
+        parent = os.getpid()
         with log.open("ab") as out:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "affinity", *args],
@@ -45,6 +71,8 @@ class ChildProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=own_session,
+                process_group=None if own_session else 0,
+                preexec_fn=lambda: _die_with(parent),  # no threads run in the parents we have
             )
 
     @property
@@ -65,9 +93,9 @@ class ChildProcess:
             self.popen.send_signal(sig)
 
     def kill(self) -> None:
-        """SIGKILL and reap."""
-        if self.alive():
-            self.popen.kill()
+        """SIGKILL it and every process left in its group (its workers), and reap it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
 
     def wait(self, timeout: float) -> int:

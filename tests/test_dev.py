@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from affinity.testing import free_port
 from affinity.web.tls import client_context
@@ -68,7 +72,8 @@ def kill_children(banner: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
+def start_dev(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """``affinity dev`` started and past its banner: the process and what it printed."""
     port = dev_ports()
     proc = subprocess.Popen(
         [
@@ -76,8 +81,7 @@ def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
             "-m",
             "affinity",
             "dev",
-            "--dir",
-            str(tmp_path / "dev"),
+            *("--dir", str(tmp_path / "dev")),
             "--port",
             str(port),
         ],
@@ -88,16 +92,42 @@ def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
         preexec_fn=default_sigint,
     )
     lines: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    return proc, "".join(lines)
+
+
+@contextlib.contextmanager
+def running_dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, list[int]]]:
+    """``affinity dev`` with its four children; whatever happens, nothing is left running."""
+    proc, out = start_dev(tmp_path)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        out = "".join(lines)
         assert proc.poll() is None, out
         pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
         assert len(pids) == 4, out
+        yield proc, out, pids
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        kill_children(out)
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Wait until none of ``pids`` runs, up to ``timeout`` seconds; those still running."""
+    deadline = time.monotonic() + timeout
+    while (left := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
+    with running_dev(tmp_path) as (proc, out, pids):
         curl = re.search(r"curl --cacert (\S+) (https://\S+/v1/assign)", out)
         assert curl is not None, out
         ca = Path(curl.group(1))
@@ -115,8 +145,21 @@ def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
         assert proc.returncode == 0, rest
         assert "no process left" in rest
         assert not [pid for pid in pids if alive(pid)]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        kill_children("".join(lines))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_dev_like_ctrl_c(tmp_path: Path, sig: signal.Signals) -> None:
+    with running_dev(tmp_path) as (proc, _, pids):
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+        assert "stopping: draining the servers" in rest and "no process left" in rest
+        assert not [pid for pid in pids if alive(pid)]
+
+
+def test_the_children_die_with_dev_even_on_sigkill(tmp_path: Path) -> None:
+    with running_dev(tmp_path) as (proc, _, pids):
+        proc.kill()
+        proc.wait()
+        # The kernel sends each child SIGTERM as its parent dies; they drain and exit.
+        assert wait_gone(pids, timeout=30) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def run(directory: Path, port: int, servers: int, app: str, python_path: str) ->
     }
     referral_url = f"https://127.0.0.1:{port}"
     verify = client_context(ca)
+    _stop_on(signal.SIGTERM, signal.SIGHUP)
     # Sessions of their own: Ctrl-C reaches only this supervisor, which stops them in order.
     referral = ChildProcess(
         "the referral",
@@ -131,6 +133,17 @@ def run(directory: Path, port: int, servers: int, app: str, python_path: str) ->
         return 0
     finally:
         stop(procs, 0.0)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on(*signals: signal.Signals) -> None:
+    """Make ``signals`` stop everything as Ctrl-C does: what ``timeout``, systemd, Docker
+    and CI send, and what a closed terminal sends."""
+    for sig in signals:
+        signal.signal(sig, _interrupt)
 
 
 def _short(path: Path) -> Path:
