@@ -140,6 +140,20 @@ def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
         assert answer.status_code == 200
         assert answer.json()["server"] == assigned["server"]["id"]
         assert answer.headers["affinity-server"] == assigned["server"]["id"]
+        # The printed client command works as printed, in a shell whose PATH lacks the venv.
+        request = re.search(r"^  (.* request --referral .*)$", out, re.MULTILINE)
+        assert request is not None, out
+        printed = subprocess.run(
+            request.group(1),
+            shell=True,
+            cwd=ROOT,
+            env={**os.environ, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert printed.returncode == 0, printed.stderr
+        assert printed.stdout.startswith("200 OK"), printed.stdout
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, rest

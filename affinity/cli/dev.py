@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -154,11 +157,24 @@ def _short(path: Path) -> Path:
         return path
 
 
+def affinity_command() -> str:
+    """How to run ``affinity`` from a shell, as printed: the bare name when it is on ``PATH``
+    and is this installation's, else this installation's script (or interpreter) by path."""
+    script = Path(sys.executable).parent / "affinity"
+    found = shutil.which("affinity")
+    if found is not None and script.exists() and Path(found).resolve() == script.resolve():
+        return "affinity"
+    if script.exists():
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m affinity"
+
+
 def _print_banner(
     directory: Path, referral: str, referral_pid: int, ca: Path, rows: list[tuple[str, int, int]]
 ) -> None:
     d = _short(directory)
     ca = _short(ca)
+    affinity = affinity_command()
     lines = [
         "",
         f"affinity dev is running (logs in {d / 'logs'})",
@@ -170,7 +186,7 @@ def _print_banner(
         "Follow the redirect like a browser (the token travels as a cookie):",
         f"  curl -L -b '' --cacert {ca} {referral}/go/",
         "Send requests with failover through the client library:",
-        f"  affinity request --referral {referral} --cacert {ca} GET /",
+        f"  {affinity} request --referral {referral} --cacert {ca} GET /",
         "",
         "Try next:",
         f"  kill -9 {rows[0][2]}      # kill {rows[0][0]}: clients move, the referral drops it",
@@ -178,7 +194,7 @@ def _print_banner(
         f"{referral}/v1/servers/{rows[-1][0]}/drain",
         f'  curl --cacert {ca} -H "Authorization: Bearer $(cat {d / "admin-token"})" '
         f"{referral}/v1/servers",
-        f"  affinity status --referral {referral} --cacert {ca} "
+        f"  {affinity} status --referral {referral} --cacert {ca} "
         f"--admin-token-file {d / 'admin-token'} --watch",
         f"  a browser on {referral}/dashboard (log in with the token in {d / 'admin-token'})",
         "",
