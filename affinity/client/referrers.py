@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import ssl
 import urllib.parse
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,23 @@ class Failure:
         text = str(self.error)
         name = type(self.error).__name__
         return f"{name}: {text}" if text else name
+
+
+TLS_HINT = (
+    "the certificate did not verify; trust the CA that signed it with --cacert FILE "
+    "(affinity request) or verify=... (Client, AsyncClient)"
+)
+"""Said once, with no retry, when a certificate does not verify: trying again cannot help."""
+
+
+def tls_verification_failed(error: BaseException | None) -> bool:
+    """True when ``error`` is, or was caused by, a certificate verification failure."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +355,10 @@ Outcome = Offer | NotOffered | None
 def judge_answer(outcome: httpx.Response | Failure, who: str, notes: list[Note]) -> Outcome:
     """Classify one instance's answer; a failure is appended to ``notes`` (None: try the next)."""
     if isinstance(outcome, Failure):
+        if tls_verification_failed(outcome.error):
+            note = Note("referral", who, f"{outcome}; {TLS_HINT}", outcome.error)
+            notes.append(note)
+            return NotOffered(notes=tuple(notes), refused=note)
         notes.append(Note("referral", who, str(outcome), outcome.error))
         return None
     status = outcome.status_code

@@ -42,6 +42,7 @@ import httpx
 
 from affinity.client import store
 from affinity.client.referrers import (
+    TLS_HINT,
     Failure,
     Fetch,
     Note,
@@ -50,6 +51,7 @@ from affinity.client.referrers import (
     ask,
     error_body,
     error_text,
+    tls_verification_failed,
 )
 from affinity.client.store import Grant, Session
 from affinity.errors import AllAttemptsFailed, NotRetried, ReferralRefused
@@ -225,6 +227,8 @@ class Verdict:
     reason: str
     failover: bool
     safe: bool
+    final: bool = False
+    """No other attempt can help (a certificate that does not verify): stop now."""
 
 
 def request_steps(session: Session, spec: Spec, *, stream: bool = False) -> Steps[httpx.Response]:
@@ -311,6 +315,10 @@ def _try_request(
     )
     if isinstance(outcome, httpx.Response):
         yield Close(outcome)
+    if verdict.final:
+        yield Emit(GaveUp(attempts=tries.count, reason=verdict.reason))
+        message = tries.message(verdict.reason, session.clock())
+        raise AllAttemptsFailed(message, attempts=tries.lines()) from tries.cause()
     if verdict.failover:
         session.fail(grant)
         tries.avoid = [*(a for a in tries.avoid if a != grant.server_id), grant.server_id]
@@ -351,6 +359,8 @@ def judge(outcome: httpx.Response | Failure, spec: Spec) -> Steps[Verdict | None
 def judge_failure(failure: Failure, spec: Spec) -> Verdict:
     """A connect failure never sent the request; anything later may have reached the server."""
     error = failure.error
+    if tls_verification_failed(error):
+        return Verdict(f"{failure}; {TLS_HINT}", failover=False, safe=True, final=True)
     if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
         return Verdict(str(failure), failover=True, safe=True)
     if isinstance(error, httpx.PoolTimeout):  # no connection was free: our side, not the server
@@ -427,10 +437,11 @@ def log_event(event: Event) -> None:
                 "assigned server %s (sticky=%s, %s)", event.server_id, event.sticky, event.reason
             )
         case FailedOver():
-            log.warning("failing over from server %s: %s", event.from_server, event.reason)
+            log.info("failing over from server %s: %s", event.from_server, event.reason)
         case Retried():
             log.info("attempt %d in %.3fs: %s", event.attempt, event.delay, event.reason)
         case GaveUp():
-            log.warning("gave up after %d attempt(s): %s", event.attempts, event.reason)
+            # The error raised to the caller says the same: logging it too would say it twice.
+            log.debug("gave up after %d attempt(s): %s", event.attempts, event.reason)
         case ReferralFailed():
-            log.warning("referral %s: %s", event.referral, event.reason)
+            log.info("referral %s: %s", event.referral, event.reason)

@@ -40,6 +40,7 @@ from affinity.client import (
     FailedOver,
     NotRetried,
     ReferralFailed,
+    ReferralRefused,
     store,
 )
 from affinity.client.referrers import normalise
@@ -359,13 +360,17 @@ def test_one_of_two_referrals_down_costs_one_failed_connection(fleet: Deployment
 def test_tls_is_checked_a_client_that_does_not_trust_the_ca_gets_nothing(
     fleet: Deployment,
 ) -> None:
+    events: list[object] = []
     with (
-        Client(fleet.referral_url, deadline=DEADLINE) as c,  # the system CAs only
-        pytest.raises(AllAttemptsFailed, match="CERTIFICATE_VERIFY_FAILED") as info,
+        Client(fleet.referral_url, deadline=DEADLINE, on_event=events.append) as c,  # system CAs
+        pytest.raises(ReferralRefused, match="CERTIFICATE_VERIFY_FAILED") as info,
     ):
         c.get("/whoami")
     assert c.server is None, "nothing was learnt from an unverified referral"
     assert "server " not in str(info.value), "no app server was contacted"
+    # Said once, with the way out, and not retried: another attempt cannot help.
+    assert "--cacert FILE" in str(info.value) and "verify=" in str(info.value)
+    assert not [e for e in events if type(e).__name__ == "Retried"], events
 
 
 # -- the CLI ---------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ always asking the referral to avoid a server that failed before going on.
 
 from __future__ import annotations
 
+import logging
 import random
+import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -481,3 +483,34 @@ def test_note_text() -> None:
     assert str(Note("referral", "https://r", "503 no_healthy_server")) == (
         "referral https://r: 503 no_healthy_server"
     )
+
+
+def _unverified() -> Failure:
+    """A connect failure as httpx raises it when the server's certificate does not verify."""
+    cause = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] unable to get issuer")
+    try:
+        raise httpx.ConnectError("certificate verify failed") from cause
+    except httpx.ConnectError as error:
+        return Failure(error)
+
+
+def test_a_server_certificate_that_does_not_verify_ends_the_call_with_the_hint() -> None:
+    spec = make_spec("GET", "/", {})
+    verdict = rules.judge_failure(_unverified(), spec)
+    assert verdict.final and not verdict.failover
+    assert "--cacert FILE" in verdict.reason and "verify=" in verdict.reason
+
+
+def test_a_plain_connect_failure_still_fails_over() -> None:
+    spec = make_spec("GET", "/", {})
+    verdict = rules.judge_failure(Failure(httpx.ConnectError("refused")), spec)
+    assert verdict.failover and not verdict.final
+
+
+def test_giving_up_is_not_logged_at_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """The raised error says it; a library must not print it to stderr a second time."""
+    caplog.set_level(logging.DEBUG, logger="affinity.client")
+    rules.log_event(rules.GaveUp(attempts=3, reason="all 3 attempts made"))
+    rules.log_event(rules.FailedOver(from_server="s1", reason="421"))
+    rules.log_event(rules.ReferralFailed(referral="https://r", reason="503"))
+    assert caplog.records and all(r.levelno < logging.WARNING for r in caplog.records)
