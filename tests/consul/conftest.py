@@ -3,8 +3,8 @@
 Why per test: each test gets a fresh agent (index back at 1, nothing registered), so tests
 cannot leak state into each other and index assertions stay exact. Set
 ``AFFINITY_TEST_CONSUL=http://host:port`` to run the same tests against a real agent
-(``consul agent -dev``); tests that need the stand-in — its control interface, ACL mode,
-shrunken timers — then skip through ``skip_if_real_agent``.
+(``consul agent -dev``); tests that need the stand-in — its hooks, ACL mode, shrunk
+timers — then skip (every fixture that makes a stand-in calls ``skip_if_real_agent``).
 
 Fixtures:
 
@@ -16,7 +16,7 @@ Fixtures:
   others; ``consul_client`` — a python-consul2 ``consul.Consul``;
   ``make_consul_client(url, token=None)`` for others.
 * ``maybe_standin`` — the stand-in, or None on a real agent (for optional hooks).
-* ``timing`` — check intervals/TTLs and poll deadlines suited to the agent under test.
+* ``timing`` — check intervals and deadlines suited to the agent under test.
 * ``health_target`` / ``make_health_target(tls=...)`` — a tiny HTTP server whose status an
   HTTP check follows.
 """
@@ -41,7 +41,7 @@ from tests.consul_agent import AgentStandIn, StandInConfig, StandInProcess
 
 REAL_AGENT_ENV = "AFFINITY_TEST_CONSUL"
 
-# python-consul2 lets these override explicit constructor arguments (reference §7.7).
+# python-consul2 0.1.5 lets these override its constructor arguments (consul/base.py).
 CONSUL_CLIENT_ENV = (
     "CONSUL_HTTP_ADDR",
     "CONSUL_HTTP_TOKEN",
@@ -62,7 +62,7 @@ def real_agent_url() -> str | None:
     return os.environ.get(REAL_AGENT_ENV) or None
 
 
-def skip_if_real_agent(why: str = "needs the stand-in's control interface") -> None:
+def skip_if_real_agent(why: str = "needs the stand-in's hooks or settings") -> None:
     """Skip the calling test or fixture when running against a real agent."""
     if real_agent_url():
         pytest.skip(f"{REAL_AGENT_ENV} is set: {why}")
@@ -70,12 +70,10 @@ def skip_if_real_agent(why: str = "needs the stand-in's control interface") -> N
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    """Durations a test registers and how long it may poll for their effect."""
+    """A check interval for tests to register, and how long they may wait for its effect."""
 
     interval: str
     interval_s: float
-    ttl: str
-    ttl_s: float
     deadline: float
 
 
@@ -176,8 +174,8 @@ def consul_client(
 def timing() -> Timing:
     if real_agent_url():
         # A real agent raises intervals below 1 s to 1 s.
-        return Timing(interval="1s", interval_s=1.0, ttl="1s", ttl_s=1.0, deadline=20.0)
-    return Timing(interval="100ms", interval_s=0.1, ttl="300ms", ttl_s=0.3, deadline=5.0)
+        return Timing(interval="1s", interval_s=1.0, deadline=20.0)
+    return Timing(interval="100ms", interval_s=0.1, deadline=5.0)
 
 
 @pytest.fixture
@@ -203,17 +201,13 @@ def make_standin_process() -> Iterator[Callable[..., StandInProcess]]:
 class HealthTarget:
     """An application's health endpoint, as seen by the agent's HTTP check.
 
-    Tests set `status` (and `body`); `hang()` makes it stop answering so check timeouts
-    can be observed; every request's method and headers are recorded.
+    Tests set `status`; `hang()` makes it stop answering so check timeouts can be observed.
     """
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.status = 200
-        self.body = b"ok"
-        self.requests: list[tuple[str, dict[str, str]]] = []
         self._released = threading.Event()
         self._released.set()
-        self._lock = threading.Lock()
         self._server = _TargetServer(self, tls)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -231,10 +225,6 @@ class HealthTarget:
 
     def release(self) -> None:
         self._released.set()
-
-    def record(self, method: str, headers: dict[str, str]) -> None:
-        with self._lock:
-            self.requests.append((method, headers))
 
     def wait_released(self) -> None:
         self._released.wait(timeout=30)
@@ -277,19 +267,9 @@ class _TargetHandler(http.server.BaseHTTPRequestHandler):
     server: _TargetServer
 
     def do_GET(self) -> None:
-        self._answer()
-
-    def do_POST(self) -> None:
-        self._answer()
-
-    def do_PUT(self) -> None:
-        self._answer()
-
-    def _answer(self) -> None:
         target = self.server.target
-        target.record(self.command, dict(self.headers.items()))
         target.wait_released()
-        body = target.body
+        body = b"ok"
         self.send_response(target.status)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Content-Type", "text/plain")

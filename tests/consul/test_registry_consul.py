@@ -268,7 +268,7 @@ def test_server_meta_consul_would_refuse_is_a_config_error(tmp_path: Path) -> No
 
 
 def test_explicit_settings_win_over_the_consul_environment(tmp_path: Path) -> None:
-    """python-consul2 lets CONSUL_HTTP_* override its arguments (reference §7.7); we do not."""
+    """python-consul2 0.1.5 lets CONSUL_HTTP_* override its arguments; affinity does not."""
     (tmp_path / "token").write_text("from-file\n")
     env = {
         "CONSUL_HTTP_ADDR": "https://elsewhere:1",
