@@ -11,7 +11,6 @@ Fixtures:
 * ``consul_url`` — base URL of the agent under test.
 * ``standin`` — the in-process ``AgentStandIn`` behind ``consul_url`` (skips on a real agent).
 * ``make_standin(**config)`` — another stand-in with its own ``StandInConfig`` overrides.
-* ``make_standin_process(*args)`` — the stand-in as a child process (kill/restart/freeze).
 * ``consul_http`` — an ``httpx.Client`` on ``consul_url``; ``make_http(url, **kwargs)`` for
   others; ``consul_client`` — a python-consul2 ``consul.Consul``;
   ``make_consul_client(url, token=None)`` for others.
@@ -37,7 +36,7 @@ import consul
 import httpx
 import pytest
 
-from tests.consul_agent import AgentStandIn, StandInConfig, StandInProcess
+from tests.consul_agent import AgentStandIn, StandInConfig
 
 REAL_AGENT_ENV = "AFFINITY_TEST_CONSUL"
 
@@ -176,22 +175,6 @@ def timing() -> Timing:
         # A real agent raises intervals below 1 s to 1 s.
         return Timing(interval="1s", interval_s=1.0, deadline=20.0)
     return Timing(interval="100ms", interval_s=0.1, deadline=5.0)
-
-
-@pytest.fixture
-def make_standin_process() -> Iterator[Callable[..., StandInProcess]]:
-    started: list[StandInProcess] = []
-
-    def make(*args: str) -> StandInProcess:
-        skip_if_real_agent("kills and restarts the agent process")
-        process = StandInProcess(args)
-        process.start(port=0)
-        started.append(process)
-        return process
-
-    yield make
-    for process in started:
-        process.stop()
 
 
 # --------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ API reference: https://developer.hashicorp.com/consul/api-docs
 from __future__ import annotations
 
 import base64
-import socket
 import ssl
 import threading
 import time
@@ -31,6 +30,7 @@ from affinity.builtin.consul.catalog import server_from_entry
 from affinity.builtin.consul.options import ConsulOptions
 from affinity.builtin.consul.registrar import ConsulRegistrar
 from affinity.models import HealthStatus, Server
+from affinity.testing import free_port
 from tests.consul.conftest import real_agent_url
 
 if TYPE_CHECKING:
@@ -43,13 +43,35 @@ Entries = list[dict[str, Any]]
 
 
 class Agent:
-    """Raw HTTP on one agent; removes what a test registered (a real agent keeps it)."""
+    """One agent, reached as the backend reaches it; removes what a test registered."""
 
-    def __init__(self, http: httpx.Client, prefix: str) -> None:
-        self.http = http
-        self.prefix = prefix
+    def __init__(self, http: httpx.Client, client: consul.Consul, prefix: str) -> None:
+        self.http, self.client, self.prefix = http, client, prefix
         self.kv_prefix = f"affinity-test/{prefix}/"
         self.registered: list[str] = []
+        real = real_agent_url() is not None
+        # The backend's registrar, for the service definition it sends.
+        self.registrar = ConsulRegistrar(
+            ConsulOptions(
+                service_prefix=f"{prefix}-",
+                check_interval=1.0 if real else 0.1,
+                check_timeout=1.0 if real else 0.2,
+            )
+        )
+        self.name = self.registrar.options.consul_name("web")
+
+    def register_server(self, target: HealthTarget) -> Server:
+        """Register as the registrar does: its definition, through python-consul2."""
+        server = Server(
+            id=f"{self.prefix}-s1",
+            service="web",
+            url=f"http://127.0.0.1:{target.port}",
+            weight=3,
+            meta={"zone": "eu"},
+        )
+        assert self.client.agent.service.register(**self.registrar.definition(server)) is True
+        self.registered.append(server.id)
+        return server
 
     def register(self, body: dict[str, Any]) -> httpx.Response:
         response = self.http.put("/v1/agent/service/register", json=body)
@@ -58,23 +80,18 @@ class Agent:
         return response
 
     def health(self, name: str) -> Entries:
-        response = self.http.get(f"/v1/health/service/{name}")
-        assert response.status_code == 200, response.text
-        entries: Entries = response.json()
+        entries: Entries = self.http.get(f"/v1/health/service/{name}").json()
         return entries
 
     def health_until(self, name: str, done: Callable[[Entries], bool], timeout: float) -> Entries:
-        """Blocking reads of a service's health until ``done`` holds (no polling)."""
-        deadline, index = time.monotonic() + timeout, 0
+        """Blocking reads of a service's health until ``done`` holds."""
+        deadline, index, entries = time.monotonic() + timeout, 0, []
         while (remaining := deadline - time.monotonic()) > 0:
             wait = f"{int(remaining * 1000) + 1}ms"
-            response = self.http.get(
-                f"/v1/health/service/{name}", params={"index": index, "wait": wait}
-            )
-            entries: Entries = response.json()
-            if done(entries):
+            got = self.http.get(f"/v1/health/service/{name}", params={"index": index, "wait": wait})
+            if done(entries := got.json()):
                 return entries
-            index = int(response.headers["X-Consul-Index"])
+            index = int(got.headers["X-Consul-Index"])
         raise AssertionError(f"{name}: condition not met within {timeout}s: {entries}")
 
     def index(self, path: str, **params: Any) -> int:
@@ -87,8 +104,10 @@ class Agent:
 
 
 @pytest.fixture
-def agent(consul_http: httpx.Client, service_name: str) -> Iterator[Agent]:
-    helper = Agent(consul_http, service_name)
+def agent(
+    consul_http: httpx.Client, consul_client: consul.Consul, service_name: str
+) -> Iterator[Agent]:
+    helper = Agent(consul_http, consul_client, service_name)
     yield helper
     helper.cleanup()
 
@@ -98,46 +117,11 @@ def status(entries: Entries, check_id: str) -> str | None:
     return found[0] if found else None
 
 
-def registrar(agent: Agent, timing: Timing, **options: Any) -> ConsulRegistrar:
-    """The backend's registrar, used for the service definition it sends."""
-    check_timeout = 1.0 if real_agent_url() else 0.2
-    return ConsulRegistrar(
-        ConsulOptions(
-            service_prefix=f"{agent.prefix}-",
-            check_interval=timing.interval_s,
-            check_timeout=check_timeout,
-            **options,
-        )
-    )
-
-
-def register(
-    client: consul.Consul, agent: Agent, reg: ConsulRegistrar, target: HealthTarget
-) -> Server:
-    """Register a server with the registrar's definition, through python-consul2."""
-    server = Server(
-        id=f"{agent.prefix}-s1",
-        service="web",
-        url=f"http://127.0.0.1:{target.port}",
-        weight=3,
-        meta={"zone": "eu"},
-    )
-    assert client.agent.service.register(**reg.definition(server)) is True
-    agent.registered.append(server.id)
-    return server
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # -- registration ---------------------------------------------------------------------------
 
 
 def test_the_registrars_definition_is_listed_with_its_check_critical_until_it_passes(
-    consul_client: consul.Consul, agent: Agent, health_target: HealthTarget, timing: Timing
+    agent: Agent, health_target: HealthTarget
 ) -> None:
     """The body the registrar sends (python-consul2's lowercase keys, CamelCase check keys,
     durations as "1000ms") is accepted, and ``/v1/health/service`` gives it back in the
@@ -147,26 +131,26 @@ def test_the_registrars_definition_is_listed_with_its_check_critical_until_it_pa
     https://developer.hashicorp.com/consul/api-docs/health#list-service-instances-for-service
     """
     health_target.status = 503
-    reg = registrar(agent, timing)
-    server = register(consul_client, agent, reg, health_target)
-    name = reg.options.consul_name("web")
-    [entry] = agent.health(name)
+    server = agent.register_server(health_target)
+    [entry] = agent.health(agent.name)
     assert entry["Node"]["Address"]
     assert [c["CheckID"] for c in entry["Checks"]] == ["serfHealth", f"service:{server.id}"]
     assert status([entry], "serfHealth") == "passing"
     assert status([entry], f"service:{server.id}") == "critical"
     service = entry["Service"]
-    assert (service["ID"], service["Service"], service["Tags"]) == (server.id, name, ["affinity"])
+    assert (service["ID"], service["Service"], service["Tags"]) == (
+        server.id,
+        agent.name,
+        ["affinity"],
+    )
     assert (service["Address"], service["Port"]) == ("127.0.0.1", health_target.port)
-    seen = server_from_entry(entry, reg.options.service_prefix)
+    seen = server_from_entry(entry, f"{agent.prefix}-")
     assert seen is not None
     assert (seen.url, seen.weight, dict(seen.meta)) == (server.url, 3, {"zone": "eu"})
     assert (seen.health, seen.draining) == (HealthStatus.CRITICAL, False)
 
 
-def test_a_body_key_consul_does_not_know_is_refused(
-    consul_client: consul.Consul, agent: Agent
-) -> None:
+def test_a_body_key_consul_does_not_know_is_refused(agent: Agent) -> None:
     """Consul decodes bodies with unknown fields refused: 400, plain text. python-consul2
     raises BadRequest, which ``affinity/builtin/consul/client.py`` turns into
     RegistrationFailed. https://developer.hashicorp.com/consul/api-docs/agent/service#register-service
@@ -176,7 +160,7 @@ def test_a_body_key_consul_does_not_know_is_refused(
     assert response.text.startswith("Request decode failed") and "Colour" in response.text
     check = {"http": "http://127.0.0.1:1/", "interval": "1s", "bogus": 1}
     with pytest.raises(consul.base.BadRequest, match="400 Request decode failed"):
-        consul_client.agent.service.register(agent.prefix, check=check)
+        agent.client.agent.service.register(agent.prefix, check=check)
 
 
 @pytest.mark.parametrize(
@@ -201,26 +185,27 @@ def test_service_meta_consul_refuses_is_a_400(
 
 
 def test_an_http_check_follows_the_answer_of_the_health_endpoint(
-    consul_client: consul.Consul, agent: Agent, health_target: HealthTarget, timing: Timing
+    agent: Agent, health_target: HealthTarget, timing: Timing
 ) -> None:
     """2xx is passing, 429 warning, any other status critical, and so is no answer within
     the check's timeout: the server's 200 / 429 / 503 become the referral's statuses.
     https://developer.hashicorp.com/consul/docs/services/usage/checks#http-checks
     """
-    reg = registrar(agent, timing)
-    server = register(consul_client, agent, reg, health_target)
-    name, check_id = reg.options.consul_name("web"), f"service:{server.id}"
+    check_id = f"service:{agent.register_server(health_target).id}"
     for code, expected in [(200, "passing"), (429, "warning"), (503, "critical"), (200, "passing")]:
         health_target.status = code
-        agent.health_until(name, lambda e, x=expected: status(e, check_id) == x, timing.deadline)
+        agent.health_until(
+            agent.name, lambda e, x=expected: status(e, check_id) == x, timing.deadline
+        )
     health_target.hang()
-    agent.health_until(name, lambda e: status(e, check_id) == "critical", timing.deadline)
+    agent.health_until(agent.name, lambda e: status(e, check_id) == "critical", timing.deadline)
 
 
 def test_an_https_check_verifies_the_name_it_is_given_or_skips_verification(
     make_standin: Callable[..., AgentStandIn],
     make_health_target: Callable[..., HealthTarget],
     make_http: Callable[..., httpx.Client],
+    make_consul_client: Callable[..., consul.Consul],
     timing: Timing,
     tmp_path: Path,
 ) -> None:
@@ -234,7 +219,8 @@ def test_an_https_check_verifies_the_name_it_is_given_or_skips_verification(
     ca.issue_cert("app.internal").configure_cert(tls)
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     url = make_health_target(tls=tls).url()
-    agent = Agent(make_http(make_standin(check_ca_file=str(tmp_path / "ca.pem")).url), "tls")
+    url_of_agent = make_standin(check_ca_file=str(tmp_path / "ca.pem")).url
+    agent = Agent(make_http(url_of_agent), make_consul_client(url_of_agent), "tls")
     cases = {"named": {"TLSServerName": "app.internal"}, "skip": {"TLSSkipVerify": True}, "ip": {}}
     for sid, extra in cases.items():
         check = {"HTTP": url, "Interval": timing.interval, **extra}
@@ -248,7 +234,7 @@ def test_an_https_check_verifies_the_name_it_is_given_or_skips_verification(
 
 
 def test_maintenance_is_a_critical_check_that_outlives_a_new_registration(
-    consul_client: consul.Consul, agent: Agent, health_target: HealthTarget, timing: Timing
+    agent: Agent, health_target: HealthTarget
 ) -> None:
     """Maintenance adds ``_service_maintenance:<id>`` (critical, the reason as notes), which
     ``health_of`` reads as draining; registering again keeps it, which is why the registrar
@@ -256,23 +242,22 @@ def test_maintenance_is_a_critical_check_that_outlives_a_new_registration(
     False, the registrar registers again).
     https://developer.hashicorp.com/consul/api-docs/agent/service#enable-maintenance-mode
     """
-    reg = registrar(agent, timing)
-    server = register(consul_client, agent, reg, health_target)
-    name, maintenance = reg.options.consul_name("web"), f"_service_maintenance:{server.id}"
-    assert consul_client.agent.service.maintenance(server.id, "true", "draining") is True
-    [check] = [c for c in agent.health(name)[0]["Checks"] if c["CheckID"] == maintenance]
+    server = agent.register_server(health_target)
+    maintenance, service = f"_service_maintenance:{server.id}", agent.client.agent.service
+    assert service.maintenance(server.id, "true", "draining") is True
+    [check] = [c for c in agent.health(agent.name)[0]["Checks"] if c["CheckID"] == maintenance]
     assert (check["Status"], check["Notes"]) == ("critical", "draining")
-    assert consul_client.agent.service.register(**reg.definition(server)) is True
-    assert status(agent.health(name), maintenance) == "critical"
-    assert consul_client.agent.service.maintenance(server.id, "false") is True
-    assert status(agent.health(name), maintenance) is None
-    assert consul_client.agent.service.maintenance(f"{agent.prefix}-nope", "true") is False
+    agent.register_server(health_target)
+    assert status(agent.health(agent.name), maintenance) == "critical"
+    assert service.maintenance(server.id, "false") is True
+    assert status(agent.health(agent.name), maintenance) is None
+    assert service.maintenance(f"{agent.prefix}-nope", "true") is False
     missing = agent.http.put(f"/v1/agent/service/maintenance/{server.id}")
     assert (missing.status_code, missing.text) == (400, "Missing value for enable")
 
 
 def test_deregistering_removes_the_service_and_an_unknown_id_is_404(
-    consul_client: consul.Consul, agent: Agent, health_target: HealthTarget, timing: Timing
+    agent: Agent, health_target: HealthTarget
 ) -> None:
     """After deregistration the health list is empty and ``/v1/agent/service/<id>`` is 404
     (the registrar's heartbeat registers again on that); deregistering again is a 404,
@@ -280,20 +265,19 @@ def test_deregistering_removes_the_service_and_an_unknown_id_is_404(
     https://developer.hashicorp.com/consul/api-docs/agent/service#deregister-service,
     https://developer.hashicorp.com/consul/api-docs/agent/service#get-service-configuration
     """
-    reg = registrar(agent, timing)
-    server = register(consul_client, agent, reg, health_target)
+    server = agent.register_server(health_target)
     assert agent.http.get(f"/v1/agent/service/{server.id}").json()["ID"] == server.id
-    assert consul_client.agent.service.deregister(server.id) is True
-    assert agent.health(reg.options.consul_name("web")) == []
+    assert agent.client.agent.service.deregister(server.id) is True
+    assert agent.health(agent.name) == []
     assert agent.http.get(f"/v1/agent/service/{server.id}").status_code == 404
     again = agent.http.put(f"/v1/agent/service/deregister/{server.id}")
     assert again.status_code == 404
     assert again.text.startswith(f'Unknown service ID "{server.id}"')
-    assert consul_client.agent.service.deregister(server.id) is False
+    assert agent.client.agent.service.deregister(server.id) is False
 
 
 def test_a_service_critical_for_too_long_is_deregistered(
-    consul_client: consul.Consul, agent: Agent, standin: AgentStandIn, timing: Timing
+    agent: Agent, standin: AgentStandIn, timing: Timing
 ) -> None:
     """``DeregisterCriticalServiceAfter`` (the registrar sends it) removes a service whose
     check stays critical, after at least the agent's minimum (1 min on Consul, 0.6 s on
@@ -301,7 +285,7 @@ def test_a_service_critical_for_too_long_is_deregistered(
     is too long for a test.
     https://developer.hashicorp.com/consul/api-docs/agent/check#deregistercriticalserviceafter
     """
-    check = {"HTTP": f"http://127.0.0.1:{closed_port()}/", "Interval": timing.interval}
+    check = {"HTTP": f"http://127.0.0.1:{free_port()}/", "Interval": timing.interval}
     body = {"Name": agent.prefix, "Check": {**check, "DeregisterCriticalServiceAfter": "100ms"}}
     started = time.monotonic()
     assert agent.register(body).status_code == 200
@@ -326,27 +310,22 @@ def test_catalog_services_maps_each_name_to_the_union_of_its_tags(agent: Agent) 
     assert (unknown.status_code, unknown.json()) == (200, [])
 
 
-def test_an_idle_blocking_read_ends_after_wait_plus_at_most_a_sixteenth(
-    consul_client: consul.Consul, agent: Agent
-) -> None:
+def test_an_idle_blocking_read_ends_after_wait_plus_at_most_a_sixteenth(agent: Agent) -> None:
     """With nothing changing, a read with the current index answers after ``wait`` plus
     Consul's jitter of up to wait/16, with the same index — the bound the backend's HTTP
     timeout allows for. python-consul2 hands the index back as the header string.
     https://developer.hashicorp.com/consul/api-docs/features/blocking
     """
     assert agent.register({"Name": agent.prefix}).status_code == 200
-    index, _ = consul_client.health.service(agent.prefix)
+    index, _ = agent.client.health.service(agent.prefix)
     assert isinstance(index, str)
     started = time.monotonic()
-    again, _ = consul_client.health.service(agent.prefix, index=index, wait="1000ms")
+    again, _ = agent.client.health.service(agent.prefix, index=index, wait="1000ms")
     assert 1.0 <= time.monotonic() - started < 1.0 + 1 / 16 + 0.3
     assert again == index
 
 
-WATCHES = ["health", "catalog", "kv"]
-
-
-@pytest.mark.parametrize("watch", WATCHES)
+@pytest.mark.parametrize("watch", ["health", "catalog", "kv"])
 def test_a_blocking_read_answers_promptly_after_a_change_it_covers(
     agent: Agent,
     consul_url: str,
@@ -421,9 +400,7 @@ def test_indexes_start_at_1_and_go_backwards_on_reset_or_restore(
 # -- KV -----------------------------------------------------------------------------------
 
 
-def test_reading_a_missing_key_or_prefix_is_404_with_an_index(
-    consul_client: consul.Consul, agent: Agent
-) -> None:
+def test_reading_a_missing_key_or_prefix_is_404_with_an_index(agent: Agent) -> None:
     """A missing key, or a prefix with nothing under it, is a 404 with an empty body and
     ``X-Consul-Index`` set, so the watch can block on it; python-consul2 answers
     ``(index, None)``. https://developer.hashicorp.com/consul/api-docs/kv#read-key
@@ -432,42 +409,40 @@ def test_reading_a_missing_key_or_prefix_is_404_with_an_index(
         response = agent.http.get(f"/v1/kv/{agent.kv_prefix}none", params=params)
         assert (response.status_code, response.content) == (404, b"")
         assert int(response.headers["X-Consul-Index"]) >= 1
-    index, entries = consul_client.kv.get(agent.kv_prefix, recurse=True)
+    index, entries = agent.client.kv.get(agent.kv_prefix, recurse=True)
     assert entries is None and int(index) >= 1
 
 
-def test_check_and_set_writes_only_over_the_version_read(
-    consul_client: consul.Consul, agent: Agent
-) -> None:
+def test_check_and_set_writes_only_over_the_version_read(agent: Agent) -> None:
     """``cas=0`` writes only a missing key, ``cas=<ModifyIndex>`` only the version read;
     the answer is ``true`` or ``false``. This is how two referrals never store the same
     settings version. https://developer.hashicorp.com/consul/api-docs/kv#create-update-key
     """
-    key = agent.kv_prefix + "settings/x"
-    assert consul_client.kv.put(key, b"1", cas=0) is True
-    assert consul_client.kv.put(key, b"2", cas=0) is False
-    _, entry = consul_client.kv.get(key)
+    key, kv = agent.kv_prefix + "settings/x", agent.client.kv
+    assert kv.put(key, b"1", cas=0) is True
+    assert kv.put(key, b"2", cas=0) is False
+    _, entry = kv.get(key)
     first = entry["ModifyIndex"]
-    assert consul_client.kv.put(key, b"2", cas=first) is True
+    assert kv.put(key, b"2", cas=first) is True
     stale = agent.http.put(f"/v1/kv/{key}", content=b"3", params={"cas": str(first)})
     assert (stale.status_code, stale.text) == (200, "false")
-    _, entry = consul_client.kv.get(key)
+    _, entry = kv.get(key)
     assert (entry["Value"], entry["CreateIndex"]) == (b"2", first)
     assert entry["ModifyIndex"] > first
 
 
 def test_a_recursive_read_lists_the_prefix_in_key_order_with_values_as_bytes(
-    consul_client: consul.Consul, agent: Agent
+    agent: Agent,
 ) -> None:
     """Every entry under the prefix, by key, values base64 on the wire and bytes from
     python-consul2; deleting is ``true``, also for a key that is not there.
     https://developer.hashicorp.com/consul/api-docs/kv#read-key,
     https://developer.hashicorp.com/consul/api-docs/kv#delete-key
     """
-    p = agent.kv_prefix
+    p, kv = agent.kv_prefix, agent.client.kv
     for key, value in (("settings/b", b"\x00\xff"), ("drain/s1", b"{}"), ("settings/a", b"{}")):
-        assert consul_client.kv.put(p + key, value) is True
-    _, entries = consul_client.kv.get(p, recurse=True)
+        assert kv.put(p + key, value) is True
+    _, entries = kv.get(p, recurse=True)
     assert [(e["Key"], e["Value"], e["Flags"]) for e in entries] == [
         (p + "drain/s1", b"{}", 0),
         (p + "settings/a", b"{}", 0),
@@ -475,9 +450,9 @@ def test_a_recursive_read_lists_the_prefix_in_key_order_with_values_as_bytes(
     ]
     raw = agent.http.get(f"/v1/kv/{p}settings/b").json()[0]["Value"]
     assert base64.b64decode(raw) == b"\x00\xff"
-    assert consul_client.kv.delete(p + "drain/s1") is True
-    assert consul_client.kv.delete(p + "drain/s1") is True
-    _, entries = consul_client.kv.get(p + "drain/", recurse=True)
+    assert kv.delete(p + "drain/s1") is True
+    assert kv.delete(p + "drain/s1") is True
+    _, entries = kv.get(p + "drain/", recurse=True)
     assert entries is None
 
 

@@ -31,7 +31,7 @@ import pytest
 
 from affinity.testing import Deployment, free_port, wait_until
 from tests.consul.conftest import FAST_CONFIG, real_agent_url, skip_if_real_agent
-from tests.consul_agent import AgentStandIn, StandInProcess
+from tests.consul_agent import AgentStandIn
 
 pytestmark = pytest.mark.consul
 
@@ -220,21 +220,21 @@ def test_an_agent_restarted_without_state_gets_every_server_back(tmp_path: Path)
     skip_if_real_agent("restarts the agent")
     port = free_port()
     cd = make(tmp_path, f"http://127.0.0.1:{port}")
-    process = StandInProcess(["--check-ca-file", str(cd.d.ca), "--min-check-interval", "50ms"])
-    process.start(port=port)
+    agent = AgentStandIn(replace(FAST_CONFIG, check_ca_file=str(cd.d.ca)))
+    agent.start(port=port)
     try:
         ids = cd.ids("s1", "s2")
         (a,) = start(cd, 1, *ids)
         wait_until(lambda: cd.d.assignable(a) == set(ids), 15.0, 0.05, "ready")
-        process.restart()  # killed, then a fresh agent on the same port: nothing registered
+        agent.restart()  # connections dropped, then a fresh agent on the same port: nothing there
         restarted = time.monotonic()
 
         def registered_again() -> bool:
             return all("registering again" in cd.d.servers[sid].output() for sid in ids)
 
         wait_until(registered_again, 5.0, 0.05, "heartbeats registering again")
-        with httpx.Client(base_url=process.url) as agent:
-            assert set(agent.get("/v1/agent/services").json()) == set(ids)
+        with httpx.Client(base_url=agent.url) as http:
+            assert set(http.get("/v1/agent/services").json()) == set(ids)
         wait_until(
             lambda: cd.d.assignable(a) == set(ids) and not cd.status(a)["stale"],
             5.0,
@@ -244,4 +244,4 @@ def test_an_agent_restarted_without_state_gets_every_server_back(tmp_path: Path)
         print(f"servers back {time.monotonic() - restarted:.3f}s after the agent restart")
     finally:
         cd.d.stop()
-        process.stop()
+        agent.stop()

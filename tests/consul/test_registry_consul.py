@@ -46,7 +46,7 @@ from tests.consul.conftest import real_agent_url
 
 if TYPE_CHECKING:
     from tests.consul.conftest import HealthTarget, Timing
-    from tests.consul_agent import AgentStandIn, StandInProcess
+    from tests.consul_agent import AgentStandIn
 
 pytestmark = pytest.mark.consul
 
@@ -581,43 +581,34 @@ async def test_an_unreachable_agent_leaves_the_last_view_in_force_marked_stale(
     assert fresh.stale_reason == "" and passing(server.id)(fresh)
 
 
-async def test_a_restarted_agent_process_is_followed(
-    consul: Consul,
-    health_target: HealthTarget,
-    make_standin_process: Callable[..., StandInProcess],
-    caplog: pytest.LogCaptureFixture,
+async def test_a_restarted_agent_is_followed(
+    consul: Consul, health_target: HealthTarget, standin: AgentStandIn
 ) -> None:
-    process = make_standin_process("--min-check-interval", "50ms")
-    consul.url = process.url
     registry = await consul.registry()
     registrar = consul.registrar()
     server = await consul.register(registrar, health_target)
     await view_until(registry, passing(server.id), 5.0)
-    await asyncio.to_thread(process.restart)  # killed; back on the same port, index at 1
+    await asyncio.to_thread(standin.restart)  # connections dropped; back empty, index at 1
     await registrar.heartbeat(server)  # the agent forgot it: registered again
     view = await view_until(registry, lambda v: not v.stale and passing(server.id)(v), 5.0)
     assert view.stale_reason == ""
 
 
 async def test_a_frozen_agent_times_out_instead_of_hanging(
-    consul: Consul,
-    health_target: HealthTarget,
-    make_standin_process: Callable[..., StandInProcess],
+    consul: Consul, health_target: HealthTarget, standin: AgentStandIn
 ) -> None:
-    process = make_standin_process("--min-check-interval", "50ms")
-    consul.url = process.url
     registry = await consul.registry(timeout=0.5)
     server = await consul.register(consul.registrar(), health_target)
     await view_until(registry, passing(server.id), 5.0)
     frozen = time.monotonic()
-    process.freeze()
+    await asyncio.to_thread(standin.freeze)  # connections accepted, never answered
     try:
         view = await view_until(registry, lambda v: v.stale, 5.0)
         # wait (1 s) + Consul's jitter (wait/16) + timeout (0.5 s): the client timeout.
         assert time.monotonic() - frozen <= 1.0 * 17 / 16 + 0.5 + 0.3
         assert passing(server.id)(view), "the last view stays in force"
     finally:
-        process.thaw()
+        await asyncio.to_thread(standin.thaw)
     await view_until(registry, lambda v: not v.stale, 3.0)
 
 

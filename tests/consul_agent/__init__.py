@@ -25,12 +25,12 @@ the anonymous one, no policies.
 
 Modules: :mod:`.state` (records, indexes, check runners, KV), :mod:`.probe`
 (one HTTP check run), :mod:`.decode` (request bodies), :mod:`.api` (the
-endpoints), :mod:`.server` (serving in a thread or a child process).
+endpoints), :mod:`.server` (serving from a thread; outages, restarts, freezes).
 """
 
 from __future__ import annotations
 
-from tests.consul_agent.server import AgentStandIn, StandInProcess
+from tests.consul_agent.server import AgentStandIn
 from tests.consul_agent.state import StandInConfig
 
-__all__ = ["AgentStandIn", "StandInConfig", "StandInProcess"]
+__all__ = ["AgentStandIn", "StandInConfig"]

@@ -35,16 +35,6 @@ _GO_BOOL = dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True) | dict.f
 )
 
 
-@web.middleware
-async def plain_text_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return web.Response(status=exc.status, text=exc.message)
-
-
 def _only(request: web.Request, *known: str) -> None:
     for name in request.query:
         if name not in known:
@@ -65,6 +55,17 @@ class AgentApi:
     def __init__(self, state: AgentState) -> None:
         self.state = state
         self.config = state.config
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Hold requests while frozen; answer errors in plain text."""
+        await self.state.unfrozen.wait()
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return web.Response(status=exc.status, text=exc.message)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -183,7 +184,7 @@ class AgentApi:
         def query() -> tuple[int, list[dict[str, Any]]]:
             instances = sorted(self.state.services.values(), key=lambda s: s.id)
             entries = [self.entry(s) for s in instances if visible and s.name == name]
-            return self.state.health_index(name), entries
+            return self.state.index, entries
 
         index, entries = await self.blocking(request, query)
         return _json(entries, index)
@@ -196,7 +197,7 @@ class AgentApi:
             for found in sorted(self.state.services.values(), key=lambda s: s.id):
                 tags = union.setdefault(found.name, [])
                 tags.extend(t for t in found.tags if t not in tags)
-            return self.state.catalog_index, union if visible else {}
+            return self.state.index, union if visible else {}
 
         index, services = await self.blocking(request, query)
         return _json(services, index)
@@ -209,7 +210,7 @@ class AgentApi:
             self.require(request, "key:read", key)
 
         def read() -> tuple[int, list[KVEntry]]:
-            return self.state.kv_read(key, recurse)
+            return self.state.index, self.state.kv_read(key, recurse)
 
         index, entries = await self.blocking(request, read, "recurse")
         if entries and self.allowed(request):
@@ -253,12 +254,7 @@ class AgentApi:
         node = {"Node": self.config.node_name, "Datacenter": self.config.datacenter}
         return {
             "Node": {**node, "Address": self.config.host},
-            "Service": {
-                **self.record(found),
-                "Meta": found.meta or None,
-                "CreateIndex": found.create_index,
-                "ModifyIndex": found.modify_index,
-            },
+            "Service": {**self.record(found), "Meta": found.meta or None},
             "Checks": [self.check(c, found) for c in (SERF, *self.state.checks_of(found.id))],
         }
 

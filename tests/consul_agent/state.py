@@ -1,12 +1,9 @@
-"""What a one-node Consul cluster holds: services, their checks, KV, and the indexes reads report.
+"""What a one-node Consul cluster holds: services, their checks, KV, and one index.
 
-Every write takes the next index (Consul's Raft index). A health read reports the
-index of the last change to that service — its instances or their checks — or,
-for a service that has none, the last time any service lost its last instance;
-the catalog listing reports the last change to the set of services; a KV read
-the newest ``ModifyIndex`` among the entries and deleted keys it covers, else
-the KV table's. Any write wakes every blocking read, which runs its query again
-and keeps waiting unless its own index moved: a wake-up is no promise of change.
+Every change takes the next index (Consul's Raft index), and every read reports
+the latest. Consul reports finer indexes (per service, per KV prefix), so here
+a blocking read wakes more often than on a real agent; its documentation allows
+exactly that: a read that returns is no promise of change.
 See https://developer.hashicorp.com/consul/api-docs/features/blocking.
 """
 
@@ -64,8 +61,6 @@ class Service:
     address: str = ""
     port: int = 0
     meta: dict[str, str] = field(default_factory=dict)
-    create_index: int = 0
-    modify_index: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -102,13 +97,15 @@ class KVEntry:
 
 
 class AgentState:
-    """Agent, catalog and KV in one, with the index bookkeeping described above."""
+    """Agent, catalog and KV in one."""
 
     def __init__(self, config: StandInConfig) -> None:
         self.config = config
         self.blocking_queries = 0
         self._changed = asyncio.Event()
         self._parked = asyncio.Event()
+        self.unfrozen = asyncio.Event()
+        self.unfrozen.set()
         self._reaper: asyncio.Task[None] | None = None
         self._wipe()
 
@@ -117,9 +114,6 @@ class AgentState:
         self.services: dict[str, Service] = {}
         self.checks: dict[str, Check] = {}
         self.kv: dict[str, KVEntry] = {}
-        self.tombstones: dict[str, int] = {}
-        self.service_index: dict[str, int] = {}
-        self.extinct = self.catalog_index = self.kv_index = 1
 
     # -- lifecycle and test hooks
 
@@ -142,39 +136,24 @@ class AgentState:
         self._publish()
 
     def force_index(self, index: int) -> None:
-        """Every index back to at most ``index``, as after a snapshot restore."""
-        self.index = index = max(index, 1)
-        records: list[Service | KVEntry] = [*self.services.values(), *self.kv.values()]
-        for record in records:
-            record.create_index = min(record.create_index, index)
-            record.modify_index = min(record.modify_index, index)
-        for table in (self.tombstones, self.service_index):
-            for key, value in table.items():
-                table[key] = min(value, index)
-        self.extinct = min(self.extinct, index)
-        self.catalog_index = min(self.catalog_index, index)
-        self.kv_index = min(self.kv_index, index)
+        """The index back to at most ``index``, as after a snapshot restore."""
+        self.index = max(index, 1)
+        for entry in self.kv.values():
+            entry.create_index = min(entry.create_index, self.index)
+            entry.modify_index = min(entry.modify_index, self.index)
         self._publish()
 
-    # -- indexes and blocking
+    # -- index and blocking
 
     def _commit(self) -> int:
+        """Take the next index and wake every blocking read."""
         self.index += 1
+        self._publish()
         return self.index
 
     def _publish(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
-
-    def _touch(self, name: str, index: int) -> None:
-        """Service ``name`` changed at ``index`` (or lost its last instance)."""
-        if any(s.name == name for s in self.services.values()):
-            self.service_index[name] = index
-        elif self.service_index.pop(name, None) is not None:
-            self.extinct = index
-
-    def health_index(self, name: str) -> int:
-        return self.service_index.get(name, self.extinct)
 
     async def wait_until(self, probe: Callable[[], tuple[bool, T]], timeout: float) -> T:
         """Run ``probe`` after every write until it says done or ``timeout`` passes."""
@@ -210,18 +189,10 @@ class AgentState:
 
     def register(self, service: Service, check: Check | None) -> None:
         """Add or replace a service; a check that keeps its ID keeps its status and output."""
-        index = self._commit()
-        old = self.services.get(service.id)
-        service.create_index = old.create_index if old else index
-        service.modify_index = index
         self.services[service.id] = service
-        self.catalog_index = index
-        if old is not None and old.name != service.name:
-            self._touch(old.name, index)
-        self._touch(service.name, index)
         if check is not None:
             self._install(check)
-        self._publish()
+        self._commit()
 
     def _install(self, check: Check) -> None:
         old = self.checks.get(check.check_id)
@@ -238,34 +209,28 @@ class AgentState:
 
     def deregister(self, service_id: str) -> None:
         """Remove the service and every check of it."""
-        service = self.services.pop(service_id)
-        index = self._commit()
+        del self.services[service_id]
         for check in self.checks_of(service_id):
             if check.runner is not None:
                 check.runner.cancel()
             del self.checks[check.check_id]
-        self.catalog_index = index
-        self._touch(service.name, index)
-        self._publish()
+        self._commit()
 
     def set_status(self, check: Check, status: str, output: str) -> None:
         """A check's new result. Only a status change reaches the catalog at once (Consul
         defers output-only changes by ``check_update_interval``, 5 min), so only it moves
-        the service's index."""
+        the index."""
         if self.checks.get(check.check_id) is not check or check.status == status:
             return
-        index = self._commit()
         check.status, check.output = status, output
         check.critical_since = time.monotonic() if status == CRITICAL else None
-        self._touch(self.services[check.service_id].name, index)
-        self._publish()
+        self._commit()
 
     def set_maintenance(self, service: Service, enable: bool, reason: str) -> None:
         """Add or remove the critical ``_service_maintenance:<id>`` check; idempotent."""
         check_id = MAINTENANCE + service.id
         if enable == (check_id in self.checks):
             return
-        index = self._commit()
         if enable:
             notes = reason or DEFAULT_REASON
             self.checks[check_id] = Check(
@@ -273,8 +238,7 @@ class AgentState:
             )
         else:
             del self.checks[check_id]
-        self._touch(service.name, index)
-        self._publish()
+        self._commit()
 
     async def _run(self, check: Check) -> None:
         """Probe every interval after a random first pause, as Consul's check runners do."""
@@ -307,15 +271,11 @@ class AgentState:
 
     # -- KV
 
-    def kv_read(self, key: str, recurse: bool) -> tuple[int, list[KVEntry]]:
-        """The entries at ``key`` (or under it), and the index Consul reports for them."""
-        if recurse:
-            entries = [e for k, e in sorted(self.kv.items()) if k.startswith(key)]
-            graves = [i for k, i in self.tombstones.items() if k.startswith(key)]
-        else:
-            entries, graves = ([self.kv[key]] if key in self.kv else []), []
-        newest = max([e.modify_index for e in entries] + graves, default=0)
-        return newest or self.kv_index, entries
+    def kv_read(self, key: str, recurse: bool) -> list[KVEntry]:
+        """The entry at ``key``, or with ``recurse`` every entry under it, by key."""
+        return [
+            e for k, e in sorted(self.kv.items()) if k == key or (recurse and k.startswith(key))
+        ]
 
     def kv_put(self, key: str, value: bytes, flags: int, cas: int | None) -> bool:
         """Write; with ``cas``, only if the key's ModifyIndex is ``cas`` (0: only if absent)."""
@@ -327,21 +287,12 @@ class AgentState:
             self.kv[key] = KVEntry(key, value, flags, index, index)
         else:
             entry.value, entry.flags, entry.modify_index = value, flags, index
-        self.tombstones.pop(key, None)
-        self.kv_index = index
-        self._publish()
         return True
 
     def kv_delete(self, key: str, recurse: bool) -> None:
-        doomed = [k for k in self.kv if k == key or (recurse and k.startswith(key))]
-        if not doomed:
-            return
-        index = self._commit()
-        for gone in doomed:
+        for gone in [k for k in self.kv if k == key or (recurse and k.startswith(key))]:
             del self.kv[gone]
-            self.tombstones[gone] = index
-        self.kv_index = index
-        self._publish()
+        self._commit()
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
