@@ -60,12 +60,14 @@ class AgentApi:
     async def middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """Hold requests while frozen; answer errors in plain text."""
+        """Answer errors in plain text; while frozen, hold requests and answers alike."""
         await self.state.unfrozen.wait()
         try:
-            return await handler(request)
+            response = await handler(request)
         except ApiError as exc:
-            return web.Response(status=exc.status, text=exc.message)
+            response = web.Response(status=exc.status, text=exc.message)
+        await self.state.unfrozen.wait()
+        return response
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -73,7 +75,6 @@ class AgentApi:
             web.put("/v1/agent/service/deregister/{id}", self.deregister),
             web.put("/v1/agent/service/maintenance/{id}", self.maintenance),
             web.get("/v1/agent/service/{id}", self.agent_service),
-            web.get("/v1/agent/services", self.agent_services),
             web.get("/v1/health/service/{name}", self.health_service),
             web.get("/v1/catalog/services", self.catalog_services),
             web.get("/v1/kv/{key:.*}", self.kv_get),
@@ -99,7 +100,7 @@ class AgentApi:
             )
 
     async def blocking(
-        self, request: web.Request, query: Callable[[], tuple[int, T]], *flags: str
+        self, request: web.Request, query: Callable[[], T], *flags: str
     ) -> tuple[int, T]:
         """At once without ``?index``; with it, once the index passes it or after ``wait``
         (5 min by default, at most 10) plus up to wait/16 of jitter."""
@@ -116,8 +117,7 @@ class AgentApi:
             raise ApiError(500, "No path to datacenter")
 
         def probe() -> tuple[bool, tuple[int, T]]:
-            found, result = query()
-            return max(found, 1) > index, (max(found, 1), result)
+            return self.state.index > index, (self.state.index, query())
 
         if index <= 0:
             return probe()[1]
@@ -171,33 +171,24 @@ class AgentApi:
         self.require(request, "service:read", found.name)
         return _json(self.record(found))
 
-    async def agent_services(self, request: web.Request) -> web.StreamResponse:
-        _only(request)
-        visible = sorted(self.state.services.values(), key=lambda s: s.id)
-        return _json({s.id: self.record(s) for s in visible if self.allowed(request)})
-
     # -- discovery
 
     async def health_service(self, request: web.Request) -> web.StreamResponse:
         name, visible = request.match_info["name"], self.allowed(request)
-
-        def query() -> tuple[int, list[dict[str, Any]]]:
-            instances = sorted(self.state.services.values(), key=lambda s: s.id)
-            entries = [self.entry(s) for s in instances if visible and s.name == name]
-            return self.state.index, entries
-
-        index, entries = await self.blocking(request, query)
+        index, entries = await self.blocking(
+            request, lambda: [self.entry(s) for s in self.sorted() if visible and s.name == name]
+        )
         return _json(entries, index)
 
     async def catalog_services(self, request: web.Request) -> web.StreamResponse:
         visible = self.allowed(request)
 
-        def query() -> tuple[int, dict[str, list[str]]]:
+        def query() -> dict[str, list[str]]:
             union: dict[str, list[str]] = {"consul": []}
-            for found in sorted(self.state.services.values(), key=lambda s: s.id):
+            for found in self.sorted():
                 tags = union.setdefault(found.name, [])
                 tags.extend(t for t in found.tags if t not in tags)
-            return self.state.index, union if visible else {}
+            return union if visible else {}
 
         index, services = await self.blocking(request, query)
         return _json(services, index)
@@ -209,10 +200,8 @@ class AgentApi:
         if not recurse:  # a single key is denied to the anonymous token, a listing filtered
             self.require(request, "key:read", key)
 
-        def read() -> tuple[int, list[KVEntry]]:
-            return self.state.index, self.state.kv_read(key, recurse)
-
-        index, entries = await self.blocking(request, read, "recurse")
+        read = self.blocking(request, lambda: self.state.kv_read(key, recurse), "recurse")
+        index, entries = await read
         if entries and self.allowed(request):
             return _json([_kv_entry(e) for e in entries], index)
         return _json(None, index, status=404)
@@ -237,6 +226,9 @@ class AgentApi:
         return _json(True)
 
     # -- renderings, in Consul's CamelCase
+
+    def sorted(self) -> list[Service]:
+        return sorted(self.state.services.values(), key=lambda s: s.id)
 
     def record(self, found: Service) -> dict[str, Any]:
         return {
