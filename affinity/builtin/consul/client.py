@@ -1,7 +1,7 @@
 """python-consul2 on one pooled aiohttp session, with affinity's errors; the only ``import consul``.
 
-Why not ``consul.aio.Consul`` as it comes (see "The client underneath" in docs/consul.md): its adapter opens a
-new connector and session per request (no keep-alive, a handshake per call),
+Why not ``consul.aio.Consul`` as it comes (docs/consul.md, "The client underneath"): its
+adapter opens a new connector and session per request (no keep-alive, a handshake per call),
 leaves aiohttp's 300 s total timeout under blocking reads that may last
 ``wait + wait/16``, warns from ``__del__``, needs an event loop at
 construction, and lets ``CONSUL_HTTP_*`` variables override the arguments it
