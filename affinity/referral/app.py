@@ -12,15 +12,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import itertools
 import logging
 import os
+import pickle
+import types
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from sanic import HTTPResponse, Request, Sanic
 
 from affinity.config import Config
+from affinity.errors import ConfigError
 from affinity.plugin.manager import PluginManager
 from affinity.protocol import ASSIGN_PATH, JWKS_PATH
 from affinity.referral import admin as admin_routes
@@ -60,7 +65,10 @@ class ReferralServer:
         manager: PluginManager | None = None,
     ) -> None:
         self.config = config
-        self.manager = manager or PluginManager(plugins=plugins)
+        self.plugins = tuple(plugins)
+        """The plugin objects passed in; each worker process gets its own copy of them."""
+        self._own_manager = manager is None
+        self.manager = manager or PluginManager(plugins=self.plugins)
         self.manager.configure(config)
         # Fail at start-up, not on the first request, on bad policies or keys.
         for service in config.services:
@@ -156,36 +164,80 @@ class ReferralServer:
         await ctx.registry.aclose()
 
     def run(self) -> None:
-        """Serve until stopped (SIGINT / SIGTERM)."""
+        """Serve until stopped (SIGINT / SIGTERM).
+
+        With ``referral.workers`` above 1, each worker is a fresh process that
+        builds its own server as ``type(self)(config, plugins=self.plugins)``:
+        the class must be importable, and each plugin object a module (sent by
+        name) or picklable (each worker gets its own copy). A ``manager=``
+        cannot be sent and is refused. One worker serves in this process with
+        this very object.
+        """
         from affinity.web.serving import serve
 
-        factory: Callable[[], Sanic[Any, Any]] = self.create_app
-        if self.config.referral.workers > 1:
-            factory = functools.partial(
-                build_worker_app,
-                type(self).__module__,
-                type(self).__qualname__,
-                self.config.source,
-            )
+        workers = self.config.referral.workers
+        factory = self.create_app if workers == 1 else self.worker_factory()
         with contextlib.ExitStack() as stack:
-            if self.config.referral.workers > 1:
+            if workers > 1:
                 stack.enter_context(shared_metrics_dir())
             serve(
                 factory,
                 self.config.referral,
                 section="referral",
                 source=self.config.source,
-                workers=self.config.referral.workers,
+                workers=workers,
             )
 
+    def worker_factory(self) -> Callable[[], Sanic[Any, Any]]:
+        """A picklable function that builds this referral's app in a worker process."""
+        key, source = "referral.workers", self.config.source
+        if not self._own_manager:
+            msg = (
+                f"{self.config.referral.workers} workers each build their own plugin manager "
+                "in a fresh process, so a manager= passed in cannot reach them: pass the "
+                "plugins as plugins= (modules or picklable objects) instead"
+            )
+            raise ConfigError(msg, key=key, source=source)
+        plugins = tuple(_portable(plugin, key, source) for plugin in self.plugins)
+        return functools.partial(build_worker_app, type(self), self.config, plugins)
 
-def build_worker_app(module: str, qualname: str, source: str) -> Sanic[Any, Any]:
-    """Build a referral app in a fresh worker process (picklable: names, not objects)."""
-    from affinity.config import load
 
-    cls = getattr(importlib.import_module(module), qualname)
-    server: ReferralServer = cls(load(source))
-    return server.create_app()
+def build_worker_app(
+    cls: type[ReferralServer], config: Config, plugins: tuple[object, ...]
+) -> Sanic[Any, Any]:
+    """Build a referral app in a fresh worker process, as the parent process built its own."""
+    loaded = [importlib.import_module(p.name) if isinstance(p, _ModuleName) else p for p in plugins]
+    return cls(config, plugins=loaded).create_app()
+
+
+@dataclass(frozen=True, slots=True)
+class _ModuleName:
+    """A plugin module, sent to a worker by name (modules do not pickle)."""
+
+    name: str
+
+
+def _portable(plugin: object, key: str, source: str) -> object:
+    """``plugin`` in a form that reaches a worker process; a ConfigError naming it if none does."""
+    if isinstance(plugin, types.ModuleType):
+        name = plugin.__name__
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ValueError:  # __main__, or a module made in memory
+            found = False
+        if not found:
+            msg = f"plugin module {name!r} cannot be imported by name in a worker process"
+            raise ConfigError(msg, key=key, source=source)
+        return _ModuleName(name)
+    try:
+        pickle.dumps(plugin)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        msg = (
+            f"plugin {plugin!r} cannot be sent to a worker process ({exc}); pass a module, "
+            "a picklable object, or load it by entry point or AFFINITY_PLUGINS"
+        )
+        raise ConfigError(msg, key=key, source=source) from exc
+    return plugin
 
 
 def _filter_request(request: Request) -> HTTPResponse | None:

@@ -8,7 +8,6 @@ nothing is module-level.
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,9 +67,6 @@ class ReferralContext:
             self._settings_moved()
         for service in self.table.services():
             self.policy_for(service)
-        # A large view is long-lived: keep the cyclic collector from rescanning it
-        # on every full collection (a per-request cost that grows with the pool).
-        gc.freeze()
 
     def _settings_moved(self) -> None:
         """Wake the app servers long-polling ``GET /v1/settings``."""

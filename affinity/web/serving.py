@@ -1,13 +1,23 @@
-"""Running a Sanic app of affinity: TLS (or explicit plain HTTP), one or several workers."""
+"""Running a Sanic app of affinity: TLS (or explicit plain HTTP), one or several workers.
+
+One path for both: the app is built by ``factory`` in the process that serves
+it (this one, or each worker), and that process makes its own TLS context with
+:func:`affinity.web.tls.server_context` (TLS 1.2 or later, no renegotiation,
+ALPN) through Sanic's certificate-loader hook. Sanic is never handed
+certificate paths to build a context of its own.
+"""
 
 from __future__ import annotations
 
+import functools
+import pickle
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from sanic import Sanic
+from sanic.worker.loader import AppLoader, CertLoader
 
 from affinity.config import Listen
 from affinity.errors import ConfigError
@@ -42,6 +52,37 @@ def ssl_for(settings: ListenSettings, section: str, source: str) -> ssl.SSLConte
     )
 
 
+class _AffinityTls(CertLoader):
+    """Sanic's per-process hook for the TLS context: the one :func:`build` made with the app.
+
+    Sanic calls it in every serving process (the single one, or each worker)
+    whatever ``ssl`` it was given, because the class is not Sanic's own.
+    """
+
+    def __init__(self, ssl_data: object) -> None:
+        super().__init__(None)
+
+    def load(self, app: Sanic[Any, Any]) -> ssl.SSLContext | None:
+        context: ssl.SSLContext | None = app.ctx.affinity_tls
+        return context
+
+
+def build(
+    factory: Callable[[], Sanic[Any, Any]], settings: ListenSettings, section: str, source: str
+) -> Sanic[Any, Any]:
+    """Build the app and its TLS context, in the process that will serve it.
+
+    A module-level function so that ``functools.partial(build, ...)`` pickles
+    into worker processes. A bad certificate or key is a ConfigError here,
+    before anything listens.
+    """
+    context = ssl_for(settings, section, source)
+    app = factory()
+    app.ctx.affinity_tls = context
+    app.certloader_class = _AffinityTls
+    return app
+
+
 def serve(
     factory: Callable[[], Sanic[Any, Any]],
     settings: ListenSettings,
@@ -53,40 +94,30 @@ def serve(
     """Build the app and serve it until SIGINT or SIGTERM.
 
     With several workers, ``factory`` must be picklable (a module-level
-    function or a ``functools.partial`` of one): Sanic starts each worker as a
-    fresh process that builds its own app, so nothing in memory is shared.
+    function or a ``functools.partial`` of one with picklable arguments):
+    Sanic starts each worker as a fresh process that builds its own app, so
+    nothing in memory is shared. It is checked here, before any worker starts.
     """
-    context = ssl_for(settings, section, source)
+    loader = AppLoader(factory=functools.partial(build, factory, settings, section, source))
     if workers > 1:
-        _serve_workers(factory, settings, workers)
-        return
-    app = factory()
-    app.run(
-        host=settings.listen.host,
-        port=settings.listen.port,
-        ssl=context,
-        single_process=True,
-        access_log=False,
-        motd=False,
-    )
-
-
-def _serve_workers(
-    factory: Callable[[], Sanic[Any, Any]], settings: ListenSettings, workers: int
-) -> None:
-    from sanic.worker.loader import AppLoader
-
-    loader = AppLoader(factory=factory)
+        try:
+            pickle.dumps(loader.factory)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            msg = (
+                f"{workers} workers need an app factory that can be sent to a worker process "
+                f"(a module-level function, or functools.partial of one): {exc}"
+            )
+            raise ConfigError(msg, key=f"{section}.workers", source=source) from exc
     app = loader.load()
-    tls = None
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        tls = {"cert": str(settings.tls_cert), "key": str(settings.tls_key)}
     app.prepare(
         host=settings.listen.host,
         port=settings.listen.port,
-        ssl=tls,
         workers=workers,
+        single_process=workers == 1,
         access_log=False,
         motd=False,
     )
-    Sanic.serve(primary=app, app_loader=loader)
+    if workers > 1:
+        Sanic.serve(primary=app, app_loader=loader)
+    else:
+        Sanic.serve_single(primary=app)
