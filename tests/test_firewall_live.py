@@ -124,7 +124,7 @@ def test_denied_cidr_gets_403_on_referral_and_app_server(limited: Deployment) ->
     s1 = d.server_urls["s1"]
     with client_from(d, DENIED) as denied, client_from(d, OTHER) as other:
         for url in (d.referral_url + "/v1/assign", d.referral_url + "/healthz", s1 + "/",
-                    s1 + HEALTH, s1 + METRICS):  # fmt: skip
+                    s1 + HEALTH, s1 + METRICS, s1 + "/no/such/path"):  # fmt: skip
             r = denied.get(url)
             assert r.status_code == 403, url
             assert r.json() == {"error": "forbidden", "detail": "address 127.0.0.3 is not allowed"}
@@ -144,7 +144,7 @@ def test_denied_cidr_gets_403_on_referral_and_app_server(limited: Deployment) ->
         on_referral = c.get(d.referral_url + "/metrics").text
         on_server = c.get(s1 + METRICS).text
     assert (metric(on_referral, "affinity_plugin_events_total", rule="ipfilter.deny[0]") or 0) >= 4
-    assert (metric(on_server, "affinity_plugin_events_total", rule="ipfilter.deny[0]") or 0) >= 6
+    assert (metric(on_server, "affinity_plugin_events_total", rule="ipfilter.deny[0]") or 0) >= 8
     assert metric(on_server, "affinity_app_draining") == 0.0
 
 

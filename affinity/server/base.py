@@ -128,12 +128,14 @@ class AppServer:
     # -- building ---------------------------------------------------------------------
 
     def create_app(self) -> Sanic[Any, Any]:
-        app = new_app(f"affinity-{self.name}-{next(_names)}", self.config, "server")
+        app = new_app(
+            f"affinity-{self.name}-{next(_names)}",
+            self.config,
+            "server",
+            on_error=guard.error_answer,
+        )
         app.ctx.affinity = self.state
-        if self.state.tokens.jwks is not None:
-            app.register_middleware(guard.learn_keys, "request")
-        app.register_middleware(guard.on_request, "request")
-        app.register_middleware(guard.on_response, "response")
+        app.register_listener(self._guard_routes, "before_server_start")
         app.add_route(self._health_route, HEALTH_PATH, methods=["GET"], name="affinity_health")
         app.add_route(self._metrics_route, METRICS_PATH, methods=["GET"], name="affinity_metrics")
         self._add_method_routes(app)
@@ -171,6 +173,11 @@ class AppServer:
         """
         body, content_type = self.state.metrics.exposition(request.headers.get("accept"))
         return HTTPResponse(body, content_type=content_type)
+
+    @staticmethod
+    async def _guard_routes(app: Sanic[Any, Any]) -> None:
+        """Every route, whoever added it (methods, plugins, setup, blueprints), behind the guard."""
+        guard.guard_routes(app)
 
     def _add_method_routes(self, app: Sanic[Any, Any]) -> None:
         for attr in dir(type(self)):

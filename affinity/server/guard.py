@@ -6,16 +6,22 @@ verdict applies (421 for another server, 401 for an invalid, expired or
 missing-but-required token), then drain (503 + ``Affinity-Reassign``).
 affinity's own ``/.well-known/affinity/`` endpoints skip the token check and
 drain, not the filters. Refusals are answered as :data:`affinity.web.http.ANSWERS`
-says; the guard changes only the :class:`ServerState`.
+says; the guard changes only the :class:`ServerState`. It runs as a wrapper
+around every route handler (:func:`guard_routes`), and in the error handler for
+requests no handler took (:func:`error_answer`); both count the answer in the
+server's metrics (route, method, status and time taken).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from sanic import HTTPResponse, Request
-from sanic.response import BaseHTTPResponse
+from sanic import HTTPResponse, Request, Sanic
 
 from affinity.errors import (
     Draining,
@@ -29,14 +35,20 @@ from affinity.errors import (
 from affinity.models import Claims
 from affinity.protocol import SERVER_HEADER, WELL_KNOWN
 from affinity.server.state import ServerState
-from affinity.web.http import refusal_response, rejection_response, request_info, request_token
+from affinity.web.http import (
+    exception_response,
+    refusal_response,
+    rejection_response,
+    request_info,
+    request_token,
+)
 
 UNMATCHED = "unmatched"
 """The route label of a request no route matched (a 404)."""
 
 
 async def learn_keys(request: Request) -> None:
-    """JWKS mode only, before :func:`on_request`: an unknown ``kid`` may be a rotated key."""
+    """JWKS mode only, before :func:`admit`: an unknown ``kid`` may be a rotated key."""
     state: ServerState = request.app.ctx.affinity
     token = request_token(request)
     if token:
@@ -48,17 +60,99 @@ async def learn_keys(request: Request) -> None:
             pass
 
 
-def on_request(request: Request) -> HTTPResponse | None:
-    """Synchronous on purpose: Sanic awaits nothing for a plain function, a cost per request."""
-    state: ServerState = request.app.ctx.affinity
-    request.ctx.started = time.perf_counter()
-    request.ctx.client_id = None
-    request.ctx.claims = None
-    request.ctx.counted = False
-    if request.path.startswith(WELL_KNOWN):
-        # affinity's own endpoints take no token, but the filters still apply: an
-        # address the firewall refuses may not probe health, drain or read metrics.
-        return _filter(state, request, None) if state.filtered else None
+def guard_routes(app: Sanic[Any, Any]) -> None:
+    """Put every route of ``app`` behind the guard; routes already behind it stay as they are.
+
+    A wrapper around each handler instead of request and response middleware:
+    Sanic runs middleware through an awaited loop of its own on every request,
+    which cost more than the checks themselves (bench/RESULTS.md). Requests
+    that reach no handler (404, 405, a body too large...) are guarded by
+    :func:`error_answer` instead, so nothing bypasses the filters.
+    """
+    state: ServerState = app.ctx.affinity
+    for route in app.router.routes:
+        if not getattr(route.handler, "__affinity_guarded__", False):
+            route.handler = guarded(state, route.handler, route=_label(route.raw_path))
+
+
+def _label(raw_path: str) -> str:
+    """A route's label in the metrics: its path as written, with the leading slash."""
+    return "/" + raw_path.lstrip("/")
+
+
+def _is_own(path: str) -> bool:
+    """affinity's own endpoints take no token and are not drained; the filters still apply."""
+    return path.startswith(WELL_KNOWN)
+
+
+def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> Callable[..., Any]:
+    """``handler`` of ``route`` behind the guard: filters, token, drain, in-flight count,
+    ``Affinity-Server``, and the answer counted in the metrics."""
+    call = _awaiting(handler)
+    server_id = state.server.id
+    own = _is_own(route)
+    learn = not own and state.tokens.jwks is not None
+    answered = state.metrics.answered
+
+    async def guarded_handler(request: Request, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        if learn:
+            await learn_keys(request)
+        refused = admit_own(state, request) if own else admit(state, request)
+        if refused is not None:
+            refused.headers[SERVER_HEADER] = server_id
+            answered(route, request.method, refused.status, time.perf_counter() - started)
+            return refused
+        try:
+            response = await call(request, *args, **kwargs)
+        except BaseException:
+            request.ctx.started = started  # error_answer counts the answer it makes
+            raise
+        finally:
+            if not own:
+                release(state)
+        if response is not None:
+            response.headers[SERVER_HEADER] = server_id
+            status = response.status
+        else:  # streamed with request.respond(): the header is the handler's to set
+            status = getattr(getattr(request.stream, "response", None), "status", 200)
+        answered(route, request.method, status, time.perf_counter() - started)
+        return response
+
+    functools.update_wrapper(guarded_handler, handler)  # keeps is_stream / is_websocket marks
+    guarded_handler.__affinity_guarded__ = True  # type: ignore[attr-defined]
+    return guarded_handler
+
+
+def _awaiting(handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """``handler`` as a coroutine function (Sanic also accepts plain functions)."""
+    if inspect.iscoroutinefunction(handler):
+        return handler
+
+    async def call(request: Request, *args: Any, **kwargs: Any) -> Any:
+        response = handler(request, *args, **kwargs)
+        return await response if inspect.isawaitable(response) else response
+
+    return call
+
+
+def admit_own(state: ServerState, request: Request) -> HTTPResponse | None:
+    """affinity's own endpoints: only the filters (an address the firewall refuses may not
+    probe health, drain or read metrics)."""
+    ctx = request.ctx
+    ctx.client_id = None
+    ctx.claims = None
+    return _filter(state, request, None) if state.filtered else None
+
+
+def admit(state: ServerState, request: Request) -> HTTPResponse | None:
+    """Let a request in (counted in flight until :func:`release`), or the answer refusing it.
+
+    Synchronous on purpose: nothing here waits.
+    """
+    ctx = request.ctx
+    ctx.client_id = None
+    ctx.claims = None
     token = request_token(request)
     claims, problem = _check_token(state, token)
     if state.filtered:
@@ -69,15 +163,21 @@ def on_request(request: Request) -> HTTPResponse | None:
         state.metrics.token_rejected(_reason(problem))
         return refusal_response(problem)
     if claims is not None:
-        request.ctx.claims = claims
-        request.ctx.client_id = claims.cid
+        ctx.claims = claims
+        ctx.client_id = claims.cid
         state.active.touch(claims.cid)
     if state.draining and state.reassigning():
         return refusal_response(_reassign(state))
     state.inflight += 1
     state.idle.clear()
-    request.ctx.counted = True
     return None
+
+
+def release(state: ServerState) -> None:
+    """A request :func:`admit` let in is answered."""
+    state.inflight -= 1
+    if state.inflight == 0:
+        state.idle.set()
 
 
 def _filter(state: ServerState, request: Request, client_id: str | None) -> HTTPResponse | None:
@@ -88,23 +188,36 @@ def _filter(state: ServerState, request: Request, client_id: str | None) -> HTTP
     return None if rejection is None else rejection_response(rejection)
 
 
-def on_response(request: Request, response: BaseHTTPResponse) -> HTTPResponse | None:
+async def error_answer(request: Request, exc: Exception) -> HTTPResponse:
+    """The app server's error handler: the guard first for a request no route took, then the error.
+
+    A request that reached no handler (unknown path, wrong method, a body too
+    large...) passes the same filters and token check as any other, so a 404
+    costs a flood as much as a 200 does. Every answer made here is counted,
+    under its route, or ``unmatched`` when no route matched.
+    """
     state: ServerState = request.app.ctx.affinity
-    if getattr(request.ctx, "counted", False):
-        request.ctx.counted = False
-        state.inflight -= 1
-        if state.inflight == 0:
-            state.idle.set()
+    route = UNMATCHED if request.route is None else _label(request.route.raw_path)
+    response: HTTPResponse | None = None
+    started: float | None = getattr(request.ctx, "started", None)
+    if not hasattr(request.ctx, "client_id"):  # set by admit / admit_own: not guarded yet
+        started = time.perf_counter()
+        own = _is_own(request.path)
+        if not own and state.tokens.jwks is not None:
+            await learn_keys(request)
+        response = admit_own(state, request) if own else admit(state, request)
+        if response is None and not own:
+            release(state)  # answered at once, below
+    if response is None:
+        response = exception_response(request, exc)
     response.headers[SERVER_HEADER] = state.server.id
-    started = getattr(request.ctx, "started", None)
-    route = request.route
     state.metrics.answered(
-        "/" + route.raw_path.lstrip("/") if route is not None else UNMATCHED,
+        route,
         request.method,
         response.status,
         None if started is None else time.perf_counter() - started,
     )
-    return None
+    return response
 
 
 def _check_token(

@@ -13,7 +13,7 @@ import logging
 import math
 import posixpath
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,13 +255,19 @@ def trust_proxies(
     app.ctx.trusted_proxy = bool(count or real_ip_header or forwarded_secret)
 
 
-def new_app(name: str, config: Config, section: str) -> Sanic[Any, Any]:
+def new_app(
+    name: str,
+    config: Config,
+    section: str,
+    *,
+    on_error: Callable[[Request, Exception], Any] = exception_response,
+) -> Sanic[Any, Any]:
     """A Sanic app set up as every affinity process wants it.
 
-    No access log (a cost per request), JSON errors from
-    :func:`exception_response`, and the proxy settings and the admin token
-    (``app.ctx.admin_auth``, read once) of the ``[referral]`` or ``[server]``
-    section.
+    No access log (a cost per request), JSON errors from ``on_error``
+    (:func:`exception_response`, or a role's handler that ends with it), and
+    the proxy settings and the admin token (``app.ctx.admin_auth``, read once)
+    of the ``[referral]`` or ``[server]`` section.
     """
     app: Sanic[Any, Any] = Sanic(name)
     app.config.ACCESS_LOG = False
@@ -278,7 +284,7 @@ def new_app(name: str, config: Config, section: str) -> Sanic[Any, Any]:
         ),
     )
     app.ctx.admin_auth = BearerAuth.from_config(config, section)
-    app.error_handler.add(Exception, exception_response)
+    app.error_handler.add(Exception, on_error)
     return app
 
 

@@ -6,7 +6,7 @@ import asyncio
 import signal
 from typing import Any
 
-from sanic import HTTPResponse, Request
+from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import json
 
 from affinity import AppServer, HealthStatus, route
@@ -22,6 +22,13 @@ class Holding(AppServer):
         self.own: HealthStatus | None = None
         self.posts = 0
         app.register_listener(self._listen_release, "after_server_start")
+        extra = Blueprint("extra", url_prefix="/bp")
+        extra.add_route(self.plain_whoami, "/whoami", name="bp_whoami")
+        app.blueprint(extra)
+
+    def plain_whoami(self, request: Request) -> HTTPResponse:
+        """A plain function (not a coroutine) on a blueprint: guarded like any route."""
+        return json({"server": self.server_id, "client": request.ctx.client_id})
 
     async def _listen_release(self, app: Any) -> None:
         # A signal, not a route: while draining, routes answer 503 to new requests.
@@ -51,6 +58,10 @@ class Holding(AppServer):
     async def count(self, request: Request) -> HTTPResponse:
         self.posts += 1
         return json({"server": self.server_id, "posts": self.posts})
+
+    @route("/boom")
+    async def boom(self, request: Request) -> HTTPResponse:
+        raise RuntimeError("the app failed")
 
     @route("/posts")
     async def posts_seen(self, request: Request) -> HTTPResponse:

@@ -127,6 +127,35 @@ def test_drain_and_resume_need_the_admin_token_read_at_start(running: Deployment
         assert c.get(base + "/health").status_code == 200
 
 
+def test_every_route_is_guarded_whoever_added_it(shared: Deployment) -> None:
+    # A blueprint route added in setup(), with a plain function as handler.
+    r = get(shared, "s1", "/bp/whoami", token_for(shared, "s2"))
+    assert r.status_code == 421 and r.headers["affinity-server"] == "s1"
+    r = get(shared, "s1", "/bp/whoami", issuer(shared).issue("s1", "client-7", "web")[0])
+    assert r.json() == {"server": "s1", "client": "client-7"}
+    assert r.headers["affinity-server"] == "s1"
+
+
+def test_a_request_no_route_takes_is_guarded_too(shared: Deployment) -> None:
+    r = get(shared, "s1", "/no/such/path", "junk")
+    assert r.status_code == 401 and r.json()["error"] == "invalid_token"
+    assert r.headers["affinity-server"] == "s1"
+    r = get(shared, "s1", "/no/such/path", token_for(shared, "s1"))
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+    assert r.headers["affinity-server"] == "s1"
+    with shared.client() as c:
+        r = c.delete(shared.server_urls["s1"] + "/whoami", headers={"Affinity-Token": "junk"})
+    assert r.status_code == 401 and r.headers["affinity-server"] == "s1"
+
+
+def test_a_failing_handler_answers_500_and_leaves_nothing_in_flight(shared: Deployment) -> None:
+    r = get(shared, "s1", "/boom", token_for(shared, "s1"))
+    assert r.status_code == 500 and r.json()["error"] == "internal_error"
+    assert "the app failed" not in r.text
+    assert r.headers["affinity-server"] == "s1"
+    assert get(shared, "s1", "/.well-known/affinity/health").json()["load"]["inflight"] == 0
+
+
 def test_health_reports_status_and_load(running: Deployment) -> None:
     iss = issuer(running)
     for cid in ("a", "b", "a"):
