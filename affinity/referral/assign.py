@@ -49,7 +49,8 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment:
     configured, else the socket peer.
     """
     started = time.perf_counter()
-    avoid_list = request.args.getlist("avoid", [])
+    # No query string, nothing to parse: Sanic would still build its parameters.
+    avoid_list = request.args.getlist("avoid", []) if request.query_string else []
     if len(avoid_list) > MAX_AVOID or not all(is_valid_id(a) for a in avoid_list):
         raise InvalidRequest(
             f"avoid takes up to {MAX_AVOID} server ids of letters, digits, '.', '_' or '-'",
@@ -127,7 +128,9 @@ def _pick(ctx: ReferralContext, areq: AssignRequest) -> tuple[Server | None, boo
 async def assign(request: Request) -> HTTPResponse:
     """``GET /v1/assign``: JSON with the server, the token and whether it was sticky."""
     ctx: ReferralContext = request.app.ctx.affinity
-    service = request.args.get("service") or ctx.config.referral.default_service
+    service = (
+        request.args.get("service") if request.query_string else None
+    ) or ctx.config.referral.default_service
     if service not in ctx.services and not is_valid_id(service):
         raise InvalidRequest(
             "service must be 1-64 letters, digits, '.', '_' or '-'", code=ErrorCode.INVALID_SERVICE

@@ -12,6 +12,7 @@ operator's job. :func:`load_keyring` is where a process gets its ring: the
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import math
@@ -39,6 +40,7 @@ MIN_SECRET_BYTES: Final = 32
 
 _ED25519_BYTES: Final = 32
 _HMAC_BLOCK: Final = 64
+_STD_TO_URL: Final = bytes.maketrans(b"+/", b"-_")
 _IPAD: Final = bytes(b ^ 0x36 for b in range(256))
 _OPAD: Final = bytes(b ^ 0x5C for b in range(256))
 _CONFIG_B64_RE: Final = re.compile(r"[A-Za-z0-9_-]*={0,2}")
@@ -48,8 +50,9 @@ KEYS_ENV = "AFFINITY_TOKEN_KEYS"
 
 
 def b64url_encode(data: bytes) -> bytes:
-    """Unpadded base64url, as JWS requires (RFC 7515 §2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
+    """Unpadded base64url, as JWS requires (RFC 7515 §2); twice per token issued, so one
+    C call and a translation rather than :func:`base64.urlsafe_b64encode`'s layers."""
+    return binascii.b2a_base64(data, newline=False).translate(_STD_TO_URL).rstrip(b"=")
 
 
 def _show(value: object) -> str:

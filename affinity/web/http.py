@@ -70,7 +70,12 @@ def json_response(
     body: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> HTTPResponse:
     """A JSON answer serialised with orjson, with ``nosniff``."""
-    merged = {**NOSNIFF, **headers} if headers else NOSNIFF
+    if not headers:
+        merged = NOSNIFF
+    elif isinstance(headers, dict) and "X-Content-Type-Options" in headers:
+        merged = headers  # NO_STORE and the like: nothing to add
+    else:
+        merged = {**NOSNIFF, **headers}
     return HTTPResponse(orjson.dumps(body), status=status, headers=merged, content_type=JSON)
 
 
