@@ -18,15 +18,12 @@ costs both the same, does not dilute the difference.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -35,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from affinity.testing import free_port
 from affinity.tokens.jws import KeyRing, TokenIssuer, generate_keyfile
-from bench.common import median, spawn, stop, wait_http
+from bench.common import Run, measure, median, spawn, stop, wait_http
 
 DENY = [f"198.{18 + i // 256}.{i % 256}.0/24" for i in range(200)]
 RULES = f"""
@@ -139,41 +136,6 @@ def main() -> None:
     in_process()
 
 
-@dataclass(frozen=True)
-class Run:
-    """One wrk run against one process: its throughput and the CPU it spent per request."""
-
-    rps: float
-    cpu_us: float
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def measure(url: str, pid: int, seconds: int, headers: Sequence[str] = ()) -> Run:
-    """wrk against ``url`` while the serving process's CPU time is read before and after.
-
-    CPU time per request is what the filter adds; unlike throughput it hardly moves
-    when other work shares the machine, so it is the figure that survives a busy host.
-    """
-    args = ["wrk", "-t1", "-c32", f"-d{seconds}s"]
-    for header in headers:
-        args += ["-H", header]
-    before = cpu_seconds(pid)
-    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    spent = cpu_seconds(pid) - before
-    requests = re.search(r"(\d+) requests in", out)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if requests is None or rps is None:
-        raise RuntimeError(out)
-    if "Non-2xx" in out:
-        raise RuntimeError(f"{url}: error answers\n{out}")
-    return Run(float(rps.group(1)), spent / int(requests.group(1)) * 1e6)
-
-
 def measurements(
     d: Path, ports: dict[str, int], pids: dict[str, int], args: argparse.Namespace
 ) -> dict[str, dict[str, Callable[[], Run]]]:
@@ -186,11 +148,11 @@ def measurements(
         token = issuer.issue(name, issuer.new_client_id(), "bench")[0]
         url = f"http://127.0.0.1:{ports[name]}/"
         header = f"Affinity-Token: {token}"
-        return lambda: measure(url, pids[name], args.seconds, [header])
+        return lambda: measure(url, pids[name], seconds=args.seconds, headers=[header])
 
     def referral(name: str) -> Callable[[], Run]:
         url = f"http://127.0.0.1:{ports[name]}/v1/assign"
-        return lambda: measure(url, pids[name], args.seconds)
+        return lambda: measure(url, pids[name], seconds=args.seconds)
 
     tiers: dict[str, dict[str, Callable[[], Run]]] = {}
     if args.tier in ("server", "both"):

@@ -14,11 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+R = TypeVar("R")
 
 
 def spawn(
@@ -54,26 +57,79 @@ def stop(*procs: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def wrk(url: str, *, seconds: int = 5, connections: int = 32, headers: Sequence[str] = ()) -> float:
-    """Requests per second wrk measured (one thread, so the server gets the other core)."""
+@dataclass(frozen=True)
+class Run:
+    """One wrk run against one process: its throughput and the CPU it spent per request."""
+
+    rps: float
+    cpu_us: float
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    url: str,
+    pid: int,
+    *,
+    seconds: int = 5,
+    connections: int = 32,
+    headers: Sequence[str] = (),
+) -> Run:
+    """wrk against ``url`` (one thread, so the server gets the other core) while the
+    serving process's CPU time is read before and after.
+
+    CPU time per request hardly moves when other work shares the machine, unlike
+    throughput, so it is the figure that survives a busy host.
+    """
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed for this benchmark: apt-get install wrk")
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for header in headers:
         args += ["-H", header]
+    before = cpu_seconds(pid)
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    spent = cpu_seconds(pid) - before
+    requests = re.search(r"(\d+) requests in", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if match is None:
+    if requests is None or rps is None:
         raise RuntimeError(out)
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} error answers\n{out}")
-    return float(match.group(1))
+    return Run(float(rps.group(1)), spent / int(requests.group(1)) * 1e6)
 
 
-def alternate(runs: Mapping[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+def report(results: Mapping[str, Sequence[Run]], baseline: str, label: str) -> None:
+    """Median throughput and CPU per request of each measurement, each as a ratio to
+    ``baseline`` (throughput over the baseline's; the baseline's CPU over its CPU)."""
+    base_rps = median([r.rps for r in results[baseline]])
+    base_cpu = median([r.cpu_us for r in results[baseline]])
+    rounds = len(results[baseline])
+    width = max(len(label), *map(len, results))
+    print(
+        f"{label:<{width}} {'req/s (median of ' + str(rounds) + ')':>24} {'ratio':>7} "
+        f"{'CPU us/req':>11} {'CPU ratio':>10}"
+    )
+    for name, runs in results.items():
+        rps = median([r.rps for r in runs])
+        cpu = median([r.cpu_us for r in runs])
+        ratios = f"{rps / base_rps:>7.2f} {cpu:>11.1f} {base_cpu / cpu:>10.2f}"
+        print(f"{name:<{width}} {rps:>24.0f} {ratios}")
+    for name, runs in results.items():
+        if name != baseline:
+            per_round = ", ".join(
+                f"{r.rps / b.rps:.2f}" for r, b in zip(runs, results[baseline], strict=True)
+            )
+            print(f"  {name}: throughput ratio per round {per_round}")
+
+
+def alternate(runs: Mapping[str, Callable[[], R]], rounds: int) -> dict[str, list[R]]:
     """Run each measurement ``rounds`` times, interleaved."""
-    results: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[str, list[R]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
             results[name].append(run())
