@@ -169,14 +169,13 @@ def admit(state: ServerState, request: Request) -> HTTPResponse | None:
     if state.draining and state.reassigning():
         return refusal_response(_reassign(state))
     state.inflight += 1
-    state.idle.clear()
     return None
 
 
 def release(state: ServerState) -> None:
-    """A request :func:`admit` let in is answered."""
+    """A request :func:`admit` let in is answered; during a drain the last one out says so."""
     state.inflight -= 1
-    if state.inflight == 0:
+    if not state.inflight and state.draining:
         state.idle.set()
 
 

@@ -151,6 +151,11 @@ class Lifecycle:
         settings = state.config.server
         await self.start_drain()
         await asyncio.sleep(settings.drain_grace)
+        # While draining, the last request out sets ``idle`` (guard.release).
+        if state.inflight:
+            state.idle.clear()
+        else:
+            state.idle.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.idle.wait(), settings.drain_timeout)
         if state.inflight:

@@ -37,6 +37,7 @@ class ServerState:
         self.drain_started: float | None = None
         self.inflight = 0
         self.idle = asyncio.Event()
+        """Set when no request is in flight, kept up to date while draining only."""
         self.idle.set()
         self.active = ActiveClients(settings.active_window, settings.active_max)
         self.shared_settings = SettingsInForce(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from affinity.config import Config
@@ -36,11 +37,12 @@ class TokenCheck:
                 leeway=tokens.leeway,
                 cache_size=tokens.cache_size,
             )
-
-    def verify(self, token: str) -> Claims:
+        self.verify: Callable[[str], Claims] = (
+            self.verifier.verify if self.verifier is not None else self._verify_jwks
+        )
         """Verify a token with the keys at hand (synchronous: the request path)."""
-        if self.verifier is not None:
-            return self.verifier.verify(token)
+
+    def _verify_jwks(self, token: str) -> Claims:
         assert self.jwks is not None
         return self.jwks.verify_nowait(token)
 
