@@ -136,7 +136,7 @@ class TokenIssuer:
     :class:`random.Random`.
     """
 
-    __slots__ = ("_clock", "_high", "_issuer", "_key", "_low", "_rng", "new_client_id", "ring")
+    __slots__ = ("_clock", "_issuer", "_key", "_low", "_random", "_span", "new_client_id", "ring")
 
     def __init__(
         self,
@@ -165,15 +165,15 @@ class TokenIssuer:
         self._key = key
         self._issuer = issuer
         self._low = ttl * (1 - jitter)
-        self._high = ttl * (1 + jitter)
+        self._span = 2 * ttl * jitter
         self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
+        self._random = (rng if rng is not None else random.Random()).random
         self.new_client_id = ClientIds()
 
     def issue(self, sid: str, cid: str, svc: str) -> tuple[str, int]:
         """A token binding client ``cid`` of service ``svc`` to server ``sid``, and its lifetime."""
         now = int(self._clock())
-        life = max(1, round(self._rng.uniform(self._low, self._high)))
+        life = max(1, round(self._low + self._span * self._random()))
         claims = {
             "iss": self._issuer,
             "sid": sid,
