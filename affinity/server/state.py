@@ -33,6 +33,7 @@ class ServerState:
         self.tokens = TokenCheck(config)
         self.filtered = manager.has_request_filters()
         """Whether any plugin filters requests (else the guard skips asking)."""
+        self.require_token = config.server.require_token
         self.draining = False
         self.drain_started: float | None = None
         self.inflight = 0
