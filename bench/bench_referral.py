@@ -14,6 +14,7 @@ the same for both, does not dilute the difference.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from affinity.testing import free_port
 from affinity.tokens.jws import generate_keyfile
-from bench.common import alternate, measure, peak_rss_mb, report, spawn, stop, wait_http
+from bench.common import (
+    alternate,
+    compare_argument,
+    measure,
+    peak_rss_mb,
+    report,
+    spawn,
+    stop,
+    wait_http,
+)
 
 NO_PLUGINS = {"AFFINITY_DISABLE_PLUGIN_AUTOLOAD": "1"}
 """The assign path itself: installed plugins (filters) are measured by bench_filter.py."""
@@ -53,29 +63,37 @@ servers = [
     return config
 
 
-def throughput(rounds: int, seconds: int) -> None:
+def throughput(rounds: int, seconds: int, compare: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port, base_port = free_port(), free_port()
         config = write_config(Path(tmp), port, 10_000)
-        referral = spawn(["-m", "affinity", "referral", "--config", str(config)], NO_PLUGINS)
+        referral = ["-m", "affinity", "referral", "--config", str(config)]
+        referrals = {"GET /v1/assign": (spawn(referral, NO_PLUGINS), port)}
+        if compare:
+            other = free_port()
+            env = {**NO_PLUGINS, "AFFINITY_REFERRAL_LISTEN": f"127.0.0.1:{other}"}
+            referrals[f"GET /v1/assign ({compare.name})"] = (
+                spawn(referral, env, tree=compare),
+                other,
+            )
         minimal = spawn(["bench/minimal_app.py", str(base_port)])
         try:
-            wait_http(f"http://127.0.0.1:{port}/healthz", referral)
             wait_http(f"http://127.0.0.1:{base_port}/", minimal)
-            assert httpx.get(f"http://127.0.0.1:{port}/v1/assign").json()["token"]
-            results = alternate(
-                {
-                    "minimal Sanic route": lambda: measure(
-                        f"http://127.0.0.1:{base_port}/", minimal.pid, seconds=seconds
-                    ),
-                    "GET /v1/assign": lambda: measure(
-                        f"http://127.0.0.1:{port}/v1/assign", referral.pid, seconds=seconds
-                    ),
-                },
-                rounds,
-            )
+            for proc, at in referrals.values():
+                wait_http(f"http://127.0.0.1:{at}/healthz", proc)
+                assert httpx.get(f"http://127.0.0.1:{at}/v1/assign").json()["token"]
+            runs = {
+                "minimal Sanic route": lambda: measure(
+                    f"http://127.0.0.1:{base_port}/", minimal.pid, seconds=seconds
+                )
+            }
+            for name, (proc, at) in referrals.items():
+                runs[name] = functools.partial(
+                    measure, f"http://127.0.0.1:{at}/v1/assign", proc.pid, seconds=seconds
+                )
+            results = alternate(runs, rounds)
         finally:
-            stop(referral, minimal)
+            stop(minimal, *(proc for proc, _ in referrals.values()))
     report(results, "minimal Sanic route", "endpoint")
 
 
@@ -98,8 +116,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--servers", type=int, default=100_000)
+    compare_argument(p)
     args = p.parse_args()
-    throughput(args.rounds, args.seconds)
+    throughput(args.rounds, args.seconds, args.compare)
     memory(args.servers)
 
 

@@ -9,6 +9,7 @@ Plain HTTP on loopback for both, so TLS, which costs both the same, does not dil
 from __future__ import annotations
 
 import argparse
+import functools
 import secrets
 import sys
 import tempfile
@@ -18,13 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from affinity.testing import free_port
 from affinity.tokens.jws import KeyRing, TokenIssuer, generate_keyfile
-from bench.common import alternate, measure, report, spawn, stop, wait_http
+from bench.common import alternate, compare_argument, measure, report, spawn, stop, wait_http
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=5)
+    compare_argument(p)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -51,36 +53,40 @@ heartbeat_interval = 3600
 """)
         env = {"AFFINITY_DISABLE_PLUGIN_AUTOLOAD": "1", "AFFINITY_PLUGINS": "bench.noop_filter"}
         config = str(d / "affinity.toml")
+        serve = ["-m", "affinity", "serve", "bench/bench_app.py:Bench", "--config", config]
         referral = spawn(["-m", "affinity", "referral", "--config", config], env)
-        app = spawn(
-            ["-m", "affinity", "serve", "bench/bench_app.py:Bench", "--config", config], env
-        )
+        apps = {"AppServer route": (spawn(serve, env), app_port)}
+        if args.compare:
+            other_port = free_port()
+            other_env = {**env, "AFFINITY_SERVER_LISTEN": f"127.0.0.1:{other_port}"}
+            apps[f"AppServer route ({args.compare.name})"] = (
+                spawn(serve, other_env, tree=args.compare),
+                other_port,
+            )
         minimal = spawn(["bench/minimal_app.py", str(base_port)])
         try:
-            for url, proc in (
-                (f"http://127.0.0.1:{ref_port}/healthz", referral),
-                (f"http://127.0.0.1:{app_port}/.well-known/affinity/health", app),
-                (f"http://127.0.0.1:{base_port}/", minimal),
-            ):
-                wait_http(url, proc)
+            wait_http(f"http://127.0.0.1:{ref_port}/healthz", referral)
+            wait_http(f"http://127.0.0.1:{base_port}/", minimal)
+            for proc, port in apps.values():
+                wait_http(f"http://127.0.0.1:{port}/.well-known/affinity/health", proc)
             issuer = TokenIssuer(KeyRing.load(d / "keys.json"))
             token = issuer.issue("s1", issuer.new_client_id(), "web")[0]
-            results = alternate(
-                {
-                    "plain Sanic route": lambda: measure(
-                        f"http://127.0.0.1:{base_port}/", minimal.pid, seconds=args.seconds
-                    ),
-                    "AppServer route": lambda: measure(
-                        f"http://127.0.0.1:{app_port}/",
-                        app.pid,
-                        seconds=args.seconds,
-                        headers=[f"Affinity-Token: {token}"],
-                    ),
-                },
-                args.rounds,
-            )
+            runs = {
+                "plain Sanic route": lambda: measure(
+                    f"http://127.0.0.1:{base_port}/", minimal.pid, seconds=args.seconds
+                )
+            }
+            for name, (proc, port) in apps.items():
+                runs[name] = functools.partial(
+                    measure,
+                    f"http://127.0.0.1:{port}/",
+                    proc.pid,
+                    seconds=args.seconds,
+                    headers=[f"Affinity-Token: {token}"],
+                )
+            results = alternate(runs, args.rounds)
         finally:
-            stop(referral, app, minimal)
+            stop(referral, minimal, *(proc for proc, _ in apps.values()))
     report(results, "plain Sanic route", "route")
 
 

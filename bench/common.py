@@ -6,6 +6,7 @@ alternating between the two so that a noisy machine hurts both alike.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -25,15 +26,32 @@ R = TypeVar("R")
 
 
 def spawn(
-    args: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    *,
+    tree: Path = ROOT,
 ) -> subprocess.Popen[bytes]:
+    """``python args...`` in ``tree``: ``-m affinity`` there runs that tree's code (the
+    working directory comes first on ``sys.path``), so another checkout can be measured."""
     out = log.open("ab") if log else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, *args],
         env={**os.environ, **(env or {})},
         stdout=out,
         stderr=subprocess.STDOUT,
-        cwd=ROOT,
+        cwd=tree,
+    )
+
+
+def compare_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compare DIR``: also measure the affinity of another source tree, interleaved."""
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="a source tree of another version (e.g. 'git worktree add DIR main'), measured "
+        "in the same rounds as this one",
     )
 
 
@@ -128,7 +146,10 @@ def report(results: Mapping[str, Sequence[Run]], baseline: str, label: str) -> N
 
 
 def alternate(runs: Mapping[str, Callable[[], R]], rounds: int) -> dict[str, list[R]]:
-    """Run each measurement ``rounds`` times, interleaved."""
+    """Run each measurement ``rounds`` times, interleaved, after one unrecorded run of each
+    (warm caches, pools and the interpreter's specialised code)."""
+    for run in runs.values():
+        run()
     results: dict[str, list[R]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
