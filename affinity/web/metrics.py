@@ -304,7 +304,7 @@ class ServerMetrics(Metrics):
         )
         self._seconds = self.histogram(
             "affinity_app_request_duration_seconds",
-            "Time from the first middleware to the response, by route template and method",
+            "Time from the guard (filters, token) to the response, by route template and method",
             ["route", "method"],
             REQUEST_BUCKETS,
         )
@@ -317,7 +317,7 @@ class ServerMetrics(Metrics):
         self.add_gauges(lambda: load_gauges(load()))
 
     def answered(self, route: str, method: str, status: int, seconds: float | None) -> None:
-        """One answer; ``seconds`` None when the request never reached the middleware."""
+        """One answer; ``seconds`` None when the request started is not known."""
         method = method if method in METHODS else "OTHER"
         self._requests.inc(route, method, str(status))
         if seconds is not None:
