@@ -17,23 +17,12 @@ import pytest
 from affinity.cli import status
 from affinity.cli.main import main
 from affinity.testing import Deployment
-
-SERVICES = """
-[services.web]
-policy = "round_robin"
-servers = [
-  {id = "s1", url = "https://s1.affinity.test:8443"},
-  {id = "s2", url = "https://s2.affinity.test:8443"},
-]
-"""
+from tests.fleets import static_referral
 
 
 @pytest.fixture(scope="module")
 def referral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with Deployment(
-        tmp_path_factory.mktemp("status"), services=SERVICES, health="sources = []"
-    ) as d:
-        d.start_referral()
+    with static_referral(tmp_path_factory.mktemp("status")) as d:
         yield d
 
 

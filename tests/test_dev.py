@@ -72,20 +72,15 @@ def kill_children(banner: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def start_dev(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
-    """``affinity dev`` started and past its banner: the process and what it printed."""
-    port = dev_ports()
+def start_dev(
+    command: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """``command`` (an ``affinity dev``) started on free ports and past its banner: the
+    process and what it printed."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "affinity",
-            "dev",
-            *("--dir", str(tmp_path / "dev")),
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
+        [*command, "--port", str(dev_ports())],
+        cwd=cwd,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -101,9 +96,17 @@ def start_dev(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
 
 
 @contextlib.contextmanager
-def running_dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, list[int]]]:
-    """``affinity dev`` with its four children; whatever happens, nothing is left running."""
-    proc, out = start_dev(tmp_path)
+def running_dev(
+    tmp_path: Path,
+    command: list[str] | None = None,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[subprocess.Popen[str], str, list[int]]]:
+    """``affinity dev`` (this checkout's, unless ``command`` says another) with its four
+    children; whatever happens, nothing is left running."""
+    if command is None:
+        command = [sys.executable, "-m", "affinity", "dev", "--dir", str(tmp_path / "dev")]
+    proc, out = start_dev(command, cwd, env)
     try:
         assert proc.poll() is None, out
         pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
@@ -118,6 +121,23 @@ def running_dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, li
         kill_children(out)
 
 
+def assign_and_call(out: str, cwd: Path) -> tuple[str, Path, httpx.Response]:
+    """Follow the banner's ``curl .../v1/assign`` line, then call the assigned server
+    directly with the token: the referral's URL, the CA file and the server's answer."""
+    curl = re.search(r"curl --cacert (\S+) (https://\S+)/v1/assign", out)
+    assert curl is not None, out
+    ca = cwd / curl.group(1)
+    with httpx.Client(verify=client_context(ca), timeout=5) as client:
+        assigned = client.get(curl.group(2) + "/v1/assign").json()
+        answer = client.get(
+            assigned["server"]["url"] + "/", headers={"Affinity-Token": assigned["token"]}
+        )
+    assert answer.status_code == 200
+    assert answer.json()["server"] == assigned["server"]["id"]
+    assert answer.headers["affinity-server"] == assigned["server"]["id"]
+    return curl.group(2), ca, answer
+
+
 def wait_gone(pids: list[int], timeout: float) -> list[int]:
     """Wait until none of ``pids`` runs, up to ``timeout`` seconds; those still running."""
     deadline = time.monotonic() + timeout
@@ -128,18 +148,7 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 def test_dev_runs_the_whole_thing_and_cleans_up(tmp_path: Path) -> None:
     with running_dev(tmp_path) as (proc, out, pids):
-        curl = re.search(r"curl --cacert (\S+) (https://\S+/v1/assign)", out)
-        assert curl is not None, out
-        ca = Path(curl.group(1))
-        ca = ca if ca.is_absolute() else ROOT / ca
-        with httpx.Client(verify=client_context(ca), timeout=5) as client:
-            assigned = client.get(curl.group(2)).json()
-            answer = client.get(
-                assigned["server"]["url"] + "/", headers={"Affinity-Token": assigned["token"]}
-            )
-        assert answer.status_code == 200
-        assert answer.json()["server"] == assigned["server"]["id"]
-        assert answer.headers["affinity-server"] == assigned["server"]["id"]
+        assign_and_call(out, ROOT)
         # The printed client command works as printed, in a shell whose PATH lacks the venv.
         request = re.search(r"^  (.* request --referral .*)$", out, re.MULTILINE)
         assert request is not None, out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 import affinity
 from affinity.web.tls import client_context
-from tests.test_dev import alive, default_sigint, dev_ports, kill_children
+from tests.test_dev import alive, assign_and_call, running_dev
 
 ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTIONS = [
@@ -66,60 +65,22 @@ def test_installed_wheels_run_dev_from_an_empty_directory(installed: Path, tmp_p
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
-    listed = subprocess.run(
-        [str(installed / "bin" / "affinity"), "plugins"],
-        cwd=empty,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+
+    def run(*argv: str) -> str:
+        done = subprocess.run(
+            argv, cwd=empty, env=env, capture_output=True, text=True, timeout=60, check=True
+        )
+        return done.stdout
+
+    listed = run(str(installed / "bin" / "affinity"), "plugins")
     assert "ipfilter" in listed and "ratelimit" in listed, listed
-    metadata = subprocess.run(
-        [str(installed / "bin" / "python"), "-c", READ_METADATA],
-        cwd=empty,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.split()
+    metadata = run(str(installed / "bin" / "python"), "-c", READ_METADATA).split()
     assert metadata == [affinity.__version__, "Apache-2.0", "True", "False"], metadata
-    port = dev_ports()
-    proc = subprocess.Popen(
-        [str(installed / "bin" / "affinity"), "dev", "--port", str(port)],
-        cwd=empty,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=default_sigint,
-    )
-    lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        out = "".join(lines)
-        assert proc.poll() is None, out
-        pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
-        assert len(pids) == 4, out
-        curl = re.search(r"curl --cacert (\S+) (https://\S+/v1/assign)", out)
-        assert curl is not None, out
-        ca = empty / curl.group(1)
+    command = [str(installed / "bin" / "affinity"), "dev"]
+    with running_dev(tmp_path, command, cwd=empty, env=env) as (proc, out, pids):
+        referral, ca, _ = assign_and_call(out, empty)
         assert ca.is_file() and ca.is_relative_to(empty / ".affinity-dev"), out
-        with httpx.Client(verify=client_context(ca), timeout=5) as client:
-            assigned = client.get(curl.group(2)).json()
-            answer = client.get(
-                assigned["server"]["url"] + "/", headers={"Affinity-Token": assigned["token"]}
-            )
-        assert answer.status_code == 200
-        assert answer.json()["server"] == assigned["server"]["id"]
         # The dashboard's assets come from the installed package, not from this checkout.
-        referral = curl.group(2).removesuffix("/v1/assign")
         with httpx.Client(verify=client_context(ca), timeout=5) as client:
             for asset in ("dashboard.js", "dashboard.css", "icon.svg"):
                 served = client.get(f"{referral}/dashboard/static/{asset}")
@@ -129,8 +90,3 @@ def test_installed_wheels_run_dev_from_an_empty_directory(installed: Path, tmp_p
         rest, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, rest
         assert not [pid for pid in pids if alive(pid)]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        kill_children("".join(lines))
