@@ -153,9 +153,11 @@ heartbeat_interval = 0.5
         wait: bool = True,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        app: str | None = None,
     ) -> ChildProcess:
         """Start a referral; with ``port``, another instance on that port (its URL is
-        appended to ``referral_urls``), as several replicas behind DNS round robin."""
+        appended to ``referral_urls``), as several replicas behind DNS round robin;
+        with ``app``, a ``ReferralServer`` subclass (``module:Class`` or ``file.py:Class``)."""
         url = self.referral_url
         listen: dict[str, str] = {}
         if port is not None:
@@ -163,7 +165,7 @@ heartbeat_interval = 0.5
             listen = {"AFFINITY_REFERRAL_LISTEN": f"127.0.0.1:{port}"}
         proc = ChildProcess(
             "referral",
-            ["referral", "--config", str(self.config)],
+            ["referral", "--config", str(self.config), *(["--class", app] if app else [])],
             env={**self.env, **listen, **(env or {})},
             log=self.dir / f"referral-{len(self.referrals)}.log",
         )
