@@ -11,11 +11,12 @@ what the block is when that cannot be seen from the block alone:
     (Python: the two sources run as one; TOML: the two documents merged).
 ``in [section]``
     a TOML block that holds the keys of ``[section]`` without its header.
-``answer METHOD /path [from Class] [(part)]``
+``answer METHOD /path [from Class] [STATUS] [(part)]``
     the JSON the block shows is (part of) what the test deployment answers
-    to that request: the same keys at every level, values of the same types.
-    Paths under ``/.well-known/affinity/`` go to an app server (the demo, or
-    the server running ``Class`` of a Python block), others to the referral.
+    to that request: the same keys at every level, values of the same types,
+    with the status (default 200). Paths under ``/.well-known/affinity/`` go to
+    an app server (the demo, or the server running ``Class`` of a Python
+    block), others to the referral (with the admin token).
 ``settings NAME``
     a JSON shared settings document that the plugins must accept under NAME.
 ``output``
@@ -40,6 +41,7 @@ PAGES = (
     "README.md",
     "CONTRIBUTING.md",
     *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md"))),
+    "plugins/README.md",
     *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "plugins").glob("*/README.md"))),
     *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "examples").glob("*/README.md"))),
 )
@@ -53,7 +55,8 @@ _MARKER = re.compile(r"^\s*<!--\s*doc-test:\s*(.*?)\s*-->\s*$")
 _SKIP = re.compile(r"skip \((.+)\)")
 _IN = re.compile(r"in \[([\w.-]+)\]")
 _ANSWER = re.compile(
-    r"answer (GET|HEAD|POST|PUT|DELETE) (/\S*)(?: from ([A-Za-z_]\w*))?( \(part\))?"
+    r"answer (GET|HEAD|POST|PUT|DELETE) (/\S*)(?: from ([A-Za-z_]\w*))?(?: ([1-5]\d\d))?"
+    r"( \(part\))?"
 )
 _SETTINGS = re.compile(r"settings ([a-z][\w-]*)")
 FRAGMENT = "fragment of the block above"
@@ -93,8 +96,8 @@ class Block:
         found = _ANSWER.fullmatch(self.marker)
         if not found:
             return None
-        method, path, cls, part = found.groups()
-        return Answer(method, path, cls, bool(part))
+        method, path, cls, status, part = found.groups()
+        return Answer(method, path, cls, int(status or 200), bool(part))
 
     @property
     def settings(self) -> str | None:
@@ -130,13 +133,19 @@ class Answer:
     path: str
     app: str | None
     """The AppServer class (of a Python block) whose server answers; None: the demo's."""
+    status: int
     part: bool
     """The block shows only some of the keys."""
 
 
 def read_blocks(page: str) -> list[Block]:
     """The fenced blocks of one page, with their markers, in order."""
-    lines = (ROOT / page).read_text(encoding="utf-8").splitlines()
+    return parse_blocks(page, (ROOT / page).read_text(encoding="utf-8"))
+
+
+def parse_blocks(page: str, text: str) -> list[Block]:
+    """The fenced blocks of markdown ``text`` (from ``page``), with their markers, in order."""
+    lines = text.splitlines()
     found: list[Block] = []
     i = 0
     while i < len(lines):
@@ -242,13 +251,15 @@ def _commands_in(words: list[str]) -> Iterator[list[str]]:
 _INLINE = re.compile(r"`(affinity [^`]*--[^`]*)`")
 
 
-def inline_commands(page: str) -> list[tuple[str, list[str]]]:
+def inline_commands(page: str, text: str | None = None) -> list[tuple[str, list[str]]]:
     """The ``affinity ... --option`` commands written in inline code on a page (outside blocks).
 
     Optional parts in brackets are kept (``[--alg EdDSA]`` is parsed as given);
     a span with a placeholder in angle brackets or an ellipsis is passed over.
     """
-    lines = (ROOT / page).read_text(encoding="utf-8").splitlines()
+    if text is None:
+        text = (ROOT / page).read_text(encoding="utf-8")
+    lines = text.splitlines()
     found: list[tuple[str, list[str]]] = []
     inside = False
     for number, line in enumerate(lines, 1):
@@ -301,7 +312,8 @@ def shape_errors(shown: Any, real: Any, *, part: bool = False, where: str = "") 
         if not part:
             errors += [f"{here}: does not show {key!r}" for key in real.keys() - shown.keys()]
         for key in shown.keys() & real.keys():
-            errors += shape_errors(shown[key], real[key], part=part, where=f"{where}.{key}")
+            inner = f"{where}.{key}" if where else key
+            errors += shape_errors(shown[key], real[key], part=part, where=inner)
         return errors
     if isinstance(shown, list):
         if not isinstance(real, list):

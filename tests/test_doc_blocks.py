@@ -1,7 +1,8 @@
 """Every code block in the docs does what it shows, copied as written.
 
-The blocks of README.md, CONTRIBUTING.md, docs/*.md, plugins/*/README.md and
-examples/*/README.md are checked by language (markers: ``tests/docblocks.py``):
+The blocks of README.md, CONTRIBUTING.md, docs/*.md, plugins/README.md,
+plugins/*/README.md and examples/*/README.md are checked by language (markers:
+``tests/docblocks.py``):
 
 - ``python``: run. An ``AppServer`` subclass is also served for real by
   ``affinity serve file.py:Class`` (service: its ``name``, else its class name in
@@ -58,11 +59,13 @@ from tests.docblocks import (
     PAGES,
     ROOT,
     SHELL,
+    Answer,
     Block,
     affinity_commands,
     all_blocks,
     inline_commands,
     line_errors,
+    parse_blocks,
     shape_errors,
     shown_json,
     with_fragments,
@@ -150,14 +153,16 @@ class Fleet:
     def server_url(self, cls_name: str) -> str:
         return self.d.server_urls[self.servers[cls_name][0]]
 
-    def answer(self, method: str, path: str, app: str | None) -> Any:
+    def answer(self, answer: Answer) -> Any:
+        """The JSON answer to the request an ``answer`` marker names, with the status it names."""
+        method, path = answer.method, answer.path
         if path.startswith("/.well-known/affinity/"):
             with self.d.client() as c:
-                r = c.request(method, self.server_url(app or "demo") + path)
+                r = c.request(method, self.server_url(answer.app or "demo") + path)
         else:
             with self.d.admin() as c:
                 r = c.request(method, path)
-        assert r.status_code < 500, f"{method} {path}: {r.status_code} {r.text}"
+        assert r.status_code == answer.status, f"{method} {path}: {r.status_code} {r.text}"
         return r.json()
 
     def patch_clients(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -427,7 +432,7 @@ def test_json_block_is_what_is_answered(block: Block, request: pytest.FixtureReq
     answer = block.answer
     if answer is not None:
         fleet: Fleet = request.getfixturevalue("fleet")
-        real = fleet.answer(answer.method, answer.path, answer.app)
+        real = fleet.answer(answer)
         errors = shape_errors(shown, real, part=answer.part)
         assert not errors, f"{block.id} against {answer.method} {answer.path}:\n" + "\n".join(
             errors
@@ -509,3 +514,93 @@ def test_promql_names_documented_metrics(block: Block) -> None:
         names = {n.strip() for n in grouping.split(",")}
         metrics = [rows[m] for m in re.findall(r"affinity_\w+", block.text) if m in rows]
         assert all(names <= labels for labels in metrics), f"{block.id}: by ({grouping})"
+
+
+# -- the reader itself --------------------------------------------------------------------------
+
+PAGE = """\
+Text.
+
+```python
+x = 1
+```
+
+<!-- doc-test: fragment of the block above -->
+```python
+assert x == 1
+```
+
+- a list item:
+
+  <!-- doc-test: in [health] -->
+  ```toml
+  fall = 3
+  ```
+
+<!-- doc-test: answer GET /v1/servers from Shop 403 (part) -->
+```json
+"services": {}
+```
+
+```console
+$ affinity status --referral https://r.example \\
+    --json   # the document
+{"servers": []}
+$ export X=1 && affinity check --config a.toml | cat
+```
+
+<!-- doc-test: skip (a diagram) -->
+```mermaid
+graph
+```
+
+Run `affinity keys generate --file k.json [--alg EdDSA]`, not `affinity serve <app> --x`.
+"""
+
+
+def test_the_reader_finds_blocks_markers_fragments_and_commands() -> None:
+    blocks = parse_blocks("page.md", PAGE)
+    assert [(b.line, b.lang) for b in blocks] == [
+        (3, "python"),
+        (8, "python"),
+        (15, "toml"),
+        (20, "json"),
+        (24, "console"),
+        (32, "mermaid"),
+    ]
+    groups = list(with_fragments(blocks))
+    assert [(b.line, [f.line for f in fs]) for b, fs in groups][:2] == [(3, [8]), (15, [])]
+    assert blocks[2].section == "health" and blocks[2].text == "fall = 3\n"
+    assert blocks[3].answer == Answer("GET", "/v1/servers", "Shop", 403, True)
+    assert shown_json(blocks[3]) == {"services": {}}
+    assert affinity_commands(blocks[4]) == [
+        ["status", "--referral", "https://r.example", "--json"],
+        ["check", "--config", "a.toml"],
+    ]
+    assert blocks[5].skip_reason == "a diagram"
+    assert [b.marker_error() for b in blocks] == [None] * 6
+    assert Block("p", 1, "", "", "answer GET servers").marker_error()
+    assert inline_commands("page.md", PAGE) == [
+        ("page.md:36", ["keys", "generate", "--file", "k.json", "--alg", "EdDSA"])
+    ]
+    with pytest.raises(ValueError, match="no python block above"):
+        list(with_fragments(blocks[1:]))
+
+
+def test_shown_output_is_compared_by_shape() -> None:
+    assert shape_errors({"a": 1, "b": {"c": "x"}}, {"a": 2.5, "b": {"c": "y"}}) == []
+    assert shape_errors({"a": 1}, {"a": 1, "b": 2}) == ["the answer: does not show 'b'"]
+    assert shape_errors({"a": 1}, {"a": 1, "b": 2}, part=True) == []
+    assert shape_errors({"a": [{"b": True}]}, {"a": [{"b": 1}]}) == [
+        "a[].b: shown a boolean (True), is a number (1)"
+    ]
+    assert (
+        line_errors(["200 OK", "Server: s2", '{"n": 1}'], ["200 OK", "Server: s17", '{"n":3}'])
+        == []
+    )
+    assert line_errors(["id: ..."], ["id: abc"]) == []
+    assert line_errors(["200 OK"], ["404 Not Found"]) == [
+        "line 1: shows '200 OK', prints '404 Not Found'"
+    ]
+    assert line_errors(["{'a': 1}"], ['{"b": 1}']) != []
+    assert line_errors(["a"], ["a", "b"]) != []
