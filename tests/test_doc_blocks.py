@@ -276,7 +276,7 @@ def test_python_block_runs(
     source = _source(block, fragments)
     monkeypatch.chdir(tmp_path)
     fleet.patch_clients(monkeypatch)
-    module = types.ModuleType(f"doc_block_{block.line}")
+    module = types.ModuleType("doc_" + re.sub(r"\W", "_", block.id.lower()))
     monkeypatch.setitem(sys.modules, module.__name__, module)
     exec(compile(source, block.id, "exec"), module.__dict__)
     printed = capsys.readouterr().out.splitlines()
