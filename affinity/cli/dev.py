@@ -120,6 +120,9 @@ def run(directory: Path, port: int, servers: int, app: str, python_path: str) ->
         for (_, sport, _), proc in zip(rows, procs[1:], strict=True):
             url = f"https://127.0.0.1:{sport}{HEALTH_PATH}"
             wait_answering(url, proc, verify=verify, timeout=30, also=procs)
+        # Until the referral has seen a server pass its check, assign answers 503: wait for
+        # that, so that the commands printed below work at once.
+        wait_answering(f"{referral_url}/v1/assign", referral, verify=verify, timeout=30, also=procs)
         _print_banner(directory, referral_url, referral.pid, ca, rows)
         while True:
             if not referral.alive():
