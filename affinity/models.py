@@ -209,11 +209,23 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SharedSettings:
-    """A versioned document of settings shared through the registry (for example firewall rules)."""
+    """A versioned document of settings shared through the registry (for example firewall rules).
+
+    Documents of one name are ordered by :attr:`identity`, ``(epoch, version)``: a
+    registry that can lose its store (Consul's KV) starts a new, larger epoch each
+    time it creates the document, so a version counted again from 1 still supersedes
+    what every process holds. Registries that cannot lose it leave the epoch at 0.
+    """
 
     name: str
     version: int
     value: Mapping[str, Any]
+    epoch: int = 0
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        """``(epoch, version)``: the larger supersedes the smaller."""
+        return (self.epoch, self.version)
 
 
 def fast_constructor(cls: type[_V]) -> Callable[..., _V]:

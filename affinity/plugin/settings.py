@@ -2,9 +2,11 @@
 
 The registry delivers versioned documents (firewall rules and the like) to
 every referral and app server process. Each process offers every document it
-sees to :class:`SettingsInForce`: a newer version is checked by the plugins
-and put in force, or refused whole while the previous version stays; a
-refused version is logged and counted once, not on every registry read.
+sees to :class:`SettingsInForce`: a newer one (by ``(epoch, version)``) is
+checked by the plugins and put in force, or refused whole while the previous
+one stays; a refused or older document is logged and counted once, not on
+every registry read. A process never silently keeps an older document than
+the registry delivers.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class SettingsInForce:
     def __init__(self, manager: PluginManager, *, refused: Callable[[str], None] = _ignore) -> None:
         self._manager = manager
         self._refused = refused
-        self._refused_versions: dict[str, int] = {}
+        self._refused_identities: dict[str, tuple[int, int]] = {}
         self.documents: dict[str, SharedSettings] = {}
         """The document in force of each name."""
 
@@ -43,25 +45,38 @@ class SettingsInForce:
     def offer(self, settings: SharedSettings) -> bool:
         """Put ``settings`` in force if it is newer and the plugins accept it; True if so.
 
-        A version not newer than the one in force, or refused before, is
-        passed over without asking the plugins again.
+        Documents are ordered by ``(epoch, version)``. The one in force again
+        is passed over quietly; an older one (a store that lost its data and
+        counted again without a new epoch) is refused, logged and counted, as is
+        a version the plugins refuse, each once, not on every registry read.
         """
-        name, version = settings.name, settings.version
+        name, identity = settings.name, settings.identity
         current = self.documents.get(name)
-        in_force = current.version if current is not None else 0
-        if version <= in_force or self._refused_versions.get(name) == version:
+        in_force = current.identity if current is not None else (0, 0)
+        if identity == in_force or self._refused_identities.get(name) == identity:
+            return False
+        if identity < in_force:
+            self._refuse(settings, in_force, "older than the one in force")
             return False
         refusal = self._manager.apply_settings(settings)
         if refusal is not None:
-            self._refused_versions[name] = version
-            self._refused(name)
-            log.warning(
-                "refused shared settings %r version %d whole, version %d stays: %s",
-                name,
-                version,
-                in_force,
-                refusal,
-            )
+            self._refuse(settings, in_force, refusal)
             return False
         self.documents[name] = settings
         return True
+
+    def _refuse(self, settings: SharedSettings, in_force: tuple[int, int], why: object) -> None:
+        self._refused_identities[settings.name] = settings.identity
+        self._refused(settings.name)
+        log.warning(
+            "refused shared settings %r %s whole, %s stays: %s",
+            settings.name,
+            _describe(settings.identity),
+            _describe(in_force),
+            why,
+        )
+
+
+def _describe(identity: tuple[int, int]) -> str:
+    epoch, version = identity
+    return f"version {version}" + (f" (epoch {epoch})" if epoch else "")

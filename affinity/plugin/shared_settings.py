@@ -67,6 +67,7 @@ class SettingsPlugin(ABC, Generic[OptionsT, CompiledT]):
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
         self._version = 0
+        self._identity = (0, 0)
         self.configure(self.options_class())
 
     # -- what a subclass provides ---------------------------------------------------
@@ -93,6 +94,7 @@ class SettingsPlugin(ABC, Generic[OptionsT, CompiledT]):
         file = self.compile(options, Origin(f"plugins.{self.name}", source))
         self.options = options
         self._version = 0
+        self._identity = (0, 0)
         self._counts = {}
         self.install(file, None, 0)
         self._file = file
@@ -111,12 +113,13 @@ class SettingsPlugin(ABC, Generic[OptionsT, CompiledT]):
     def apply_settings(self, settings: SharedSettings) -> bool:
         """Put a newer shared document in force; True if applied.
 
-        Versions not newer than the one in force are ignored (redelivery, or a
+        Documents not newer (by ``(epoch, version)``) than the one in force are
+        ignored (redelivery, or a
         watch that went back in time). A document that does not compile keeps
         the previous one in force and is logged: a notification hook must not
         raise, or the plugins after this one would miss the change.
         """
-        if settings.version <= self._version:
+        if settings.identity <= self._identity:
             return False
         try:
             shared = self.compile_settings(settings)
@@ -126,7 +129,7 @@ class SettingsPlugin(ABC, Generic[OptionsT, CompiledT]):
             )
             return False
         self.install(self._file, shared, settings.version)
-        self._version = settings.version
+        self._version, self._identity = settings.version, settings.identity
         return True
 
     # -- observation ------------------------------------------------------------------

@@ -120,7 +120,8 @@ async def list_settings(request: Request) -> HTTPResponse:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.settings_event.wait(), wait)
     documents = {
-        name: {"version": s.version, "value": s.value} for name, s in ctx.settings.documents.items()
+        name: {"epoch": s.epoch, "version": s.version, "value": s.value}
+        for name, s in ctx.settings.documents.items()
     }
     return json_response({"index": ctx.settings_index, "settings": documents})
 
@@ -132,7 +133,9 @@ async def get_settings(request: Request, name: str) -> HTTPResponse:
     current = ctx.settings.documents.get(name)
     if current is None:
         raise NotFound(f"no shared settings named {name!r}", code=ErrorCode.UNKNOWN_SETTINGS)
-    return json_response({"name": name, "version": current.version, "value": current.value})
+    return json_response(
+        {"name": name, "epoch": current.epoch, "version": current.version, "value": current.value}
+    )
 
 
 @admin.put("/settings/<name>")
@@ -159,7 +162,7 @@ async def put_settings(request: Request, name: str) -> HTTPResponse:
         ) from exc
     stored = await ctx.registry.put_settings(name, value)
     await ctx.refresh_view()
-    return json_response({"name": name, "version": stored.version})
+    return json_response({"name": name, "epoch": stored.epoch, "version": stored.version})
 
 
 def _parse_object(body: bytes) -> dict[str, Any] | None:

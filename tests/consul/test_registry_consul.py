@@ -39,9 +39,10 @@ from affinity.builtin.consul.registrar import ConsulRegistrar
 from affinity.builtin.consul.registry import ConsulRegistry
 from affinity.config import Config, load
 from affinity.errors import ConfigError, RegistrationFailed, RegistryUnavailable
-from affinity.models import HealthStatus, Server
+from affinity.models import HealthStatus, Server, SharedSettings
 from affinity.plugin.manager import PluginManager
 from affinity.plugin.registry import RegistryView
+from affinity.plugin.settings import SettingsInForce
 from tests.consul.conftest import real_agent_url
 
 if TYPE_CHECKING:
@@ -688,6 +689,33 @@ async def test_settings_are_versioned_with_cas_and_reach_servers(
     await logged(caplog, "ignoring shared settings 'broken'", 5.0)
     with pytest.raises(RegistrationFailed):
         await one.put_settings("../x", {})
+
+
+async def test_settings_stay_monotonic_when_the_agent_loses_its_kv(
+    consul: Consul, standin: AgentStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    refusals: list[str] = []
+    registry = await consul.registry()
+    in_force = SettingsInForce(PluginManager(autoload=False, env={}), refused=refusals.append)
+    await registry.put_settings("ipfilter", {"deny": ["10.0.0.0/8"]})
+    before = await registry.put_settings("ipfilter", {"deny": ["10.0.0.0/8", "192.0.2.0/24"]})
+    assert in_force.offer(before) and before.version == 2
+    await asyncio.to_thread(standin.restart)  # back empty: KV gone, index at 1
+    await view_until(registry, lambda v: not v.stale and "ipfilter" not in v.settings, 5.0)
+    after = await registry.put_settings("ipfilter", {"deny": []})
+    assert after.version == 1, "the version counts again from 1 in the new key ..."
+    assert after.identity > before.identity, "... in a newer epoch"
+    view = await view_until(registry, lambda v: "ipfilter" in v.settings, 5.0)
+    assert view.settings["ipfilter"].identity == after.identity
+    assert in_force.offer(view.settings["ipfilter"])
+    assert in_force.documents["ipfilter"].value == {"deny": []}
+    # A document older than the one in force (a store that counted again without a new
+    # epoch) is refused, logged and counted, once.
+    older = SharedSettings(name="ipfilter", version=5, value={"deny": ["0.0.0.0/0"]})
+    assert not in_force.offer(older) and not in_force.offer(older)
+    assert refusals == ["ipfilter"]
+    assert "refused shared settings 'ipfilter' version 5 whole" in caplog.text
+    assert in_force.documents["ipfilter"] is view.settings["ipfilter"]
 
 
 # --------------------------------------------------------------------------------------

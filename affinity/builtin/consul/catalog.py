@@ -10,7 +10,11 @@ Layout under the KV prefix (``affinity/`` by default):
 * ``<prefix>drain/<server_id>`` — present: the server takes no new clients
   (written by ``POST /v1/servers/<id>/drain`` on any referral).
 * ``<prefix>settings/<name>`` — a shared settings document,
-  ``{"version": n, "value": {...}}``, written with check-and-set.
+  ``{"epoch": e, "version": n, "value": {...}}``, written with check-and-set.
+  ``epoch`` is chosen when the key is created (:func:`new_epoch`), kept while
+  it lives; documents are ordered by ``(epoch, version)``, so one written
+  after the agent lost its KV (version 1 again) still supersedes the one every
+  process holds. A document without ``epoch`` has epoch 0.
 """
 
 from __future__ import annotations
@@ -106,21 +110,29 @@ def settings_document(name: str, raw: bytes | None) -> SharedSettings | None:
     """A stored settings document, or None (logged) when it is not one."""
     try:
         doc = json.loads(raw or b"")
-        version, value = doc["version"], doc["value"]
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError(f"version {version!r} is not a positive integer")
+        version, value, epoch = doc["version"], doc["value"], doc.get("epoch", 0)
+        for field, number, least in (("version", version, 1), ("epoch", epoch, 0)):
+            if isinstance(number, bool) or not isinstance(number, int) or number < least:
+                raise ValueError(f"{field} {number!r} is not an integer >= {least}")
         if not isinstance(value, dict):
             raise ValueError("value is not an object")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("ignoring shared settings %r stored in Consul: %s", name, exc)
         return None
-    return SharedSettings(name=name, version=version, value=value)
+    return SharedSettings(name=name, version=version, value=value, epoch=epoch)
 
 
 def encode_settings(settings: SharedSettings) -> bytes:
     return json.dumps(
-        {"version": settings.version, "value": dict(settings.value)}, separators=(",", ":")
+        {"epoch": settings.epoch, "version": settings.version, "value": dict(settings.value)},
+        separators=(",", ":"),
     ).encode()
+
+
+def new_epoch(highest_seen: int, now: float) -> int:
+    """The epoch of a settings document created now: wall-clock milliseconds, and in any case
+    above every epoch this process has seen (so a lost KV never orders a new document first)."""
+    return max(int(now * 1000), highest_seen + 1)
 
 
 def read_kv(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -34,6 +35,7 @@ from affinity.builtin.consul.catalog import (
     drain_key,
     encode_settings,
     modify_index,
+    new_epoch,
     read_kv,
     servers_from_entries,
     settings_document,
@@ -123,6 +125,7 @@ class ConsulRegistry(Registry):
         self.board = Board()
         self._client: ConsulClient | None = None
         self._loops: dict[str, tuple[BlockingLoop[Any], asyncio.Task[None]]] = {}
+        self._seen: dict[str, tuple[int, int]] = {}
         self._pacing = Pacing(
             wait=options.wait,
             rate=options.watch_rate,
@@ -208,7 +211,14 @@ class ConsulRegistry(Registry):
 
     def _apply_kv(self, entries: list[Any]) -> None:
         self.board.draining, self.board.settings = read_kv(entries, self.options.kv_prefix)
+        for document in self.board.settings.values():
+            self._remember(document)
         self.board.publish()
+
+    def _remember(self, document: SharedSettings) -> None:
+        """The largest identity seen of each document, kept when the KV is lost."""
+        seen = self._seen.get(document.name, (0, 0))
+        self._seen[document.name] = max(seen, document.identity)
 
     # -- the Registry contract --------------------------------------------------------------
 
@@ -233,7 +243,12 @@ class ConsulRegistry(Registry):
         return True
 
     async def put_settings(self, name: str, value: Mapping[str, Any]) -> SharedSettings:
-        """Store a new version with check-and-set, so two referrals never write the same version."""
+        """Store a new version with check-and-set, so two referrals never write the same version.
+
+        The next version of the stored document keeps its epoch; a document
+        created (first, or after the agent lost its KV) starts at version 1 in
+        a new epoch above every one this process has seen.
+        """
         try:
             key = settings_key(self.options.kv_prefix, name)
         except ValueError as exc:
@@ -241,11 +256,15 @@ class ConsulRegistry(Registry):
         for _ in range(CAS_ATTEMPTS):
             entry = await self.client.kv_get(key)
             stored = settings_document(name, entry.get("Value")) if entry else None
-            known = self.board.settings.get(name)
-            version = max(stored.version if stored else 0, known.version if known else 0) + 1
-            document = SharedSettings(name=name, version=version, value=dict(value))
+            if stored is not None:
+                epoch, version = stored.epoch, stored.version + 1
+            else:  # created (again: the agent may have lost its KV): a new, larger epoch
+                highest, _ = self._seen.get(name, (0, 0))
+                epoch, version = new_epoch(highest, time.time()), 1
+            document = SharedSettings(name=name, version=version, value=dict(value), epoch=epoch)
             cas = modify_index(entry) if entry else 0
             if await self.client.kv_put(key, encode_settings(document), cas=cas):
+                self._remember(document)
                 self.board.settings = {**self.board.settings, name: document}
                 self.board.publish()
                 return document

@@ -115,7 +115,12 @@ class AdminApiRegistrar(Registrar):
 def _parse_settings(body: Any) -> tuple[int, Mapping[str, SharedSettings]]:
     try:
         documents = {
-            name: SharedSettings(name=name, version=int(doc["version"]), value=doc["value"])
+            name: SharedSettings(
+                name=name,
+                version=int(doc["version"]),
+                value=doc["value"],
+                epoch=int(doc.get("epoch", 0)),
+            )
             for name, doc in body["settings"].items()
         }
         return int(body["index"]), documents
