@@ -555,6 +555,8 @@ async def test_an_agent_that_lost_its_state_gets_the_server_back(
     server = await consul.register(registrar, health_target)
     await view_until(registry, passing(server.id), 5.0)
     await registrar.set_maintenance(server, True, "draining")
+    # Seen in maintenance first: a passing server the agent forgets would be held a while.
+    await view_until(registry, lambda v: status_of(v, server.id) is HealthStatus.MAINTENANCE, 3.0)
     await asyncio.to_thread(standin.reset)  # a -dev agent restart: everything forgotten
     await view_until(registry, lambda v: status_of(v, server.id) is None, 3.0)
     await registrar.heartbeat(server)
@@ -631,6 +633,79 @@ async def test_an_index_that_goes_backwards_is_followed(
     # the old index would see it only after another whole wait.
     second = await consul.register(registrar, make_health_target(), "s2")
     await view_until(registry, lambda v: status_of(v, second.id) is not None, 0.3)
+
+
+async def test_an_index_reset_is_noticed_before_the_blocking_read_ends(
+    consul: Consul,
+    make_health_target: Callable[..., HealthTarget],
+    standin: AgentStandIn,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "affinity.plugin.registry")
+    # Blocking reads wait 300 s; only the non-blocking read beside them can notice in time.
+    registry = await consul.registry(wait=300.0, reset_probe=0.1)
+    registrar = consul.registrar()
+    first = await consul.register(registrar, make_health_target(), "s1")
+    await view_until(registry, passing(first.id), 5.0)
+    await asyncio.to_thread(standin.force_index, 2)
+    await logged(caplog, "went back", 10.0)
+    second = await consul.register(registrar, make_health_target(), "s2")
+    await view_until(registry, lambda v: status_of(v, second.id) is not None, 10.0)
+
+
+async def test_after_a_reset_the_last_servers_are_kept_until_they_are_back(
+    consul: Consul, health_target: HealthTarget, standin: AgentStandIn
+) -> None:
+    registry = await consul.registry(wait=300.0, reset_probe=0.1, reset_grace=120.0)
+    registrar = consul.registrar()
+    server = await consul.register(registrar, health_target)
+    await view_until(registry, passing(server.id), 5.0)
+    seen: list[RegistryView] = []
+
+    async def record() -> None:
+        view = await registry.watch(-1, 0)
+        while True:
+            seen.append(view)
+            view = await registry.watch(view.index, 60.0)
+
+    recorder = asyncio.create_task(record())
+    try:
+        await asyncio.to_thread(standin.reset)  # an agent back empty, index at 1
+        held = await view_until(registry, lambda v: v.stale, 10.0)
+        assert passing(server.id)(held), "the last servers stay while the agent lacks them"
+        assert "keeping the last 1" in held.stale_reason
+        await registrar.heartbeat(server)  # registers again: critical, then passing
+        await view_until(registry, lambda v: not v.stale and passing(server.id)(v), 10.0)
+    finally:
+        recorder.cancel()
+        await asyncio.gather(recorder, return_exceptions=True)
+    assert all(passing(server.id)(v) for v in seen), "no view without the server: no 503"
+
+
+async def test_a_server_that_does_not_come_back_leaves_after_the_grace(
+    consul: Consul,
+    make_health_target: Callable[..., HealthTarget],
+    standin: AgentStandIn,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = await consul.registry(reset_probe=0.1, reset_grace=0.5)
+    registrar = consul.registrar()
+    back = await consul.register(registrar, make_health_target(), "s1")
+    gone = await consul.register(registrar, make_health_target(), "s2")
+    await view_until(registry, lambda v: passing(back.id)(v) and passing(gone.id)(v), 5.0)
+    await asyncio.to_thread(standin.restart)
+    await registrar.heartbeat(back)  # only s1 registers again
+    view = await view_until(registry, lambda v: not v.stale and status_of(v, gone.id) is None, 10.0)
+    assert "not back in Consul after 0.5s" in caplog.text
+    await view_until(registry, passing(back.id), 10.0)
+    assert view.stale_reason == ""
+
+
+def test_the_reset_grace_is_derived_from_heartbeat_and_check(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "a.toml", {"check_interval": 2.0, "check_timeout": 1.0})
+    assert parse_options(load(path, env={}), env={}).grace == 5.0 + 2.0 + 1.0
+    path = write_config(tmp_path / "b.toml", {"reset_grace": 3.0})
+    assert parse_options(load(path, env={}), env={}).grace == 3.0
 
 
 # --------------------------------------------------------------------------------------

@@ -9,6 +9,17 @@
   ``wait``.
 * After an error the next read is a plain one (index 0): the agent that comes
   back may be a fresh one whose indexes restarted at 1.
+* An index that goes backwards would otherwise show only when the pending
+  blocking read ends, a whole ``wait`` later (the agent holds it until its new
+  index passes the old one). So every ``reset_probe`` seconds, while a blocking
+  read is pending, the loop makes one non-blocking read of the same thing; an
+  index lower than the one it waits on is a reset, and its answer is used at
+  once. Indexes are compared per watch only: Consul's differ between endpoints.
+* A reset (an answer whose index is below the last one answered, also across
+  failed reads: an agent restarted without its data) is reported to the owner
+  (``reset``) before the answer is applied, so it can hold on to what the
+  agent forgot (see the registry). An agent that was only unreachable keeps
+  its indexes, and its answers are followed at once.
 * Each wait is jittered down by up to 10 % so referrals started together do
   not all come back to the agent in the same instant.
 * A token bucket bounds reads per second, so a value that churns degrades to
@@ -89,6 +100,7 @@ class Pacing:
     rate: float
     burst: int
     backoff_cap: float
+    reset_probe: float = 0.0
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     @property
@@ -120,14 +132,17 @@ class BlockingLoop(Generic[T]):
         apply: Callable[[T], None],
         failed: Callable[[str, str | None], None],
         pacing: Pacing,
+        reset: Callable[[str], None] | None = None,
     ) -> None:
         self.what = what
         self._fetch = fetch
         self._apply = apply
         self._failed = failed
+        self._reset = reset
         self._pacing = pacing
         self._bucket = TokenBucket(pacing.rate, pacing.burst, sleep=pacing.sleep)
         self._backoff = pacing.backoff
+        self._last = 0
         self.status = _Status()
 
     @property
@@ -141,20 +156,49 @@ class BlockingLoop(Generic[T]):
         while True:
             await self._bucket.take()
             try:
-                returned, data = await self._fetch(index, jittered(self._pacing.wait))
+                returned, data = await self._read(index)
             except RegistryError as exc:
                 index = 0
                 await self._fail(exc)
                 continue
             index = next_index(index, returned)
-            self._succeed(data)
+            self._succeed(returned, data)
 
-    def _succeed(self, data: T) -> None:
+    async def _read(self, index: int) -> tuple[int, T]:
+        """One blocking read, cut short by a non-blocking one that finds the index went back."""
+        wait = jittered(self._pacing.wait)
+        probe = self._pacing.reset_probe
+        if index <= 0 or probe <= 0:
+            return await self._fetch(index, wait)
+        blocking = asyncio.ensure_future(self._fetch(index, wait))
+        try:
+            while True:
+                done, _ = await asyncio.wait({blocking}, timeout=probe)
+                if done:
+                    return blocking.result()
+                try:
+                    returned, data = await self._fetch(0, 0.0)
+                except RegistryError:
+                    continue  # the blocking read will tell
+                if max(returned, 1) < index:
+                    log.info("Consul index of %s went back (%d < %d)", self.what, returned, index)
+                    return returned, data
+        finally:
+            if not blocking.done():
+                blocking.cancel()
+            await asyncio.gather(blocking, return_exceptions=True)
+
+    def _succeed(self, returned: int, data: T) -> None:
         status = self.status
         status.reads += 1
-        if status.failures:
+        recovered = status.failures > 0
+        if recovered:
             log.info("Consul answers %s again after %d failed reads", self.what, status.failures)
             status.failures = 0
+        went_back = max(returned, 1) < self._last
+        self._last = max(returned, 1)
+        if went_back and self._reset is not None:
+            self._reset(self.what)
         self._failed(self.what, None)
         self._apply(data)
         status.first_done.set()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from affinity.config import Config
+from affinity.config import Config, ServerSettings
 from affinity.convert import env_name
 from affinity.plugin.options import Origin, option, resolved
 
@@ -29,6 +29,8 @@ CONSUL_TOKEN_ENV = "CONSUL_HTTP_TOKEN"
 CONSUL_ADDR_ENV = "CONSUL_HTTP_ADDR"
 CONSUL_SSL_ENV = "CONSUL_HTTP_SSL"
 KEY = "registry.options"
+HEARTBEAT = ServerSettings().heartbeat_interval
+"""The app server's default ``server.heartbeat_interval``: how soon it registers again."""
 
 _HOST = r"[A-Za-z0-9.:\[\]-]{1,253}"
 _TAG = r"[A-Za-z0-9][A-Za-z0-9._:=-]{0,127}"
@@ -111,6 +113,21 @@ class ConsulOptions:
     backoff_cap: float = option(
         5.0, low=0.1, high=300.0, help="Longest pause between failed reads (at most `wait`)."
     )
+    reset_probe: float = option(
+        5.0,
+        low=0.0,
+        high=300.0,
+        help="Seconds between non-blocking reads each watch makes beside its blocking one, "
+        "to notice an index that went backwards before the wait ends; 0: off.",
+    )
+    reset_grace: float = option(
+        0.0,
+        low=0.0,
+        high=3600.0,
+        help="Seconds a referral keeps the last servers of a service (marked stale) after "
+        "the agent came back without them; 0: the server heartbeat (5 s) + `check_interval` "
+        "+ `check_timeout`.",
+    )
     check_interval: float = option(
         1.0, low=0.01, high=3600.0, help="HTTP check interval (Consul raises it to at least 1 s)."
     )
@@ -139,6 +156,11 @@ class ConsulOptions:
     )
     token: str | None = resolved(None, secret=True)
     token_source: str = resolved("")
+
+    @property
+    def grace(self) -> float:
+        """``reset_grace``, or the time a server needs to re-register and pass its check."""
+        return self.reset_grace or HEARTBEAT + self.check_interval + self.check_timeout
 
     @property
     def base_url(self) -> str:

@@ -9,7 +9,8 @@ on changed, and numbers views itself: the index the referral sees is this
 process's own counter, so it never goes backwards even when Consul's do.
 
 While any loop fails the view is the last one, marked ``stale`` with the
-reason; the referral keeps assigning from it and shows it in
+reason (and after the agent came back without a service's servers, those
+stay for a grace period, see :class:`Board`); the referral keeps assigning from it and shows it in
 ``GET /v1/servers``. A loop that gets an answer again clears its failure at
 once, so the view is fresh within the back-off cap (at most ``wait``) of the
 agent answering.
@@ -53,13 +54,23 @@ CAS_ATTEMPTS = 8
 
 
 class Board:
-    """What every loop last read, and the view made of it (rebuilt only on change)."""
+    """What every loop last read, and the view made of it (rebuilt only on change).
 
-    def __init__(self) -> None:
+    A service whose servers the agent forgot (it came back empty after a
+    restart or an index reset) is *held*: its last assignable servers stay in
+    the view, marked stale, until every one of them is passing again or the
+    grace ends, whichever comes first; then the view follows the agent. Without
+    it, every client would get 503 while the servers register again.
+    """
+
+    def __init__(self, grace: float = 0.0) -> None:
+        self.grace = grace
         self.services: dict[str, tuple[Server, ...]] = {}
         self.draining: frozenset[str] = frozenset()
         self.settings: dict[str, SharedSettings] = {}
         self.failing: dict[str, str] = {}
+        self.held: dict[str, tuple[tuple[Server, ...], asyncio.TimerHandle]] = {}
+        self.latest: dict[str, tuple[Server, ...]] = {}
         self.view = RegistryView(index=1)
         self._changed = asyncio.Event()
 
@@ -70,6 +81,52 @@ class Board:
         elif what not in self.failing:
             self.failing[what] = reason
             self.publish()
+
+    def hold(self, service: str) -> None:
+        """The agent may have lost ``service``'s servers: keep those assignable now, for a while."""
+        keep = tuple(s for s in self.services.get(service, ()) if s.assignable)
+        if not keep or service in self.held or self.grace <= 0:
+            return
+        timer = asyncio.get_running_loop().call_later(self.grace, self._expire, service)
+        self.held[service] = (keep, timer)
+
+    def set_service(self, service: str, servers: tuple[Server, ...]) -> None:
+        """The agent's answer for ``service``; a held one keeps its servers until all are back."""
+        self.latest[service] = servers
+        if service in self.held:
+            kept, timer = self.held[service]
+            back = {s.id for s in servers if s.assignable}
+            if not {s.id for s in kept} <= back:
+                self.publish()
+                return
+            timer.cancel()
+            del self.held[service]
+            log.info("every server of %s is back in Consul; following it again", service)
+        self.services[service] = servers
+        self.publish()
+
+    def drop_service(self, service: str) -> None:
+        self.services.pop(service, None)
+        self.latest.pop(service, None)
+        if (held := self.held.pop(service, None)) is not None:
+            held[1].cancel()
+
+    def _expire(self, service: str) -> None:
+        kept, _ = self.held.pop(service)
+        back = {s.id for s in self.latest.get(service, ()) if s.assignable}
+        missing = sorted(s.id for s in kept if s.id not in back)
+        log.warning(
+            "%s: %s not back in Consul after %.1fs; following the agent",
+            service,
+            missing,
+            self.grace,
+        )
+        self.services[service] = self.latest.get(service, ())
+        self.publish()
+
+    def close(self) -> None:
+        for _, timer in self.held.values():
+            timer.cancel()
 
     def publish(self) -> None:
         """Make a new view if servers, settings or staleness changed, and wake the watchers."""
@@ -83,7 +140,13 @@ class Board:
                 key=lambda s: s.id,
             )
         )
-        stale = bool(self.failing)
+        reasons = dict(self.failing)
+        for service, (kept, _) in self.held.items():
+            reasons[f"service {service}"] = (
+                f"the Consul agent lost its servers (restarted or reset); keeping the last "
+                f"{len(kept)} for up to {self.grace:.1f}s while they register again"
+            )
+        stale = bool(reasons)
         current = self.view
         if (servers, dict(self.settings), stale) == (
             current.servers,
@@ -91,7 +154,7 @@ class Board:
             current.stale,
         ):
             return
-        reason = "; ".join(f"{k}: {v}" for k, v in sorted(self.failing.items()))
+        reason = "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
         self.view = RegistryView(
             index=current.index + 1,
             servers=servers,
@@ -122,7 +185,7 @@ class ConsulRegistry(Registry):
     def __init__(self, options: ConsulOptions, services: frozenset[str]) -> None:
         self.options = options
         self.configured = services
-        self.board = Board()
+        self.board = Board(options.grace)
         self._client: ConsulClient | None = None
         self._loops: dict[str, tuple[BlockingLoop[Any], asyncio.Task[None]]] = {}
         self._seen: dict[str, tuple[int, int]] = {}
@@ -131,6 +194,7 @@ class ConsulRegistry(Registry):
             rate=options.watch_rate,
             burst=options.watch_burst,
             backoff_cap=min(options.backoff_cap, options.wait),
+            reset_probe=options.reset_probe,
         )
 
     @property
@@ -168,7 +232,9 @@ class ConsulRegistry(Registry):
         fetch: Callable[[int, float], Awaitable[tuple[int, Any]]],
         apply: Callable[[Any], None],
     ) -> None:
-        loop: BlockingLoop[Any] = BlockingLoop(what, fetch, apply, self.board.failed, self._pacing)
+        loop: BlockingLoop[Any] = BlockingLoop(
+            what, fetch, apply, self.board.failed, self._pacing, reset=self._on_reset
+        )
         task = asyncio.get_running_loop().create_task(loop.run(), name=f"affinity.consul.{what}")
         task.add_done_callback(_report_crash)
         self._loops[what] = (loop, task)
@@ -184,8 +250,7 @@ class ConsulRegistry(Registry):
 
         def apply(entries: list[Any]) -> None:
             servers = servers_from_entries(entries, self.options.service_prefix)
-            self.board.services[service] = tuple(s for s in servers if s.service == service)
-            self.board.publish()
+            self.board.set_service(service, tuple(s for s in servers if s.service == service))
 
         self._spawn(what, fetch, apply)
 
@@ -193,9 +258,14 @@ class ConsulRegistry(Registry):
         what = f"service {service}"
         _, task = self._loops.pop(what)
         task.cancel()
-        self.board.services.pop(service, None)
+        self.board.drop_service(service)
         self.board.failing.pop(what, None)
         self.board.publish()
+
+    def _on_reset(self, what: str) -> None:
+        """A watch found the index gone back, or answers after failing: the agent may be new."""
+        if what.startswith("service "):
+            self.board.hold(what.removeprefix("service "))
 
     def _apply_catalog(self, services: Mapping[str, Any]) -> None:
         o = self.options
@@ -203,7 +273,8 @@ class ConsulRegistry(Registry):
         for service in sorted(wanted):
             self._watch_service(service)
         for what in [w for w in self._loops if w.startswith("service ")]:
-            if what.removeprefix("service ") not in wanted:
+            held = what.removeprefix("service ") in self.board.held
+            if what.removeprefix("service ") not in wanted and not held:
                 self._unwatch_service(what.removeprefix("service "))
 
     async def _read_kv(self, index: int, wait: float) -> tuple[int, list[Any]]:
@@ -277,6 +348,7 @@ class ConsulRegistry(Registry):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loops.clear()
+        self.board.close()
         if self._client is not None:
             await self._client.aclose()
 
