@@ -257,6 +257,19 @@ def test_deregistering_removes_the_service_and_an_unknown_id_is_404(
     assert agent.client.agent.service.deregister(server.id) is False
 
 
+def test_the_agent_lists_its_services_by_id(agent: Agent, health_target: HealthTarget) -> None:
+    """``/v1/agent/services``: what the heartbeat asks when ``/v1/agent/service/<id>`` is a 404
+    (to tell a forgotten service from an agent without that endpoint).
+    https://developer.hashicorp.com/consul/api-docs/agent/service#list-services
+    """
+    server = agent.register_server(health_target)
+    services = agent.client.agent.services()
+    assert services[server.id]["Service"] == agent.name
+    assert services[server.id]["ID"] == server.id
+    assert agent.client.agent.service.deregister(server.id) is True
+    assert server.id not in agent.client.agent.services()
+
+
 def test_a_service_critical_for_too_long_is_deregistered(
     agent: Agent, standin: AgentStandIn, timing: Timing
 ) -> None:

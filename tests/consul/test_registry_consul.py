@@ -565,6 +565,35 @@ async def test_an_agent_that_lost_its_state_gets_the_server_back(
     await view_until(registry, lambda v: status_of(v, server.id) is HealthStatus.MAINTENANCE, 3.0)
 
 
+async def test_the_heartbeat_registers_again_only_when_the_service_is_really_gone(
+    make_standin: Callable[..., AgentStandIn],
+    health_target: HealthTarget,
+    tmp_path: Path,
+    timing: Timing,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "affinity.server")
+    agent = make_standin(agent_service_endpoint=False)  # every /v1/agent/service/<id>: 404
+    harness = Consul(agent.url, tmp_path, timing)
+    try:
+        registry = await harness.registry()
+        registrar = harness.registrar()
+        server = await harness.register(registrar, health_target)
+        await view_until(registry, passing(server.id), 5.0)
+        index = agent.call(lambda: agent.state.index)
+        await registrar.heartbeat(server)
+        await registrar.heartbeat(server)
+        assert agent.call(lambda: agent.state.index) == index, "not registered again"
+        assert "registering again" not in caplog.text
+        assert "asking /v1/agent/services from now on" in caplog.text
+        await asyncio.to_thread(agent.reset)  # now it is really gone
+        await registrar.heartbeat(server)
+        assert "registering again" in caplog.text
+        assert agent.call(lambda: server.id in agent.state.services)
+    finally:
+        await harness.aclose()
+
+
 async def test_an_unreachable_agent_leaves_the_last_view_in_force_marked_stale(
     consul: Consul, health_target: HealthTarget, standin: AgentStandIn
 ) -> None:

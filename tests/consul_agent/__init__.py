@@ -10,7 +10,8 @@ those behaviours and runs against a real agent too (``AFFINITY_TEST_CONSUL``).
 What it serves (https://developer.hashicorp.com/consul/api-docs):
 
 * ``PUT /v1/agent/service/register`` (one HTTP check), ``.../deregister/<id>``,
-  ``.../maintenance/<id>``; ``GET /v1/agent/service/<id>``;
+  ``.../maintenance/<id>``; ``GET /v1/agent/service/<id>`` (or a 404 page with
+  ``StandInConfig.agent_service_endpoint = False``), ``GET /v1/agent/services``;
 * ``GET /v1/health/service/<name>``, ``/v1/catalog/services`` — blocking;
 * ``GET`` (single key or ``?recurse``, blocking), ``PUT`` (``?cas``, ``?flags``)
   and ``DELETE`` (``?recurse``) on ``/v1/kv/<key>``;

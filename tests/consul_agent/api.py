@@ -75,6 +75,7 @@ class AgentApi:
             web.put("/v1/agent/service/deregister/{id}", self.deregister),
             web.put("/v1/agent/service/maintenance/{id}", self.maintenance),
             web.get("/v1/agent/service/{id}", self.agent_service),
+            web.get("/v1/agent/services", self.agent_services),
             web.get("/v1/health/service/{name}", self.health_service),
             web.get("/v1/catalog/services", self.catalog_services),
             web.get("/v1/kv/{key:.*}", self.kv_get),
@@ -165,11 +166,19 @@ class AgentApi:
 
     async def agent_service(self, request: web.Request) -> web.StreamResponse:
         _only(request)
+        if not self.config.agent_service_endpoint:
+            raise ApiError(404, "404 page not found")
         found = self.state.services.get(service_id := request.match_info["id"])
         if found is None:
             raise ApiError(404, f"unknown service ID: {service_id}")
         self.require(request, "service:read", found.name)
         return _json(self.record(found))
+
+    async def agent_services(self, request: web.Request) -> web.StreamResponse:
+        """Every service of the agent by id; without a token (ACLs on), none."""
+        _only(request)
+        visible = self.allowed(request)
+        return _json({s.id: self.record(s) for s in self.sorted() if visible})
 
     # -- discovery
 

@@ -51,6 +51,8 @@ class StandInConfig:
     reap_interval: float = 30.0
     # What HTTP checks trust besides the system store (a real agent uses the system store).
     check_ca_file: str | None = None
+    # False: GET /v1/agent/service/<id> is missing (a 404 page), as on agents without it.
+    agent_service_endpoint: bool = True
 
 
 @dataclass(slots=True)

@@ -304,6 +304,14 @@ class ConsulClient:
         )
         return result
 
+    async def agent_services(self) -> dict[str, Any]:
+        """``GET /v1/agent/services``: every service the agent holds, by id."""
+        services = await self.api.agent.services()
+        if not isinstance(services, dict):
+            msg = f"Consul answered GET /v1/agent/services with {type(services).__name__}"
+            raise RegistryUnavailable(msg)
+        return services
+
     async def aclose(self) -> None:
         await self.http.aclose()
         # Let aiohttp finish closing the connector's transports before the loop moves on.

@@ -6,8 +6,9 @@ server's own health endpoint, so Consul's passing / warning / critical follow
 the server's 200 / 429 / 503. A new check starts critical, as Consul
 intends: a server is not sent clients before the agent has seen it healthy.
 
-The heartbeat asks the agent for the service (``/v1/agent/service/<id>``) and
-registers again on 404 — an agent restarted without its data directory (a
+The heartbeat asks the agent for the service (``/v1/agent/service/<id>``,
+a 404 confirmed with ``/v1/agent/services``) and registers again only when it
+is really absent — an agent restarted without its data directory (a
 ``-dev`` agent) forgets every service — restoring maintenance mode if the
 server was draining. Drain is the agent's maintenance mode, which makes the
 instance fail ``?passing`` everywhere at once.
@@ -66,6 +67,7 @@ class ConsulRegistrar(Registrar):
         self.options = options
         self._client: ConsulClient | None = None
         self._maintenance: tuple[bool, str] = (False, "")
+        self._list_only = False
         self._bucket = TokenBucket(options.watch_rate, options.watch_burst)
 
     @property
@@ -124,9 +126,30 @@ class ConsulRegistrar(Registrar):
         await self.client.maintenance(server.id, enabled, reason)
 
     async def heartbeat(self, server: Server) -> None:
-        if await self.client.agent_service(server.id) is None:
-            log.warning("the Consul agent forgot %s (restarted?); registering again", server.id)
-            await self.register(server)
+        """Register again only when the agent really lacks the service.
+
+        A 404 from ``/v1/agent/service/<id>`` is confirmed with
+        ``/v1/agent/services``: if the service is listed there, the agent lacks
+        the single-service endpoint (older or other implementations), and the
+        list is asked from then on.
+        """
+        if await self._known(server.id):
+            return
+        log.warning("the Consul agent forgot %s (restarted?); registering again", server.id)
+        await self.register(server)
+
+    async def _known(self, service_id: str) -> bool:
+        if not self._list_only and await self.client.agent_service(service_id) is not None:
+            return True
+        known = service_id in await self.client.agent_services()
+        if known and not self._list_only:
+            self._list_only = True
+            log.info(
+                "the Consul agent answers 404 on /v1/agent/service/%s yet lists it; "
+                "asking /v1/agent/services from now on",
+                service_id,
+            )
+        return known
 
     async def deregister(self, server: Server) -> None:
         if not await self.client.deregister(server.id):
