@@ -125,3 +125,21 @@ def test_keys_admin_token_writes_a_long_random_secret_once(
     assert "exists" in capsys.readouterr().err and path.read_text() == first
     assert main(["keys", "admin-token", "--file", str(path), "--force"]) == 0
     assert path.read_text() != first
+
+
+@pytest.mark.parametrize(
+    ("registry", "expected"),
+    [
+        ('backend = "consul"\n[registry.options]\nkv-prefix = "a/"', "registry.options.kv-prefix"),
+        ('backend = "consul"\n[registry.options]\nkv_prefix = "affinity"', "ending with '/'"),
+        ('backend = "embedded"\n[registry.options]\nkv_prefix = "a/"', "takes no options"),
+        ('backend = "consull"', "registry.backend"),
+    ],
+)
+def test_check_builds_the_registry_so_its_mistakes_fail_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], registry: str, expected: str
+) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text(f"[registry]\n{registry}\n")
+    assert main(["check", "--config", str(path)]) == 2
+    assert expected in capsys.readouterr().err

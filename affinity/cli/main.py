@@ -46,6 +46,7 @@ def _check(args: argparse.Namespace) -> int:
     manager.configure(config)  # every declared [plugins.*] table, and the registry's options
     for service in config.services:
         manager.make_policy(service, config)
+    manager.make_registry(config)  # built as `referral` builds it (not started: nothing connects)
     tables = ", ".join(f"[plugins.{name}]" for name in sorted(manager.declared_options()))
     print(
         f"{config.source}: ok ({len(config.services)} services; options of {tables or 'no plugin'})"

@@ -183,6 +183,9 @@ def affinity_make_registry(config: Config) -> Registry | None:
     """Provide the embedded registry for ``registry.backend = "embedded"``."""
     if config.registry.backend != "embedded":
         return None
+    for key in config.registry.options:
+        msg = "the embedded registry takes no options (they are for another backend)"
+        raise ConfigError(msg, key=f"registry.options.{key}", source=config.source)
     if config.referral.workers > 1 and config.referral.state_file is None:
         msg = "more than one worker needs referral.state_file so workers share registrations"
         raise ConfigError(msg, key="referral.state_file", source=config.source)
