@@ -189,6 +189,10 @@ def passing(server_id: str) -> Callable[[RegistryView], bool]:
     return lambda view: status_of(view, server_id) is HealthStatus.PASSING
 
 
+def draining(server_id: str) -> Callable[[RegistryView], bool]:
+    return lambda view: any(s.id == server_id and s.draining for s in view.servers)
+
+
 # --------------------------------------------------------------------------------------
 # Options: validated before anything connects, explicit settings win over the environment
 
@@ -397,7 +401,25 @@ SERF = {"CheckID": "serfHealth", "Status": "passing"}
         ),
         (
             [SERF, {"CheckID": "_service_maintenance:s1", "Status": "critical"}],
-            HealthStatus.MAINTENANCE,
+            HealthStatus.PASSING,
+            True,
+        ),
+        (  # a self-drained server answers its check 429: still passing, draining
+            [
+                SERF,
+                {"CheckID": "service:s1", "Status": "warning"},
+                {"CheckID": "_service_maintenance:s1", "Status": "critical"},
+            ],
+            HealthStatus.PASSING,
+            True,
+        ),
+        (
+            [
+                SERF,
+                {"CheckID": "service:s1", "Status": "critical"},
+                {"CheckID": "_service_maintenance:s1", "Status": "critical"},
+            ],
+            HealthStatus.CRITICAL,
             True,
         ),
         ([{"CheckID": "_node_maintenance", "Status": "critical"}], HealthStatus.MAINTENANCE, True),
@@ -508,10 +530,10 @@ async def test_maintenance_drains_and_deregistration_removes(
     server = await consul.register(registrar, health_target)
     await view_until(registry, passing(server.id), consul.timing.deadline)
     await registrar.set_maintenance(server, True, "draining")
-    view = await view_until(
-        registry, lambda v: status_of(v, server.id) is HealthStatus.MAINTENANCE, 2.0
-    )
-    assert next(s for s in view.servers if s.id == server.id).draining
+    view = await view_until(registry, draining(server.id), 2.0)
+    drained = next(s for s in view.servers if s.id == server.id)
+    # As a KV drain: no new clients, and the ones there stay until the server sends them away.
+    assert drained.keeps_clients and not drained.assignable
     await registrar.set_maintenance(server, False)
     await view_until(registry, passing(server.id), 2.0)
     await registrar.deregister(server)
@@ -555,14 +577,14 @@ async def test_an_agent_that_lost_its_state_gets_the_server_back(
     server = await consul.register(registrar, health_target)
     await view_until(registry, passing(server.id), 5.0)
     await registrar.set_maintenance(server, True, "draining")
-    # Seen in maintenance first: a passing server the agent forgets would be held a while.
-    await view_until(registry, lambda v: status_of(v, server.id) is HealthStatus.MAINTENANCE, 3.0)
+    # Seen draining first: an assignable server the agent forgets would be held a while.
+    await view_until(registry, draining(server.id), 3.0)
     await asyncio.to_thread(standin.reset)  # a -dev agent restart: everything forgotten
     await view_until(registry, lambda v: status_of(v, server.id) is None, 3.0)
     await registrar.heartbeat(server)
     # Registered again (critical until its check passes, so never assignable in between),
-    # with maintenance mode restored.
-    await view_until(registry, lambda v: status_of(v, server.id) is HealthStatus.MAINTENANCE, 3.0)
+    # with maintenance mode restored: draining again.
+    await view_until(registry, draining(server.id), 3.0)
 
 
 async def test_the_heartbeat_registers_again_only_when_the_service_is_really_gone(
@@ -676,8 +698,10 @@ async def test_an_index_reset_is_noticed_before_the_blocking_read_ends(
     registrar = consul.registrar()
     first = await consul.register(registrar, make_health_target(), "s1")
     await view_until(registry, passing(first.id), 5.0)
+    reset = time.monotonic()
     await asyncio.to_thread(standin.force_index, 2)
     await logged(caplog, "went back", 10.0)
+    print(f"index reset noticed in {time.monotonic() - reset:.3f}s (wait 300 s, probe 0.1 s)")
     second = await consul.register(registrar, make_health_target(), "s2")
     await view_until(registry, lambda v: status_of(v, second.id) is not None, 10.0)
 
@@ -699,12 +723,15 @@ async def test_after_a_reset_the_last_servers_are_kept_until_they_are_back(
 
     recorder = asyncio.create_task(record())
     try:
+        reset = time.monotonic()
         await asyncio.to_thread(standin.reset)  # an agent back empty, index at 1
         held = await view_until(registry, lambda v: v.stale, 10.0)
+        noticed = time.monotonic() - reset
         assert passing(server.id)(held), "the last servers stay while the agent lacks them"
         assert "keeping the last 1" in held.stale_reason
         await registrar.heartbeat(server)  # registers again: critical, then passing
         await view_until(registry, lambda v: not v.stale and passing(server.id)(v), 10.0)
+        print(f"reset held after {noticed:.3f}s; fresh {time.monotonic() - reset:.3f}s after it")
     finally:
         recorder.cancel()
         await asyncio.gather(recorder, return_exceptions=True)

@@ -41,19 +41,31 @@ _STATUS = {s.value: s for s in (HealthStatus.PASSING, HealthStatus.WARNING, Heal
 
 
 def health_of(checks: Iterable[Mapping[str, Any]]) -> tuple[HealthStatus, bool]:
-    """An instance's status from all its checks (node ones too), and whether it is in maintenance.
+    """An instance's status from all its checks (node ones too), and whether it is draining.
 
-    A maintenance check (service or node) means maintenance and draining,
-    whatever the others say; otherwise the worst check wins, and a status
-    word Consul does not define counts as critical.
+    Service maintenance is how an app server drains itself (SIGTERM, or its
+    drain endpoint): it means draining, like a KV drain flag, and the health is
+    that of the other checks, a ``warning`` counting as passing (a draining
+    server answers its check ``429``). So clients already on the server stay
+    until it sends them away (``503`` + ``Affinity-Reassign``), whichever way
+    it was drained. Node maintenance (an operator taking the host out) means
+    maintenance: its clients move at once. Otherwise the worst check wins, and a
+    status word Consul does not define counts as critical.
     """
     statuses = []
+    draining = False
     for check in checks:
         check_id = str(check.get("CheckID", ""))
-        if check_id.startswith(SERVICE_MAINTENANCE) or check_id == NODE_MAINTENANCE:
+        if check_id == NODE_MAINTENANCE:
             return HealthStatus.MAINTENANCE, True
+        if check_id.startswith(SERVICE_MAINTENANCE):
+            draining = True
+            continue
         statuses.append(_STATUS.get(str(check.get("Status")), HealthStatus.CRITICAL))
-    return worst(*statuses), False
+    status = worst(*statuses)
+    if draining and status is HealthStatus.WARNING:
+        status = HealthStatus.PASSING
+    return status, draining
 
 
 def server_from_entry(entry: Mapping[str, Any], prefix: str) -> Server | None:
