@@ -831,11 +831,19 @@ async def test_settings_stay_monotonic_when_the_agent_loses_its_kv(
     await registry.put_settings("ipfilter", {"deny": ["10.0.0.0/8"]})
     before = await registry.put_settings("ipfilter", {"deny": ["10.0.0.0/8", "192.0.2.0/24"]})
     assert in_force.offer(before) and before.version == 2
-    await asyncio.to_thread(standin.restart)  # back empty: KV gone, index at 1
-    await view_until(registry, lambda v: not v.stale and "ipfilter" not in v.settings, 5.0)
+    # An app server's settings watch, blocking for up to 300 s on the old index.
+    registrar = consul.registrar(wait=300.0, reset_probe=0.1)
+    index, _ = await registrar.watch_settings(0, 300.0)
+    watching = asyncio.create_task(registrar.watch_settings(index, 300.0))
+    await asyncio.to_thread(standin.reset)  # back empty: KV gone, index at 1
+    await view_until(registry, lambda v: "ipfilter" not in v.settings, 5.0)
     after = await registry.put_settings("ipfilter", {"deny": []})
     assert after.version == 1, "the version counts again from 1 in the new key ..."
     assert after.identity > before.identity, "... in a newer epoch"
+    _, delivered = await asyncio.wait_for(watching, 10.0)
+    if "ipfilter" not in delivered:  # the probe saw the empty KV before the write
+        _, delivered = await registrar.watch_settings(1, 10.0)
+    assert delivered["ipfilter"].identity == after.identity
     view = await view_until(registry, lambda v: "ipfilter" in v.settings, 5.0)
     assert view.settings["ipfilter"].identity == after.identity
     assert in_force.offer(view.settings["ipfilter"])

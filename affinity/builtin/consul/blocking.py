@@ -92,6 +92,33 @@ def jittered(wait: float, jitter: float = 0.1) -> float:
     return wait * random.uniform(1.0 - jitter, 1.0)
 
 
+async def probed_read(
+    fetch: Fetch[T], index: int, wait: float, probe: float, what: str
+) -> tuple[int, T]:
+    """One blocking read, cut short by a non-blocking one (every ``probe`` seconds; 0: none)
+    that finds the index went back: that answer is current, the blocking one would come
+    only after ``wait``."""
+    if index <= 0 or probe <= 0:
+        return await fetch(index, wait)
+    blocking = asyncio.ensure_future(fetch(index, wait))
+    try:
+        while True:
+            done, _ = await asyncio.wait({blocking}, timeout=probe)
+            if done:
+                return blocking.result()
+            try:
+                returned, data = await fetch(0, 0.0)
+            except RegistryError:
+                continue  # the blocking read will tell
+            if max(returned, 1) < index:
+                log.info("Consul index of %s went back (%d < %d)", what, returned, index)
+                return returned, data
+    finally:
+        if not blocking.done():
+            blocking.cancel()
+        await asyncio.gather(blocking, return_exceptions=True)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pacing:
     """How one loop paces its reads: wait, rate limit and error back-off."""
@@ -165,28 +192,8 @@ class BlockingLoop(Generic[T]):
             self._succeed(returned, data)
 
     async def _read(self, index: int) -> tuple[int, T]:
-        """One blocking read, cut short by a non-blocking one that finds the index went back."""
         wait = jittered(self._pacing.wait)
-        probe = self._pacing.reset_probe
-        if index <= 0 or probe <= 0:
-            return await self._fetch(index, wait)
-        blocking = asyncio.ensure_future(self._fetch(index, wait))
-        try:
-            while True:
-                done, _ = await asyncio.wait({blocking}, timeout=probe)
-                if done:
-                    return blocking.result()
-                try:
-                    returned, data = await self._fetch(0, 0.0)
-                except RegistryError:
-                    continue  # the blocking read will tell
-                if max(returned, 1) < index:
-                    log.info("Consul index of %s went back (%d < %d)", self.what, returned, index)
-                    return returned, data
-        finally:
-            if not blocking.done():
-                blocking.cancel()
-            await asyncio.gather(blocking, return_exceptions=True)
+        return await probed_read(self._fetch, index, wait, self._pacing.reset_probe, self.what)
 
     def _succeed(self, returned: int, data: T) -> None:
         status = self.status

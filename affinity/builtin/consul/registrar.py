@@ -22,7 +22,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from affinity.builtin.consul.blocking import TokenBucket
+from affinity.builtin.consul.blocking import TokenBucket, probed_read
 from affinity.builtin.consul.catalog import (
     RESERVED_META_PREFIXES,
     SETTINGS,
@@ -164,12 +164,18 @@ class ConsulRegistrar(Registrar):
     async def watch_settings(
         self, index: int, wait: float
     ) -> tuple[int, Mapping[str, SharedSettings]]:
-        """A blocking read of ``<prefix>settings/``; rate-limited like every watch."""
+        """A blocking read of ``<prefix>settings/``; rate-limited and probed for an index
+        reset like every watch, so a document written after the agent lost its KV arrives
+        within ``reset_probe``, not after the pending read's ``wait``."""
         await self._bucket.take()
         prefix = self.options.kv_prefix
-        returned, entries = await self.client.kv_list(
-            prefix + SETTINGS, max(index, 0), min(wait, self.options.wait)
-        )
+
+        async def fetch(at: int, wait: float) -> tuple[int, list[Any]]:
+            return await self.client.kv_list(prefix + SETTINGS, at, wait)
+
+        wait = min(wait, self.options.wait)
+        probe = self.options.reset_probe
+        returned, entries = await probed_read(fetch, max(index, 0), wait, probe, "settings")
         _, settings = read_kv(entries, prefix)
         return returned, settings
 
