@@ -30,6 +30,8 @@ TABLE_ENV_PREFIXES = ("AFFINITY_PLUGINS_", "AFFINITY_REGISTRY_OPTIONS_")
 """Variables that override keys of tables read after loading (plugin and backend options)."""
 
 T = TypeVar("T")
+MIN_SECRET_LENGTH = 32
+"""The fewest characters a bearer secret (admin token, forwarded secret) may have."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,17 +234,35 @@ class Config:
         return self.services.get(name, ServiceSettings())
 
     def read_secret(self, path: Path | None, env: str, key: str) -> str | None:
-        """A secret from the environment variable ``env``, else from the file at ``path``."""
+        """A bearer secret from the environment variable ``env``, else from the file at ``path``.
+
+        None when neither is set. A secret that is set but empty, or shorter
+        than :data:`MIN_SECRET_LENGTH` characters once stripped, is a
+        :class:`ConfigError` naming the variable or ``key`` and the file: a
+        short secret can be guessed, and an empty one would match an empty
+        ``Authorization: Bearer`` header.
+        """
         value = os.environ.get(env)
-        if value:
-            return value.strip()
+        if value is not None:
+            return self._long_enough(value.strip(), f"the environment variable {env}", key)
         if path is None:
             return None
         try:
-            return path.read_text(encoding="utf-8").strip()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             msg = f"cannot read secret file {str(path)!r}: {exc.strerror}"
             raise ConfigError(msg, key=key, source=self.source) from exc
+        return self._long_enough(text.strip(), f"the file {str(path)!r}", key)
+
+    def _long_enough(self, secret: str, where: str, key: str) -> str:
+        if len(secret) < MIN_SECRET_LENGTH:
+            held = "is empty" if not secret else f"holds only {len(secret)} characters"
+            msg = (
+                f"the secret in {where} {held}; at least {MIN_SECRET_LENGTH} are needed "
+                "(make one with 'affinity keys admin-token --file FILE')"
+            )
+            raise ConfigError(msg, key=key, source=self.source)
+        return secret
 
 
 def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

@@ -12,7 +12,8 @@ from affinity.config import load
 from affinity.errors import AdminClosed, Unauthorized
 from affinity.web.auth import BearerAuth
 
-TOKEN = "s3cret-admin-token"
+TOKEN = "s3cret-admin-token-of-32-characters"
+FROM_ENV = "from-the-environment-32-characters"
 
 
 @pytest.mark.parametrize("token", [None, ""])
@@ -55,9 +56,9 @@ def test_the_environment_variable_wins_over_the_file(
 ) -> None:
     (tmp_path / "admin-token").write_text(TOKEN)
     (tmp_path / "affinity.toml").write_text('[referral]\nadmin_token_file = "admin-token"\n')
-    monkeypatch.setenv("AFFINITY_ADMIN_TOKEN", "from-env")
+    monkeypatch.setenv("AFFINITY_ADMIN_TOKEN", FROM_ENV)
     auth = BearerAuth.from_config(load(tmp_path / "affinity.toml", env={}), "referral")
-    auth.check("Bearer from-env")
+    auth.check(f"Bearer {FROM_ENV}")
     with pytest.raises(Unauthorized):
         auth.check(f"Bearer {TOKEN}")
 

@@ -107,18 +107,18 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
 
 def test_secrets_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = tmp_path / "token"
-    secret.write_text("s3cret\n")
+    secret.write_text("s3cret" * 6 + "\n")
     config = load(write(tmp_path, f"[referral]\nadmin_token_file = '{secret}'\n"), env={})
     monkeypatch.delenv("AFFINITY_ADMIN_TOKEN", raising=False)
     key = "referral.admin_token_file"
     assert (
         config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key)
-        == "s3cret"
+        == "s3cret" * 6
     )
-    monkeypatch.setenv("AFFINITY_ADMIN_TOKEN", "from-env")
+    monkeypatch.setenv("AFFINITY_ADMIN_TOKEN", "from-env" * 4)
     assert (
         config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key)
-        == "from-env"
+        == "from-env" * 4
     )
     monkeypatch.delenv("AFFINITY_ADMIN_TOKEN")
     secret.unlink()

@@ -1,9 +1,11 @@
 """The admin bearer-token check, one for the referral's admin API and the app servers' drain.
 
 The token is read once, when the app is built (from ``AFFINITY_ADMIN_TOKEN``
-or the section's ``admin_token_file``), and compared in constant time. Without
-a token, or with an empty one, every call is refused: ``403 admin_closed``
-says so, where a missing or wrong token is ``401 unauthorized``.
+or the section's ``admin_token_file``), and compared in constant time. A
+configured token that is empty or shorter than 32 characters stops the process
+at start (:meth:`affinity.config.Config.read_secret`). Without a token every
+call is refused: ``403 admin_closed`` says so, where a missing, empty or wrong
+token is ``401 unauthorized``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class BearerAuth:
 
     @property
     def configured(self) -> bool:
-        """False when no (or an empty) admin token is configured: the admin API is closed."""
+        """False when no admin token is configured: the admin API is closed."""
         return self._expected is not None
 
     def matches(self, given: str) -> bool:
@@ -68,8 +70,9 @@ class BearerAuth:
             )
         scheme, _, given = (authorization or "").partition(" ")
         # Compare whatever was sent, so the time taken says nothing about the scheme.
-        same = hmac.compare_digest(given.strip().encode(), self._expected)
-        if not (same and scheme.lower() == "bearer"):
+        given = given.strip()
+        same = hmac.compare_digest(given.encode(), self._expected)
+        if not (same and given and scheme.lower() == "bearer"):
             raise Unauthorized("a valid 'Authorization: Bearer <admin token>' header is required")
 
 
