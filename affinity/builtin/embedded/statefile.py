@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from affinity.errors import RegistryUnavailable
 from affinity.files import make_private_dir, write_private
 
 log = logging.getLogger("affinity.plugin.registry")
@@ -72,18 +73,27 @@ class StateFile:
         return state  # type: ignore[no-any-return]
 
     def update(self, change: Callable[[State], None]) -> State:
-        """Apply ``change`` to the state under the lock and write it back atomically."""
-        make_private_dir(self.path.parent)
-        with self._locked():
-            state = self.read()
-            change(state)
-            state["index"] = int(state.get("index", 0)) + 1
-            self._write(state)
-            return state
+        """Apply ``change`` to the state under the lock and write it back atomically.
+
+        A file system error (a full disk, a symlink planted as the lock) is a
+        :class:`RegistryUnavailable`, answered ``503`` by the admin API.
+        """
+        try:
+            make_private_dir(self.path.parent)
+            with self._locked():
+                state = self.read()
+                change(state)
+                state["index"] = int(state.get("index", 0)) + 1
+                self._write(state)
+                return state
+        except OSError as exc:
+            msg = f"cannot write the state file {str(self.path)!r}: {exc.strerror or exc}"
+            raise RegistryUnavailable(msg) from exc
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self._lock_path, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
