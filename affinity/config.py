@@ -16,6 +16,7 @@ command line.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -139,6 +140,12 @@ class TokenSettings:
             raise ValueError(f"ttl must be more than 0 seconds, got {self.ttl!r}")
         if not 0 <= self.jitter < 1:
             raise ValueError(f"jitter must be from 0 to less than 1, got {self.jitter!r}")
+
+    @property
+    def max_lifetime(self) -> float:
+        """The longest ``exp - iat`` a verifier accepts: the longest life the issuer draws
+        (``ttl * (1 + jitter)``, rounded up) plus the leeway."""
+        return math.ceil(self.ttl * (1 + self.jitter)) + self.leeway
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

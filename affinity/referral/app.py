@@ -102,6 +102,7 @@ class ReferralServer:
                 issuer=tokens.issuer,
                 leeway=tokens.leeway,
                 cache_size=tokens.cache_size,
+                max_lifetime=tokens.max_lifetime,
             ),
             metrics=metrics,
             health_sources=self.manager.make_health_sources(config),
