@@ -92,6 +92,13 @@ class ReferralSettings:
     real_ip_header: str = ""
     forwarded_secret_file: Path | None = None
     retry_after: float = 2.0
+    max_body_size: int = 64 * 1024
+    request_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_connection_limits(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +127,24 @@ class ServerSettings:
     proxies_count: int = 0
     real_ip_header: str = ""
     forwarded_secret_file: Path | None = None
+    max_body_size: int = 1024 * 1024
+    request_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    keep_alive_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        _check_connection_limits(self)
+
+
+def _check_connection_limits(settings: ReferralSettings | ServerSettings) -> None:
+    """Refuse limits that would refuse every request or hold connections without end."""
+    for key in ("request_timeout", "handshake_timeout", "keep_alive_timeout"):
+        if not getattr(settings, key) > 0:
+            raise ValueError(f"{key} must be more than 0 seconds, got {getattr(settings, key)!r}")
+    if settings.max_body_size < 1024:
+        # Sanic also caps the request head at this size: less would refuse plain requests.
+        msg = f"max_body_size must be at least 1024 bytes, got {settings.max_body_size!r}"
+        raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -149,3 +149,19 @@ def test_a_bad_policy_from_the_environment_names_the_variable(tmp_path: Path) ->
     assert str(caught.value).startswith(
         "environment variable AFFINITY_SERVICES_WEB_POLICY: services.web.policy: unknown policy"
     )
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("request_timeout = 0", "request_timeout"),
+        ("handshake_timeout = 0", "handshake_timeout"),
+        ("keep_alive_timeout = 0", "keep_alive_timeout"),
+        ("max_body_size = 1000", "max_body_size"),
+    ],
+)
+@pytest.mark.parametrize("section", ["referral", "server"])
+def test_connection_limits_are_checked(tmp_path: Path, section: str, line: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key) as info:
+        load(write(tmp_path, f"[{section}]\n{line}\n"), env={})
+    assert section in str(info.value)
