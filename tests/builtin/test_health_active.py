@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from affinity.builtin.health_active import (
@@ -213,7 +214,8 @@ async def test_a_check_reads_the_health_endpoint() -> None:
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(str(request.url))
-        return httpx.Response(200, json={"status": "passing", "load": {"active_clients": 2}})
+        body = orjson.dumps({"status": "passing", "load": {"active_clients": 2}})
+        return httpx.Response(200, stream=httpx.ByteStream(body))
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
     checker = ActiveHealthChecker(settings(), client=client)
