@@ -5,6 +5,9 @@ every referral and app server process. Each process offers every document it
 sees to :class:`SettingsInForce`: a newer version is checked by the plugins
 and put in force, or refused whole while the previous version stays; a
 refused version is logged and counted once, not on every registry read.
+Whatever a plugin raises on a document refuses it: a document that makes a
+plugin fail (a list where a name was expected, say) is a bad document, not a
+reason for the registry watch to stop.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from affinity.errors import ConfigError
 from affinity.models import SharedSettings
 from affinity.plugin.manager import PluginManager
 
@@ -40,6 +44,14 @@ class SettingsInForce:
         """The version in force of each document."""
         return {name: settings.version for name, settings in self.documents.items()}
 
+    def check(self, settings: SharedSettings) -> str | None:
+        """Why the plugins refuse ``settings``, or None if they accept it (nothing applied)."""
+        try:
+            self._manager.check_settings(settings)
+        except Exception as exc:
+            return _reason(exc)
+        return None
+
     def offer(self, settings: SharedSettings) -> bool:
         """Put ``settings`` in force if it is newer and the plugins accept it; True if so.
 
@@ -51,8 +63,12 @@ class SettingsInForce:
         in_force = current.version if current is not None else 0
         if version <= in_force or self._refused_versions.get(name) == version:
             return False
-        refusal = self._manager.apply_settings(settings)
-        if refusal is not None:
+        problem: Exception | None
+        try:
+            problem = self._manager.apply_settings(settings)
+        except Exception as exc:
+            problem = exc
+        if problem is not None:
             self._refused_versions[name] = version
             self._refused(name)
             log.warning(
@@ -60,8 +76,16 @@ class SettingsInForce:
                 name,
                 version,
                 in_force,
-                refusal,
+                _reason(problem),
+                exc_info=None if isinstance(problem, ConfigError) else problem,
             )
             return False
         self.documents[name] = settings
         return True
+
+
+def _reason(exc: Exception) -> str:
+    """A refusal as a sentence: a plugin's ConfigError as it is, anything else as a failure."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    return f"a plugin failed on it ({type(exc).__name__}: {exc})"

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from sanic import Blueprint, HTTPResponse, Request
 
-from affinity.errors import ConfigError, InvalidRequest, NotFound
+from affinity.errors import InvalidRequest, NotFound
 from affinity.models import Server, SharedSettings
 from affinity.protocol import ErrorCode
 from affinity.referral.context import ReferralContext
@@ -150,13 +150,12 @@ async def put_settings(request: Request, name: str) -> HTTPResponse:
     proposed = SharedSettings(
         name=name, version=(current.version if current else 0) + 1, value=value
     )
-    try:
-        ctx.manager.check_settings(proposed)
-    except ConfigError as exc:
+    problem = ctx.settings.check(proposed)
+    if problem is not None:
         ctx.metrics.settings_refused(name)
         raise InvalidRequest(
-            f"rejected whole, previous kept: {exc}", code=ErrorCode.INVALID_SETTINGS
-        ) from exc
+            f"rejected whole, previous kept: {problem}", code=ErrorCode.INVALID_SETTINGS
+        )
     stored = await ctx.registry.put_settings(name, value)
     await ctx.refresh_view()
     return json_response({"name": name, "version": stored.version})
