@@ -117,6 +117,7 @@ class ServerSettings:
     tls_key: Path | None = None
     insecure_http: bool = False
     referral_url: str = ""
+    insecure_referral: bool = False
     referral_ca: Path | None = None
     admin_token_file: Path | None = None
     active_window: float = 300.0
@@ -179,6 +180,8 @@ class RegistrySettings:
 
     backend: str = "embedded"
     options: Mapping[str, Any] = field(default_factory=dict)
+    allow_http: bool = False
+    allow_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -343,7 +346,7 @@ def _build(raw: dict[str, Any], source: str, base: Path, env: Mapping[str, str])
         for f in dataclasses.fields(cls)
         if env_name(f"{prefix}.{f.name}") in env
     )
-    return Config(
+    config = Config(
         source=source,
         base=base,
         env={k: v for k, v in env.items() if k.startswith(TABLE_ENV_PREFIXES)},
@@ -352,6 +355,24 @@ def _build(raw: dict[str, Any], source: str, base: Path, env: Mapping[str, str])
         plugins=raw.get("plugins", {}),
         **sections,
     )
+    _check_referral_urls(config)
+    return config
+
+
+def _check_referral_urls(config: Config) -> None:
+    """An app server sends its registration token to ``referral_url`` and trusts the keys at
+    ``jwks_url``: plain http:// only when ``server.insecure_referral`` says so."""
+    server = config.server
+    urls = [("server.referral_url", u.strip()) for u in server.referral_url.split(",")]
+    urls.append(("tokens.jwks_url", config.tokens.jwks_url.strip()))
+    for key, url in urls:
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if url and scheme != "https" and not (scheme == "http" and server.insecure_referral):
+            msg = (
+                f"expected an https:// URL, got {url!r}; plain http:// sends secrets and keys "
+                "in clear (set server.insecure_referral = true to allow it)"
+            )
+            raise ConfigError(msg, key=key, source=config.source_of(key))
 
 
 def _table(raw: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:

@@ -59,15 +59,25 @@ class CheckResult:
 
 @dataclass(slots=True)
 class Hysteresis:
-    """Rise/fall counting: the state flips only after enough results in a row disagree."""
+    """Rise/fall counting: the state flips only after enough results in a row disagree.
+
+    With ``known`` False the first result sets the state by itself: a server
+    nobody has checked yet is not "up" until ``fall`` checks fail, nor "down"
+    until ``rise`` pass.
+    """
 
     rise: int
     fall: int
     up: bool = True
     streak: int = 0
+    known: bool = True
 
     def feed(self, ok: bool) -> bool:
         """Count one result; True when it flipped the state."""
+        if not self.known:
+            self.known = True
+            flipped, self.up, self.streak = ok != self.up, ok, 0
+            return flipped
         if ok == self.up:
             self.streak = 0
             return False
@@ -211,9 +221,8 @@ class ActiveHealthChecker(HealthSource):
                 self._stop(self._states.pop(sid))
         for sid, server in current.items():
             if sid not in self._states:
-                state = _State(
-                    server=server, counter=Hysteresis(self.settings.rise, self.settings.fall)
-                )
+                counter = Hysteresis(self.settings.rise, self.settings.fall, known=False)
+                state = _State(server=server, counter=counter)
                 self._states[sid] = state
                 state.task = asyncio.get_running_loop().create_task(
                     self._watch(state, sink), name=f"affinity.check.{sid}"

@@ -20,7 +20,7 @@ from affinity.protocol import ErrorCode
 from affinity.referral.context import ReferralContext
 from affinity.web.auth import admin_only
 from affinity.web.http import json_response
-from affinity.web.names import check_id, check_origin, is_valid_id
+from affinity.web.names import OriginRules, check_server, is_valid_id
 
 admin = Blueprint("affinity_admin", url_prefix="/v1")
 
@@ -65,7 +65,9 @@ async def get_server(request: Request, server_id: str) -> HTTPResponse:
 async def put_server(request: Request, server_id: str) -> HTTPResponse:
     ctx = _ctx(request)
     try:
-        server = _parse_server(server_id, request.body, ctx.config.referral.default_service)
+        server = _parse_server(
+            server_id, request.body, ctx.config.referral.default_service, ctx.origin_rules
+        )
     except ValueError as exc:
         raise InvalidRequest(str(exc), code=ErrorCode.INVALID_SERVER) from exc
     await ctx.registry.register(server)
@@ -169,30 +171,18 @@ def _parse_object(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _parse_server(server_id: str, body: bytes, default_service: str) -> Server:
+def _parse_server(server_id: str, body: bytes, default_service: str, rules: OriginRules) -> Server:
     data = _parse_object(body)
     if data is None:
         raise ValueError("the body must be a JSON object with at least 'url'")
     unknown = set(data) - {"url", "service", "weight", "meta"}
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)}; expected url, service, weight, meta")
-    weight = data.get("weight", 1)
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 10_000:
-        raise ValueError(f"weight {weight!r} is not valid; expected an integer from 0 to 10000")
-    meta = data.get("meta", {})
-    if (
-        not isinstance(meta, dict)
-        or len(meta) > 64
-        or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 512
-            for k, v in meta.items()
-        )
-    ):
-        raise ValueError("meta must be an object of up to 64 string keys and string values")
-    return Server(
-        id=check_id(server_id),
-        service=check_id(data.get("service", default_service), "service"),
-        url=check_origin(data.get("url")),
-        weight=weight,
-        meta=meta,
+    return check_server(
+        server_id=server_id,
+        service=data.get("service", default_service),
+        url=data.get("url"),
+        weight=data.get("weight", 1),
+        meta=data.get("meta"),
+        rules=rules,
     )

@@ -79,8 +79,11 @@ class ReferralServer:
 
     def make_context(self) -> ReferralContext:
         config = self.config
+        health_sources = self.manager.make_health_sources(config)
         table = ServerTable(
-            slow_start=config.health.slow_start, panic_threshold=config.health.panic_threshold
+            slow_start=config.health.slow_start,
+            panic_threshold=config.health.panic_threshold,
+            await_first_check=bool(health_sources),
         )
         policies = {s: self.manager.make_policy(s, config) for s in config.services}
         tokens = config.tokens
@@ -105,7 +108,7 @@ class ReferralServer:
                 max_lifetime=tokens.max_lifetime,
             ),
             metrics=metrics,
-            health_sources=self.manager.make_health_sources(config),
+            health_sources=health_sources,
         )
 
     def setup(self, app: Sanic[Any, Any]) -> None:

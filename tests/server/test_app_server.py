@@ -23,7 +23,7 @@ def start(d: Deployment) -> Deployment:
         d.start_server(sid, app=APP, wait=False)
     for sid in ("s1", "s2"):
         d.wait_http(d.server_urls[sid] + "/.well-known/affinity/health", d.servers[sid])
-    wait_until(lambda: d.registered() == {"s1", "s2"}, 10, what="registration")
+    wait_until(lambda: d.assignable() == {"s1", "s2"}, 10, what="both checked and assignable")
     return d
 
 
