@@ -87,6 +87,7 @@ class ReferralSettings:
     redirect_prefix: str = "/go"
     cookie_domain: str = ""
     admin_token_file: Path | None = None
+    registration_secret_file: Path | None = None
     state_file: Path | None = None
     proxies_count: int = 0
     real_ip_header: str = ""
@@ -120,6 +121,7 @@ class ServerSettings:
     insecure_referral: bool = False
     referral_ca: Path | None = None
     admin_token_file: Path | None = None
+    registration_token_file: Path | None = None
     active_window: float = 300.0
     active_max: int = 100_000
     drain_grace: float = 5.0

@@ -10,7 +10,7 @@ import pytest
 import affinity.web.auth as auth_module
 from affinity.config import load
 from affinity.errors import AdminClosed, Unauthorized
-from affinity.web.auth import BearerAuth
+from affinity.web.auth import BearerAuth, RegistrationAuth, registration_token
 
 TOKEN = "s3cret-admin-token-of-32-characters"
 FROM_ENV = "from-the-environment-32-characters"
@@ -75,3 +75,28 @@ def test_the_source_compares_the_token_with_compare_digest_only() -> None:
         ):
             names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
             assert not names & {"token", "expected", "given", "same"}, ast.unparse(node)
+
+
+SECRET = "a-registration-secret-of-32-chars-or-more"
+
+
+def test_a_registration_token_names_its_server_and_nothing_else() -> None:
+    auth = RegistrationAuth(SECRET)
+    token = registration_token(SECRET, "s1")
+    assert token.startswith("s1.") and token != registration_token(SECRET, "s2")
+    assert auth.server_of(f"Bearer {token}") == "s1"
+    assert auth.server_of(f"bearer  {token} ") == "s1"
+    forged = [
+        None,
+        "",
+        "Bearer",
+        token,
+        f"Basic {token}",
+        f"Bearer {token}x",
+        f"Bearer s2.{token.split('.', 1)[1]}",
+        f"Bearer {registration_token('another-secret-of-32-characters!!', 's1')}",
+        "Bearer .",
+    ]
+    for header in forged:
+        assert auth.server_of(header) is None, header
+    assert RegistrationAuth(None).server_of(f"Bearer {token}") is None

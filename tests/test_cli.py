@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from affinity.cli.main import main, parser
+from affinity.web.auth import registration_token
 
 HELLO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "hello" / "affinity.toml"
 
@@ -125,3 +126,23 @@ def test_keys_admin_token_writes_a_long_random_secret_once(
     assert "exists" in capsys.readouterr().err and path.read_text() == first
     assert main(["keys", "admin-token", "--file", str(path), "--force"]) == 0
     assert path.read_text() != first
+
+
+def test_keys_registration_token_derives_one_servers_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AFFINITY_REGISTRATION_SECRET", raising=False)
+    secret, token = tmp_path / "registration-secret", tmp_path / "s1.token"
+    assert main(["keys", "registration-secret", "--file", str(secret)]) == 0
+    args = ["keys", "registration-token", "--id", "s1", "--secret-file", str(secret)]
+    assert main([*args, "--file", str(token)]) == 0
+    expected = registration_token(secret.read_text().strip(), "s1")
+    assert token.read_text().strip() == expected and expected.startswith("s1.")
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert main([*args, "--file", str(token)]) == 2, "an existing file is kept"
+    bad_id = ["keys", "registration-token", "--id", "bad id", "--secret-file", str(secret)]
+    assert main([*bad_id, "--file", str(tmp_path / "x")]) == 2
+    (tmp_path / "short").write_text("short\n")
+    short = ["keys", "registration-token", "--id", "s1", "--secret-file", str(tmp_path / "short")]
+    assert main([*short, "--file", str(tmp_path / "y")]) == 2
+    assert main(["keys", "registration-token", "--id", "s1", "--file", str(tmp_path / "z")]) == 2

@@ -2,7 +2,10 @@
 
 Every call needs ``Authorization: Bearer <admin token>``, compared in
 constant time (:mod:`affinity.web.auth`). Without an admin token configured
-the API is closed. Errors are raised; :mod:`affinity.web.http` answers them.
+the API is closed. A server's registration token also opens the calls on
+that server's own id, and reading the shared settings; listing all servers
+and writing settings stay with the admin token. Errors are raised;
+:mod:`affinity.web.http` answers them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from affinity.errors import InvalidRequest, NotFound
 from affinity.models import Server, SharedSettings
 from affinity.protocol import ErrorCode
 from affinity.referral.context import ReferralContext
-from affinity.web.auth import admin_only
+from affinity.web.auth import admin_only, admin_or_server
 from affinity.web.http import json_response
 from affinity.web.names import OriginRules, check_server, is_valid_id
 
@@ -51,7 +54,7 @@ async def list_servers(request: Request) -> HTTPResponse:
 
 
 @admin.get("/servers/<server_id>")
-@admin_only
+@admin_or_server
 async def get_server(request: Request, server_id: str) -> HTTPResponse:
     ctx = _ctx(request)
     server = ctx.table.get(server_id)
@@ -61,7 +64,7 @@ async def get_server(request: Request, server_id: str) -> HTTPResponse:
 
 
 @admin.put("/servers/<server_id>")
-@admin_only
+@admin_or_server
 async def put_server(request: Request, server_id: str) -> HTTPResponse:
     ctx = _ctx(request)
     try:
@@ -77,7 +80,7 @@ async def put_server(request: Request, server_id: str) -> HTTPResponse:
 
 
 @admin.delete("/servers/<server_id>")
-@admin_only
+@admin_or_server
 async def delete_server(request: Request, server_id: str) -> HTTPResponse:
     ctx = _ctx(request)
     if not await ctx.registry.deregister(server_id):
@@ -95,19 +98,19 @@ async def _set_draining(request: Request, server_id: str, draining: bool) -> HTT
 
 
 @admin.post("/servers/<server_id>/drain")
-@admin_only
+@admin_or_server
 async def drain(request: Request, server_id: str) -> HTTPResponse:
     return await _set_draining(request, server_id, True)
 
 
 @admin.post("/servers/<server_id>/resume")
-@admin_only
+@admin_or_server
 async def resume(request: Request, server_id: str) -> HTTPResponse:
     return await _set_draining(request, server_id, False)
 
 
 @admin.get("/settings")
-@admin_only
+@admin_or_server
 async def list_settings(request: Request) -> HTTPResponse:
     """All shared settings; with ``index``, a blocking query that answers once they change."""
     ctx = _ctx(request)

@@ -40,6 +40,7 @@ from affinity.referral.table import ServerTable
 from affinity.referral.watch import watch_registry
 from affinity.tokens.jws import TokenIssuer, TokenVerifier
 from affinity.tokens.keyring import load_keyring
+from affinity.web.auth import RegistrationAuth
 from affinity.web.exposition import shared_metrics_dir
 from affinity.web.http import (
     json_response,
@@ -119,6 +120,7 @@ class ReferralServer:
     def create_app(self, name: str | None = None) -> Sanic[Any, Any]:
         """Make the Sanic app (one per process)."""
         app = new_app(name or f"affinity-referral-{next(_names)}", self.config, "referral")
+        app.ctx.registration_auth = RegistrationAuth.from_config(self.config)
         referral = self.config.referral
         app.ctx.affinity = self.make_context()
         app.add_route(assign_routes.assign, ASSIGN_PATH, methods=["GET"], name="assign")

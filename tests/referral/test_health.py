@@ -370,7 +370,7 @@ def test_a_server_draining_itself_keeps_its_clients_until_it_reassigns_them(
         d.start_referral()
         start(d, "s1", "s2")
         token = token_for(d, "s1", "loyal")
-        auth = {"Authorization": f"Bearer {d.admin_token}"}
+        auth = {"Authorization": f"Bearer {d.server_admin_token}"}
         with d.client() as c, d.client(base_url=d.referral_url) as ref:
             r = c.post(d.server_urls["s1"] + "/.well-known/affinity/drain", headers=auth)
             assert r.status_code == 200

@@ -43,7 +43,7 @@ def test_a_referral_with_an_empty_or_short_admin_token_variable_does_not_start(
 def test_an_app_server_with_an_empty_admin_token_does_not_start(tmp_path: Path) -> None:
     with Deployment(tmp_path / "d", health="sources = []") as d:
         d.start_referral()
-        (d.dir / "admin-token").write_text(" \n")
+        (d.dir / "server-admin-token").write_text(" \n")
         output = refused_to_start(d.start_server("s1", wait=False))
     assert "server.admin_token_file" in output
 

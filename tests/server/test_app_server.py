@@ -117,8 +117,8 @@ def test_drain_and_resume_need_the_admin_token_read_at_start(running: Deployment
         assert refused.headers["affinity-server"] == "s1"
         assert c.get(base + "/health").json()["draining"] is False
         # The file changes; the server keeps the token it read when it started.
-        (running.dir / "admin-token").write_text("rotated-without-a-restart")
-        ok = {"Authorization": f"Bearer {running.admin_token}"}
+        (running.dir / "server-admin-token").write_text("rotated-without-a-restart")
+        ok = {"Authorization": f"Bearer {running.server_admin_token}"}
         assert c.post(base + "/drain", headers=ok).json() == {"id": "s1", "draining": True}
         assert c.get(base + "/health").status_code == 429
         rotated = {"Authorization": "Bearer rotated-without-a-restart"}
