@@ -239,7 +239,7 @@ def test_a_draining_server_serves_its_clients_until_the_grace_has_passed(
     deployment.start_referral()
     for sid, grace in (("s1", "3600"), ("s2", "0")):
         deployment.start_server(sid, app=APP, env={"AFFINITY_SERVER_DRAIN_GRACE": grace})
-    auth = {"Authorization": f"Bearer {deployment.admin_token}"}
+    auth = {"Authorization": f"Bearer {deployment.server_admin_token}"}
     with deployment.client() as c:
         for sid in ("s1", "s2"):
             url = deployment.server_urls[sid]
