@@ -58,7 +58,8 @@ class BearerAuth:
         """True when ``given`` is the admin token, compared in constant time (a login form)."""
         if self._expected is None:
             return False
-        return hmac.compare_digest(given.strip().encode(), self._expected)
+        given = given.strip()
+        return hmac.compare_digest(given.encode(), self._expected) and bool(given)
 
     def derive_key(self, purpose: bytes) -> bytes | None:
         """A key for ``purpose`` made from the admin token (HMAC-SHA256); None when closed.

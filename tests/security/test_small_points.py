@@ -150,3 +150,18 @@ def test_cbc_suites_are_not_offered(running: Deployment, role: str) -> None:
     with tls_socket(running, url) as sock:  # the intermediate suites still work
         assert sock.version() in ("TLSv1.2", "TLSv1.3")
         assert "CBC" not in str(sock.cipher()) and "-SHA:" not in str(sock.cipher())
+
+
+# -- found by the schemathesis run --------------------------------------------------------------
+
+
+def test_a_login_form_of_many_fields_is_a_400_not_a_500(running: Deployment) -> None:
+    form = "&".join(f"f{i}=x" for i in range(20))
+    with running.client() as c:
+        r = c.post(
+            running.referral_url + "/dashboard/login",
+            content=form,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "bad_request"
