@@ -16,6 +16,7 @@ command line.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -30,6 +31,8 @@ TABLE_ENV_PREFIXES = ("AFFINITY_PLUGINS_", "AFFINITY_REGISTRY_OPTIONS_")
 """Variables that override keys of tables read after loading (plugin and backend options)."""
 
 T = TypeVar("T")
+MIN_SECRET_LENGTH = 32
+"""The fewest characters a bearer secret (admin token, forwarded secret) may have."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,11 +87,19 @@ class ReferralSettings:
     redirect_prefix: str = "/go"
     cookie_domain: str = ""
     admin_token_file: Path | None = None
+    registration_secret_file: Path | None = None
     state_file: Path | None = None
     proxies_count: int = 0
     real_ip_header: str = ""
     forwarded_secret_file: Path | None = None
     retry_after: float = 2.0
+    max_body_size: int = 64 * 1024
+    request_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_connection_limits(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,8 +118,10 @@ class ServerSettings:
     tls_key: Path | None = None
     insecure_http: bool = False
     referral_url: str = ""
+    insecure_referral: bool = False
     referral_ca: Path | None = None
     admin_token_file: Path | None = None
+    registration_token_file: Path | None = None
     active_window: float = 300.0
     active_max: int = 100_000
     drain_grace: float = 5.0
@@ -117,6 +130,24 @@ class ServerSettings:
     proxies_count: int = 0
     real_ip_header: str = ""
     forwarded_secret_file: Path | None = None
+    max_body_size: int = 1024 * 1024
+    request_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    keep_alive_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        _check_connection_limits(self)
+
+
+def _check_connection_limits(settings: ReferralSettings | ServerSettings) -> None:
+    """Refuse limits that would refuse every request or hold connections without end."""
+    for key in ("request_timeout", "handshake_timeout", "keep_alive_timeout"):
+        if not getattr(settings, key) > 0:
+            raise ValueError(f"{key} must be more than 0 seconds, got {getattr(settings, key)!r}")
+    if settings.max_body_size < 1024:
+        # Sanic also caps the request head at this size: less would refuse plain requests.
+        msg = f"max_body_size must be at least 1024 bytes, got {settings.max_body_size!r}"
+        raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,6 +169,12 @@ class TokenSettings:
         if not 0 <= self.jitter < 1:
             raise ValueError(f"jitter must be from 0 to less than 1, got {self.jitter!r}")
 
+    @property
+    def max_lifetime(self) -> float:
+        """The longest ``exp - iat`` a verifier accepts: the longest life the issuer draws
+        (``ttl * (1 + jitter)``, rounded up) plus the leeway."""
+        return math.ceil(self.ttl * (1 + self.jitter)) + self.leeway
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegistrySettings:
@@ -145,6 +182,8 @@ class RegistrySettings:
 
     backend: str = "embedded"
     options: Mapping[str, Any] = field(default_factory=dict)
+    allow_http: bool = False
+    allow_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,17 +271,35 @@ class Config:
         return self.services.get(name, ServiceSettings())
 
     def read_secret(self, path: Path | None, env: str, key: str) -> str | None:
-        """A secret from the environment variable ``env``, else from the file at ``path``."""
+        """A bearer secret from the environment variable ``env``, else from the file at ``path``.
+
+        None when neither is set. A secret that is set but empty, or shorter
+        than :data:`MIN_SECRET_LENGTH` characters once stripped, is a
+        :class:`ConfigError` naming the variable or ``key`` and the file: a
+        short secret can be guessed, and an empty one would match an empty
+        ``Authorization: Bearer`` header.
+        """
         value = os.environ.get(env)
-        if value:
-            return value.strip()
+        if value is not None:
+            return self._long_enough(value.strip(), f"the environment variable {env}", key)
         if path is None:
             return None
         try:
-            return path.read_text(encoding="utf-8").strip()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             msg = f"cannot read secret file {str(path)!r}: {exc.strerror}"
             raise ConfigError(msg, key=key, source=self.source) from exc
+        return self._long_enough(text.strip(), f"the file {str(path)!r}", key)
+
+    def _long_enough(self, secret: str, where: str, key: str) -> str:
+        if len(secret) < MIN_SECRET_LENGTH:
+            held = "is empty" if not secret else f"holds only {len(secret)} characters"
+            msg = (
+                f"the secret in {where} {held}; at least {MIN_SECRET_LENGTH} are needed "
+                "(make one with 'affinity keys admin-token --file FILE')"
+            )
+            raise ConfigError(msg, key=key, source=self.source)
+        return secret
 
 
 def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
@@ -291,7 +348,7 @@ def _build(raw: dict[str, Any], source: str, base: Path, env: Mapping[str, str])
         for f in dataclasses.fields(cls)
         if env_name(f"{prefix}.{f.name}") in env
     )
-    return Config(
+    config = Config(
         source=source,
         base=base,
         env={k: v for k, v in env.items() if k.startswith(TABLE_ENV_PREFIXES)},
@@ -300,6 +357,24 @@ def _build(raw: dict[str, Any], source: str, base: Path, env: Mapping[str, str])
         plugins=raw.get("plugins", {}),
         **sections,
     )
+    _check_referral_urls(config)
+    return config
+
+
+def _check_referral_urls(config: Config) -> None:
+    """An app server sends its registration token to ``referral_url`` and trusts the keys at
+    ``jwks_url``: plain http:// only when ``server.insecure_referral`` says so."""
+    server = config.server
+    urls = [("server.referral_url", u.strip()) for u in server.referral_url.split(",")]
+    urls.append(("tokens.jwks_url", config.tokens.jwks_url.strip()))
+    for key, url in urls:
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if url and scheme != "https" and not (scheme == "http" and server.insecure_referral):
+            msg = (
+                f"expected an https:// URL, got {url!r}; plain http:// sends secrets and keys "
+                "in clear (set server.insecure_referral = true to allow it)"
+            )
+            raise ConfigError(msg, key=key, source=config.source_of(key))
 
 
 def _table(raw: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:

@@ -23,7 +23,8 @@ libraries it uses are wrapped at the boundary (``raise ... from exc``).
     * NoHealthyServer     no assignable server for the service
     * Unauthorized        no valid admin bearer token
     * AdminClosed         no admin token is configured: the admin API is closed
-    * Forbidden           understood but not allowed (a dashboard action without its CSRF token)
+    * Forbidden           understood but not allowed (a dashboard action without its CSRF
+                          token, a registration token used on another server's id)
     * TooLarge            the body is larger than the route reads
   * ChildFailed           a child process (``affinity dev``, affinity.testing) exited early or
                           did not answer in time
@@ -154,7 +155,8 @@ class AdminClosed(Refused):
 
 
 class Forbidden(Refused):
-    """The request is understood and refused: a dashboard action without its CSRF token."""
+    """The request is understood and refused: a dashboard action without its CSRF token, or a
+    server's registration token used on another server's id."""
 
 
 class TooLarge(Refused):

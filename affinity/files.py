@@ -22,8 +22,18 @@ PRIVATE_DIR = 0o700
 
 
 def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) mode 0700; an existing directory is left as it is."""
-    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    """Create ``path`` and its missing parents, each mode 0700; existing directories are left
+    as they are. (``Path.mkdir(parents=True)`` would make the parents with the umask's mode.)"""
+    missing = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:  # made by another process meanwhile: not ours to change
+            continue
+        os.chmod(directory, PRIVATE_DIR)  # whatever the umask
 
 
 def write_private(path: Path, data: bytes, *, replace: bool = True) -> None:

@@ -1,9 +1,10 @@
 """Test helpers for affinity and for plugin authors: real processes, real sockets, real TLS.
 
 ``Deployment`` makes a directory with a dev CA and certificate (the
-project's own cert tool), a key ring, an admin token and a config file, then
-starts a referral and app servers as child processes on loopback ports and
-stops every one of them at the end::
+project's own cert tool), a key ring, the referral's admin token and
+registration secret, the app servers' own admin token and a config file, then
+starts a referral and app servers (each with its registration token) as child
+processes on loopback ports and stops every one of them at the end::
 
     with Deployment(tmp_path) as d:
         d.start_referral()
@@ -29,6 +30,7 @@ from affinity.config import load
 from affinity.process import ChildProcess, stop, wait_answering
 from affinity.tokens.jws import TokenIssuer, generate_keyfile
 from affinity.tokens.keyring import load_keyring
+from affinity.web.auth import registration_token
 from affinity.web.certs import make_dev_certs
 from affinity.web.tls import client_context
 
@@ -94,6 +96,11 @@ class Deployment:
         generate_keyfile(directory / "keys.json", "HS256", False)
         self.admin_token = secrets.token_urlsafe(24)
         (directory / "admin-token").write_text(self.admin_token)
+        self.registration_secret = secrets.token_urlsafe(32)
+        (directory / "registration-secret").write_text(self.registration_secret)
+        self.server_admin_token = secrets.token_urlsafe(24)
+        """The app servers' admin token (their drain and resume), not the referral's."""
+        (directory / "server-admin-token").write_text(self.server_admin_token)
         self.referral_port = free_port()
         self.referral_url = f"https://127.0.0.1:{self.referral_port}"
         self.config = directory / "affinity.toml"
@@ -104,8 +111,8 @@ class Deployment:
             + (f"\n[registry]\n{registry}\n" if registry else "")
         )
         self.env = {**os.environ, **(env or {})}
-        self.env.pop("AFFINITY_ADMIN_TOKEN", None)
-        self.env.pop("AFFINITY_TOKEN_KEYS", None)
+        for name in ("ADMIN_TOKEN", "TOKEN_KEYS", "REGISTRATION_SECRET", "REGISTRATION_TOKEN"):
+            self.env.pop(f"AFFINITY_{name}", None)
         self.referrals: list[ChildProcess] = []
         self.referral_urls: list[str] = []
         self.servers: dict[str, ChildProcess] = {}
@@ -120,6 +127,7 @@ listen = "127.0.0.1:{self.referral_port}"
 tls_cert = "certs/cert.pem"
 tls_key = "certs/key.pem"
 admin_token_file = "admin-token"
+registration_secret_file = "registration-secret"
 state_file = "state.json"
 {referral}
 
@@ -135,7 +143,7 @@ tls_cert = "certs/cert.pem"
 tls_key = "certs/key.pem"
 referral_url = "{self.referral_url}"
 referral_ca = "certs/ca.pem"
-admin_token_file = "admin-token"
+admin_token_file = "server-admin-token"
 drain_grace = 0.5
 drain_timeout = 5.0
 heartbeat_interval = 0.5
@@ -191,6 +199,7 @@ heartbeat_interval = 0.5
             "AFFINITY_SERVER_ID": server_id,
             "AFFINITY_SERVER_LISTEN": f"127.0.0.1:{port}",
             "AFFINITY_SERVER_URL": url,
+            "AFFINITY_REGISTRATION_TOKEN": self.registration_token(server_id),
             **(env or {}),
         }
         proc = ChildProcess(
@@ -204,6 +213,10 @@ heartbeat_interval = 0.5
         if wait:
             self.wait_http(f"{url}/.well-known/affinity/health", proc)
         return proc
+
+    def registration_token(self, server_id: str) -> str:
+        """The token with which server ``server_id`` registers (and may change itself only)."""
+        return registration_token(self.registration_secret, server_id)
 
     def wait_http(self, url: str, proc: ChildProcess, timeout: float = 20.0) -> None:
         """Until ``url`` (served by ``proc``) answers; :class:`ChildFailed` if ``proc`` exits."""

@@ -68,6 +68,8 @@ def write_config(d: Path, referral_port: int) -> Path:
 listen = "127.0.0.1:{referral_port}"
 insecure_http = true
 admin_token_file = "admin-token"
+[registry]
+allow_http = true
 [tokens]
 keys_file = "keys.json"
 [health]
@@ -75,6 +77,7 @@ sources = []
 [server]
 service = "bench"
 insecure_http = true
+insecure_referral = true
 referral_url = "http://127.0.0.1:{referral_port}"
 admin_token_file = "admin-token"
 heartbeat_interval = 3600

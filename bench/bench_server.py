@@ -38,6 +38,8 @@ def main() -> None:
 listen = "127.0.0.1:{ref_port}"
 insecure_http = true
 admin_token_file = "admin-token"
+[registry]
+allow_http = true
 [tokens]
 keys_file = "keys.json"
 [health]
@@ -47,6 +49,7 @@ id = "s1"
 service = "web"
 listen = "127.0.0.1:{app_port}"
 insecure_http = true
+insecure_referral = true
 referral_url = "http://127.0.0.1:{ref_port}"
 admin_token_file = "admin-token"
 heartbeat_interval = 3600

@@ -10,9 +10,10 @@ import pytest
 import affinity.web.auth as auth_module
 from affinity.config import load
 from affinity.errors import AdminClosed, Unauthorized
-from affinity.web.auth import BearerAuth
+from affinity.web.auth import BearerAuth, RegistrationAuth, registration_token
 
-TOKEN = "s3cret-admin-token"
+TOKEN = "s3cret-admin-token-of-32-characters"
+FROM_ENV = "from-the-environment-32-characters"
 
 
 @pytest.mark.parametrize("token", [None, ""])
@@ -55,9 +56,9 @@ def test_the_environment_variable_wins_over_the_file(
 ) -> None:
     (tmp_path / "admin-token").write_text(TOKEN)
     (tmp_path / "affinity.toml").write_text('[referral]\nadmin_token_file = "admin-token"\n')
-    monkeypatch.setenv("AFFINITY_ADMIN_TOKEN", "from-env")
+    monkeypatch.setenv("AFFINITY_ADMIN_TOKEN", FROM_ENV)
     auth = BearerAuth.from_config(load(tmp_path / "affinity.toml", env={}), "referral")
-    auth.check("Bearer from-env")
+    auth.check(f"Bearer {FROM_ENV}")
     with pytest.raises(Unauthorized):
         auth.check(f"Bearer {TOKEN}")
 
@@ -74,3 +75,28 @@ def test_the_source_compares_the_token_with_compare_digest_only() -> None:
         ):
             names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
             assert not names & {"token", "expected", "given", "same"}, ast.unparse(node)
+
+
+SECRET = "a-registration-secret-of-32-chars-or-more"
+
+
+def test_a_registration_token_names_its_server_and_nothing_else() -> None:
+    auth = RegistrationAuth(SECRET)
+    token = registration_token(SECRET, "s1")
+    assert token.startswith("s1.") and token != registration_token(SECRET, "s2")
+    assert auth.server_of(f"Bearer {token}") == "s1"
+    assert auth.server_of(f"bearer  {token} ") == "s1"
+    forged = [
+        None,
+        "",
+        "Bearer",
+        token,
+        f"Basic {token}",
+        f"Bearer {token}x",
+        f"Bearer s2.{token.split('.', 1)[1]}",
+        f"Bearer {registration_token('another-secret-of-32-characters!!', 's1')}",
+        "Bearer .",
+    ]
+    for header in forged:
+        assert auth.server_of(header) is None, header
+    assert RegistrationAuth(None).server_of(f"Bearer {token}") is None

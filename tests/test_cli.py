@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from affinity.cli.main import main, parser
+from affinity.web.auth import registration_token
 
 HELLO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "hello" / "affinity.toml"
 
@@ -143,3 +144,23 @@ def test_check_builds_the_registry_so_its_mistakes_fail_check(
     path.write_text(f"[registry]\n{registry}\n")
     assert main(["check", "--config", str(path)]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_keys_registration_token_derives_one_servers_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AFFINITY_REGISTRATION_SECRET", raising=False)
+    secret, token = tmp_path / "registration-secret", tmp_path / "s1.token"
+    assert main(["keys", "registration-secret", "--file", str(secret)]) == 0
+    args = ["keys", "registration-token", "--id", "s1", "--secret-file", str(secret)]
+    assert main([*args, "--file", str(token)]) == 0
+    expected = registration_token(secret.read_text().strip(), "s1")
+    assert token.read_text().strip() == expected and expected.startswith("s1.")
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert main([*args, "--file", str(token)]) == 2, "an existing file is kept"
+    bad_id = ["keys", "registration-token", "--id", "bad id", "--secret-file", str(secret)]
+    assert main([*bad_id, "--file", str(tmp_path / "x")]) == 2
+    (tmp_path / "short").write_text("short\n")
+    short = ["keys", "registration-token", "--id", "s1", "--secret-file", str(tmp_path / "short")]
+    assert main([*short, "--file", str(tmp_path / "y")]) == 2
+    assert main(["keys", "registration-token", "--id", "s1", "--file", str(tmp_path / "z")]) == 2

@@ -107,18 +107,18 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
 
 def test_secrets_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = tmp_path / "token"
-    secret.write_text("s3cret\n")
+    secret.write_text("s3cret" * 6 + "\n")
     config = load(write(tmp_path, f"[referral]\nadmin_token_file = '{secret}'\n"), env={})
     monkeypatch.delenv("AFFINITY_ADMIN_TOKEN", raising=False)
     key = "referral.admin_token_file"
     assert (
         config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key)
-        == "s3cret"
+        == "s3cret" * 6
     )
-    monkeypatch.setenv("AFFINITY_ADMIN_TOKEN", "from-env")
+    monkeypatch.setenv("AFFINITY_ADMIN_TOKEN", "from-env" * 4)
     assert (
         config.read_secret(config.referral.admin_token_file, "AFFINITY_ADMIN_TOKEN", key)
-        == "from-env"
+        == "from-env" * 4
     )
     monkeypatch.delenv("AFFINITY_ADMIN_TOKEN")
     secret.unlink()
@@ -149,3 +149,19 @@ def test_a_bad_policy_from_the_environment_names_the_variable(tmp_path: Path) ->
     assert str(caught.value).startswith(
         "environment variable AFFINITY_SERVICES_WEB_POLICY: services.web.policy: unknown policy"
     )
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("request_timeout = 0", "request_timeout"),
+        ("handshake_timeout = 0", "handshake_timeout"),
+        ("keep_alive_timeout = 0", "keep_alive_timeout"),
+        ("max_body_size = 1000", "max_body_size"),
+    ],
+)
+@pytest.mark.parametrize("section", ["referral", "server"])
+def test_connection_limits_are_checked(tmp_path: Path, section: str, line: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key) as info:
+        load(write(tmp_path, f"[{section}]\n{line}\n"), env={})
+    assert section in str(info.value)

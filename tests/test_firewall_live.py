@@ -243,7 +243,7 @@ def test_flood_is_held_to_the_limit_and_a_second_address_is_untouched(
 
 def test_trusted_proxy_settings_take_the_client_address_from_headers(tmp_path: Path) -> None:
     """proxies_count + real_ip_header on the referral; a forwarded secret on the app server."""
-    secret = "s3cret-between-proxy-and-server"
+    secret = "s3cret-between-the-proxy-and-the-server"
     d = Deployment(
         tmp_path / "proxied",
         referral='proxies_count = 1\nreal_ip_header = "x-real-ip"\n',

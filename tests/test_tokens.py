@@ -876,3 +876,25 @@ def test_cli_generates_and_rotates_a_key_file(tmp_path: Path) -> None:
     assert first.active.kid in rotated.kids
     token = TokenIssuer(first).issue("s1", "c", "web")[0]
     assert TokenVerifier(rotated).verify(token).sid == "s1"
+
+
+def test_a_lifetime_past_the_maximum_is_refused() -> None:
+    check = verifier(max_lifetime=3990)
+    assert check.verify(forge(hs_header(), claims_dict(exp=NOW + 3990))).sid == "s1"
+    rejected = assert_rejected(check, forge(hs_header(), claims_dict(exp=NOW + 3991)))
+    assert "at most 3990 s" in str(rejected)
+    with pytest.raises(ValueError, match="max_lifetime"):
+        verifier(max_lifetime=0)
+
+
+@pytest.mark.parametrize("part", ["header", "payload"])
+def test_a_member_given_twice_is_refused(part: str) -> None:
+    header, payload = orjson.dumps(hs_header()), orjson.dumps(claims_dict())
+    if part == "header":
+        header = header.replace(b'"alg":"HS256"', b'"alg":"none","alg":"HS256"')
+    else:
+        payload = payload.replace(b'"sid":"s1"', b'"sid":"s2","sid":"s1"')
+    rejected = assert_rejected(verifier(), forge(header, payload))
+    assert "twice" in str(rejected)
+    # Whitespace alone (another library's spelling) is fine.
+    assert verifier().verify(forge(hs_header(), b" " + orjson.dumps(claims_dict()))).sid == "s1"

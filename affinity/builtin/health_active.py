@@ -39,7 +39,10 @@ from affinity.web.tls import client_context
 log = logging.getLogger("affinity.plugin.health")
 
 MAX_BODY = 64 * 1024
+"""The most of a health answer the checker reads; a larger one is a failed check."""
 SYNC_INTERVAL = 0.2
+_IDENTITY = {"Accept-Encoding": "identity"}
+"""Health answers are read raw: a compressed one could inflate past the cap in one chunk."""
 
 
 @dataclass(slots=True)
@@ -56,15 +59,25 @@ class CheckResult:
 
 @dataclass(slots=True)
 class Hysteresis:
-    """Rise/fall counting: the state flips only after enough results in a row disagree."""
+    """Rise/fall counting: the state flips only after enough results in a row disagree.
+
+    With ``known`` False the first result sets the state by itself: a server
+    nobody has checked yet is not "up" until ``fall`` checks fail, nor "down"
+    until ``rise`` pass.
+    """
 
     rise: int
     fall: int
     up: bool = True
     streak: int = 0
+    known: bool = True
 
     def feed(self, ok: bool) -> bool:
         """Count one result; True when it flipped the state."""
+        if not self.known:
+            self.known = True
+            flipped, self.up, self.streak = ok != self.up, ok, 0
+            return flipped
         if ok == self.up:
             self.streak = 0
             return False
@@ -145,6 +158,26 @@ def _load(data: dict[str, Any]) -> Load | None:
     )
 
 
+async def _read_capped(response: httpx.Response, deadline: float) -> bytes | str:
+    """The body of a health answer, or why it was not read whole: larger than
+    :data:`MAX_BODY`, or still arriving at ``deadline`` (a server dripping it).
+
+    Reading stops there; leaving the ``stream`` block then closes the connection.
+    """
+    too_large = f"health answer larger than {MAX_BODY // 1024} KiB"
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        return too_large
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return too_large
+        if time.monotonic() > deadline:
+            return "health answer still arriving after the check's time"
+    return bytes(body)
+
+
 def status_of(up: bool, result: CheckResult) -> HealthStatus:
     """What the referral reports: critical while down, the answer's status while up.
 
@@ -188,9 +221,8 @@ class ActiveHealthChecker(HealthSource):
                 self._stop(self._states.pop(sid))
         for sid, server in current.items():
             if sid not in self._states:
-                state = _State(
-                    server=server, counter=Hysteresis(self.settings.rise, self.settings.fall)
-                )
+                counter = Hysteresis(self.settings.rise, self.settings.fall, known=False)
+                state = _State(server=server, counter=counter)
                 self._states[sid] = state
                 state.task = asyncio.get_running_loop().create_task(
                     self._watch(state, sink), name=f"affinity.check.{sid}"
@@ -237,17 +269,23 @@ class ActiveHealthChecker(HealthSource):
             await asyncio.wait_for(state.wake.wait(), self._delay(state))
 
     async def check(self, server: Server) -> CheckResult:
-        """One health request, each phase bounded by the timeout."""
+        """One health request, each phase bounded by the timeout, its answer by :data:`MAX_BODY`."""
         started = time.monotonic()
         try:
-            response = await self._client.get(server.url + HEALTH_PATH)
+            async with self._client.stream(
+                "GET", server.url + HEALTH_PATH, headers=_IDENTITY
+            ) as response:
+                body = await _read_capped(response, started + 2 * self.settings.timeout)
+                result = (
+                    parse_answer(response.status_code, body)
+                    if isinstance(body, bytes)
+                    else CheckResult(ok=False, reason=body)
+                )
         except httpx.TimeoutException as exc:
             reason = f"{type(exc).__name__}: no answer within {self.settings.timeout}s"
             result = CheckResult(ok=False, reason=reason)
         except httpx.HTTPError as exc:
             result = CheckResult(ok=False, reason=f"{type(exc).__name__}: {exc}"[:200])
-        else:
-            result = parse_answer(response.status_code, response.content[:MAX_BODY])
         result.latency = time.monotonic() - started
         return result
 

@@ -1,7 +1,8 @@
 """``affinity dev``: a referral and three app servers with TLS on this host, in one command.
 
-Makes a dev CA and wildcard certificate, a key ring and an admin token if
-missing (all under ``--dir``, keys 0600), writes a config, starts the referral
+Makes a dev CA and wildcard certificate, a key ring, an admin token, a
+registration secret and the servers' own admin token if missing (all under
+``--dir``, keys 0600), writes a config, starts the referral
 and three servers of the demo app (:mod:`affinity.demo`) as child processes on loopback, prints
 how to use them, and on Ctrl-C drains and stops them all (a second Ctrl-C
 kills them at once), leaving no process behind.
@@ -22,6 +23,7 @@ from affinity.errors import ConfigError
 from affinity.process import ChildProcess, stop, wait_answering
 from affinity.protocol import HEALTH_PATH
 from affinity.tokens.keyring import generate_admin_token, generate_keyfile
+from affinity.web.auth import registration_token
 from affinity.web.certs import ensure_dev_certs
 from affinity.web.tls import client_context
 
@@ -34,6 +36,7 @@ tls_cert = "certs/cert.pem"
 tls_key = "certs/key.pem"
 state_file = "state.json"
 admin_token_file = "admin-token"
+registration_secret_file = "registration-secret"
 default_service = "web"
 
 [tokens]
@@ -54,7 +57,8 @@ tls_cert = "certs/cert.pem"
 tls_key = "certs/key.pem"
 referral_url = "https://127.0.0.1:{port}"
 referral_ca = "certs/ca.pem"
-admin_token_file = "admin-token"
+# The servers' own drain and resume; each registers with its registration token.
+admin_token_file = "server-admin-token"
 capacity = 1000
 drain_grace = 1.0
 drain_timeout = 5.0
@@ -68,8 +72,9 @@ def prepare(directory: Path, port: int) -> Path:
     ensure_dev_certs(directory / "certs", "affinity.test")
     if not (directory / "keys.json").exists():
         generate_keyfile(directory / "keys.json", "HS256", False)
-    if not (directory / "admin-token").exists():
-        generate_admin_token(directory / "admin-token")
+    for name in ("admin-token", "registration-secret", "server-admin-token"):
+        if not (directory / name).exists():
+            generate_admin_token(directory / name, what=name.replace("-", " "))
     config = directory / "affinity.toml"
     config.write_text(CONFIG.format(port=port), encoding="utf-8")
     return config
@@ -77,6 +82,7 @@ def prepare(directory: Path, port: int) -> Path:
 
 def run(directory: Path, port: int, servers: int, app: str, python_path: str) -> int:
     config = prepare(directory, port)
+    secret = (directory / "registration-secret").read_text(encoding="utf-8").strip()
     ca = directory / "certs" / "ca.pem"
     logs = directory / "logs"
     logs.mkdir(exist_ok=True)
@@ -106,6 +112,7 @@ def run(directory: Path, port: int, servers: int, app: str, python_path: str) ->
                 "AFFINITY_SERVER_ID": sid,
                 "AFFINITY_SERVER_LISTEN": f"127.0.0.1:{sport}",
                 "AFFINITY_SERVER_URL": f"https://127.0.0.1:{sport}",
+                "AFFINITY_REGISTRATION_TOKEN": registration_token(secret, sid),
             }
             procs.append(
                 ChildProcess(

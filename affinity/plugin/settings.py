@@ -7,6 +7,9 @@ checked by the plugins and put in force, or refused whole while the previous
 one stays; a refused or older document is logged and counted once, not on
 every registry read. A process never silently keeps an older document than
 the registry delivers.
+Whatever a plugin raises on a document refuses it: a document that makes a
+plugin fail (a list where a name was expected, say) is a bad document, not a
+reason for the registry watch to stop.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from affinity.errors import ConfigError
 from affinity.models import SharedSettings
 from affinity.plugin.manager import PluginManager
 
@@ -42,6 +46,14 @@ class SettingsInForce:
         """The version in force of each document."""
         return {name: settings.version for name, settings in self.documents.items()}
 
+    def check(self, settings: SharedSettings) -> str | None:
+        """Why the plugins refuse ``settings``, or None if they accept it (nothing applied)."""
+        try:
+            self._manager.check_settings(settings)
+        except Exception as exc:
+            return _reason(exc)
+        return None
+
     def offer(self, settings: SharedSettings) -> bool:
         """Put ``settings`` in force if it is newer and the plugins accept it; True if so.
 
@@ -58,14 +70,20 @@ class SettingsInForce:
         if identity < in_force:
             self._refuse(settings, in_force, "older than the one in force")
             return False
-        refusal = self._manager.apply_settings(settings)
-        if refusal is not None:
-            self._refuse(settings, in_force, refusal)
+        problem: Exception | None
+        try:
+            problem = self._manager.apply_settings(settings)
+        except Exception as exc:
+            problem = exc
+        if problem is not None:
+            self._refuse(settings, in_force, problem)
             return False
         self.documents[name] = settings
         return True
 
-    def _refuse(self, settings: SharedSettings, in_force: tuple[int, int], why: object) -> None:
+    def _refuse(
+        self, settings: SharedSettings, in_force: tuple[int, int], why: Exception | str
+    ) -> None:
         self._refused_identities[settings.name] = settings.identity
         self._refused(settings.name)
         log.warning(
@@ -73,10 +91,20 @@ class SettingsInForce:
             settings.name,
             _describe(settings.identity),
             _describe(in_force),
-            why,
+            _reason(why),
+            exc_info=why
+            if isinstance(why, Exception) and not isinstance(why, ConfigError)
+            else None,
         )
 
 
 def _describe(identity: tuple[int, int]) -> str:
     epoch, version = identity
     return f"version {version}" + (f" (epoch {epoch})" if epoch else "")
+
+
+def _reason(why: Exception | str) -> str:
+    """A refusal as a sentence: a plugin's ConfigError as it is, anything else as a failure."""
+    if isinstance(why, str | ConfigError):
+        return str(why)
+    return f"a plugin failed on it ({type(why).__name__}: {why})"

@@ -2,7 +2,10 @@
 
 Every call needs ``Authorization: Bearer <admin token>``, compared in
 constant time (:mod:`affinity.web.auth`). Without an admin token configured
-the API is closed. Errors are raised; :mod:`affinity.web.http` answers them.
+the API is closed. A server's registration token also opens the calls on
+that server's own id, and reading the shared settings; listing all servers
+and writing settings stay with the admin token. Errors are raised;
+:mod:`affinity.web.http` answers them.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ from typing import Any
 import orjson
 from sanic import Blueprint, HTTPResponse, Request
 
-from affinity.errors import ConfigError, InvalidRequest, NotFound
+from affinity.errors import InvalidRequest, NotFound
 from affinity.models import Server, SharedSettings
 from affinity.protocol import ErrorCode
 from affinity.referral.context import ReferralContext
-from affinity.web.auth import admin_only
+from affinity.web.auth import admin_only, admin_or_server
 from affinity.web.http import json_response
-from affinity.web.names import check_id, check_origin, is_valid_id
+from affinity.web.names import OriginRules, check_server, is_valid_id
 
 admin = Blueprint("affinity_admin", url_prefix="/v1")
 
@@ -51,7 +54,7 @@ async def list_servers(request: Request) -> HTTPResponse:
 
 
 @admin.get("/servers/<server_id>")
-@admin_only
+@admin_or_server
 async def get_server(request: Request, server_id: str) -> HTTPResponse:
     ctx = _ctx(request)
     server = ctx.table.get(server_id)
@@ -61,11 +64,13 @@ async def get_server(request: Request, server_id: str) -> HTTPResponse:
 
 
 @admin.put("/servers/<server_id>")
-@admin_only
+@admin_or_server
 async def put_server(request: Request, server_id: str) -> HTTPResponse:
     ctx = _ctx(request)
     try:
-        server = _parse_server(server_id, request.body, ctx.config.referral.default_service)
+        server = _parse_server(
+            server_id, request.body, ctx.config.referral.default_service, ctx.origin_rules
+        )
     except ValueError as exc:
         raise InvalidRequest(str(exc), code=ErrorCode.INVALID_SERVER) from exc
     await ctx.registry.register(server)
@@ -75,7 +80,7 @@ async def put_server(request: Request, server_id: str) -> HTTPResponse:
 
 
 @admin.delete("/servers/<server_id>")
-@admin_only
+@admin_or_server
 async def delete_server(request: Request, server_id: str) -> HTTPResponse:
     ctx = _ctx(request)
     if not await ctx.registry.deregister(server_id):
@@ -93,19 +98,19 @@ async def _set_draining(request: Request, server_id: str, draining: bool) -> HTT
 
 
 @admin.post("/servers/<server_id>/drain")
-@admin_only
+@admin_or_server
 async def drain(request: Request, server_id: str) -> HTTPResponse:
     return await _set_draining(request, server_id, True)
 
 
 @admin.post("/servers/<server_id>/resume")
-@admin_only
+@admin_or_server
 async def resume(request: Request, server_id: str) -> HTTPResponse:
     return await _set_draining(request, server_id, False)
 
 
 @admin.get("/settings")
-@admin_only
+@admin_or_server
 async def list_settings(request: Request) -> HTTPResponse:
     """All shared settings; with ``index``, a blocking query that answers once they change."""
     ctx = _ctx(request)
@@ -153,13 +158,12 @@ async def put_settings(request: Request, name: str) -> HTTPResponse:
     proposed = SharedSettings(
         name=name, version=(current.version if current else 0) + 1, value=value
     )
-    try:
-        ctx.manager.check_settings(proposed)
-    except ConfigError as exc:
+    problem = ctx.settings.check(proposed)
+    if problem is not None:
         ctx.metrics.settings_refused(name)
         raise InvalidRequest(
-            f"rejected whole, previous kept: {exc}", code=ErrorCode.INVALID_SETTINGS
-        ) from exc
+            f"rejected whole, previous kept: {problem}", code=ErrorCode.INVALID_SETTINGS
+        )
     stored = await ctx.registry.put_settings(name, value)
     await ctx.refresh_view()
     return json_response({"name": name, "epoch": stored.epoch, "version": stored.version})
@@ -173,30 +177,18 @@ def _parse_object(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _parse_server(server_id: str, body: bytes, default_service: str) -> Server:
+def _parse_server(server_id: str, body: bytes, default_service: str, rules: OriginRules) -> Server:
     data = _parse_object(body)
     if data is None:
         raise ValueError("the body must be a JSON object with at least 'url'")
     unknown = set(data) - {"url", "service", "weight", "meta"}
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)}; expected url, service, weight, meta")
-    weight = data.get("weight", 1)
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 10_000:
-        raise ValueError(f"weight {weight!r} is not valid; expected an integer from 0 to 10000")
-    meta = data.get("meta", {})
-    if (
-        not isinstance(meta, dict)
-        or len(meta) > 64
-        or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 512
-            for k, v in meta.items()
-        )
-    ):
-        raise ValueError("meta must be an object of up to 64 string keys and string values")
-    return Server(
-        id=check_id(server_id),
-        service=check_id(data.get("service", default_service), "service"),
-        url=check_origin(data.get("url")),
-        weight=weight,
-        meta=meta,
+    return check_server(
+        server_id=server_id,
+        service=data.get("service", default_service),
+        url=data.get("url"),
+        weight=data.get("weight", 1),
+        meta=data.get("meta"),
+        rules=rules,
     )

@@ -40,6 +40,7 @@ from affinity.referral.table import ServerTable
 from affinity.referral.watch import watch_registry
 from affinity.tokens.jws import TokenIssuer, TokenVerifier
 from affinity.tokens.keyring import load_keyring
+from affinity.web.auth import RegistrationAuth
 from affinity.web.exposition import shared_metrics_dir
 from affinity.web.http import (
     json_response,
@@ -79,8 +80,11 @@ class ReferralServer:
 
     def make_context(self) -> ReferralContext:
         config = self.config
+        health_sources = self.manager.make_health_sources(config)
         table = ServerTable(
-            slow_start=config.health.slow_start, panic_threshold=config.health.panic_threshold
+            slow_start=config.health.slow_start,
+            panic_threshold=config.health.panic_threshold,
+            await_first_check=bool(health_sources),
         )
         policies = {s: self.manager.make_policy(s, config) for s in config.services}
         tokens = config.tokens
@@ -102,9 +106,10 @@ class ReferralServer:
                 issuer=tokens.issuer,
                 leeway=tokens.leeway,
                 cache_size=tokens.cache_size,
+                max_lifetime=tokens.max_lifetime,
             ),
             metrics=metrics,
-            health_sources=self.manager.make_health_sources(config),
+            health_sources=health_sources,
         )
 
     def setup(self, app: Sanic[Any, Any]) -> None:
@@ -115,6 +120,7 @@ class ReferralServer:
     def create_app(self, name: str | None = None) -> Sanic[Any, Any]:
         """Make the Sanic app (one per process)."""
         app = new_app(name or f"affinity-referral-{next(_names)}", self.config, "referral")
+        app.ctx.registration_auth = RegistrationAuth.from_config(self.config)
         referral = self.config.referral
         app.ctx.affinity = self.make_context()
         app.add_route(assign_routes.assign, ASSIGN_PATH, methods=["GET"], name="assign")

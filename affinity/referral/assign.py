@@ -22,6 +22,7 @@ from affinity.web.names import is_valid_id
 _assign_request = fast_constructor(AssignRequest)
 _assignment = fast_constructor(Assignment)
 
+TEXT = "text/plain; charset=utf-8"
 # Characters kept as they are when a path or query is copied into a Location header.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 _QUERY_SAFE = _PATH_SAFE + "?"
@@ -165,7 +166,10 @@ async def redirect(request: Request, path: str = "") -> HTTPResponse:
     )
     if request.query_string:
         location += "?" + urllib.parse.quote(request.query_string, safe=_QUERY_SAFE)
-    response = HTTPResponse(status=307, headers={"Location": location, **NO_STORE})
+    # An explicit type: Sanic would otherwise send a literal "content-type: None".
+    response = HTTPResponse(
+        status=307, headers={"Location": location, **NO_STORE}, content_type=TEXT
+    )
     cookie_domain = ctx.config.referral.cookie_domain
     response.add_cookie(
         COOKIE,

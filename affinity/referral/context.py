@@ -21,6 +21,7 @@ from affinity.plugin.settings import SettingsInForce
 from affinity.referral.table import ServerTable
 from affinity.tokens.jws import KeyRing, TokenIssuer, TokenVerifier
 from affinity.web.metrics import PluginEvents, ReferralMetrics
+from affinity.web.names import OriginRules
 
 
 @dataclass(kw_only=True)
@@ -40,6 +41,8 @@ class ReferralContext:
     health_sources: list[HealthSource] = field(default_factory=list)
     settings: SettingsInForce = field(init=False)
     """The shared settings documents in force (what ``GET /v1/settings`` lists)."""
+    origin_rules: OriginRules = field(init=False)
+    """What server origins registrations may have (``[registry]`` allow_http, allow_hosts)."""
     filtered: bool = False
     observed: bool = False
     settings_index: int = 1
@@ -48,6 +51,7 @@ class ReferralContext:
     """The plugins' counters as they are copied into the metrics."""
 
     def __post_init__(self) -> None:
+        self.origin_rules = OriginRules.from_config(self.config)
         self.settings = SettingsInForce(self.manager, refused=self.metrics.settings_refused)
         self.plugin_events = self.metrics.observe_plugins(
             self.manager.report_counters, self.settings.versions

@@ -16,7 +16,7 @@ from importlib import resources
 
 from sanic import Blueprint, HTTPResponse, Request
 
-from affinity.errors import Forbidden, NotFound, TooLarge, Unauthorized
+from affinity.errors import Forbidden, InvalidRequest, NotFound, TooLarge, Unauthorized
 from affinity.referral import admin
 from affinity.referral.context import ReferralContext
 from affinity.referral.session import COOKIE, CSRF_HEADER, Sessions
@@ -99,7 +99,10 @@ async def login(request: Request) -> HTTPResponse:
         body += chunk
         if len(body) > MAX_FORM:
             raise TooLarge(f"the login form takes at most {MAX_FORM} bytes")
-    fields = urllib.parse.parse_qs(body.decode(errors="replace"), max_num_fields=8)
+    try:
+        fields = urllib.parse.parse_qs(body.decode(errors="replace"), max_num_fields=8)
+    except ValueError as exc:  # more fields than a login form has
+        raise InvalidRequest(f"the login form is not one: {exc}") from exc
     sessions = _sessions(request)
     if sessions.closed:
         return _login_page(CLOSED, 403)

@@ -32,7 +32,11 @@ def _text(description: str, media: str) -> dict[str, Any]:
 
 
 _UNAUTHORIZED = _answer("missing or wrong admin token")
-_CLOSED = _answer("no admin token is configured: the admin API is closed")
+_CLOSED = _answer(
+    "no admin token is configured: the admin API is closed; or a server's registration "
+    "token used on another server's id"
+)
+_TOO_LARGE = _answer("the body is larger than referral.max_body_size")
 _ADMIN_ERRORS = {"401": _UNAUTHORIZED, "403": _CLOSED, "404": _answer("no such server")}
 _SESSION_ERRORS = {
     "401": _answer("not logged in to the dashboard"),
@@ -191,7 +195,7 @@ def _admin_paths() -> dict[str, Any]:
         },
     }
     settings_body = {"required": True, "content": {"application/json": {"schema": _OBJECT}}}
-    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    name = {**_SERVER_ID, "name": "name"}  # settings names are ids too
     return {
         "/v1/status": {
             "get": _op(
@@ -216,7 +220,7 @@ def _admin_paths() -> dict[str, Any]:
                 "putServer",
                 "Register or update a server",
                 "registered",
-                {"400": _answer("invalid registration"), "401": _UNAUTHORIZED},
+                {"400": _answer("invalid registration"), "413": _TOO_LARGE},
                 requestBody=json_body,
             ),
             "delete": admin("deleteServer", "Deregister a server", "gone", _ADMIN_ERRORS),
@@ -257,7 +261,7 @@ def _admin_paths() -> dict[str, Any]:
                 "putSettings",
                 "Replace a shared settings document (validated whole)",
                 "stored",
-                {"400": _answer("rejected; previous version kept"), "401": _UNAUTHORIZED},
+                {"400": _answer("rejected; previous version kept"), "413": _TOO_LARGE},
                 requestBody=settings_body,
             ),
         },
@@ -276,6 +280,13 @@ def _dashboard_paths() -> dict[str, Any]:
         },
     }
     asset = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    logout_form = {
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "properties": {"csrf": {"type": "string"}}}
+            }
+        },
+    }
 
     def action(op_id: str, summary: str) -> dict[str, Any]:
         ok = {"200": _answer("done", _OBJECT), **_SESSION_ERRORS}
@@ -296,12 +307,23 @@ def _dashboard_paths() -> dict[str, Any]:
             "post": _op(
                 "dashboardLogin",
                 "Log in with the admin token (posted, never in a URL)",
-                {"303": see_other, "401": html, "413": _answer("form too large")},
+                {
+                    "303": see_other,
+                    "400": _answer("not a login form"),
+                    "401": html,
+                    "403": _text("the dashboard is closed: no admin token", "text/html"),
+                    "413": _answer("form too large"),
+                },
                 requestBody=form,
             )
         },
         "/dashboard/logout": {
-            "post": _op("dashboardLogout", "End this browser's session", {"303": see_other})
+            "post": _op(
+                "dashboardLogout",
+                "End this browser's session (the form carries the CSRF token)",
+                {"303": see_other, "403": _answer("missing or wrong CSRF token")},
+                requestBody=logout_form,
+            )
         },
         "/dashboard/api/status": {
             "get": _op(

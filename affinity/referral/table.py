@@ -15,6 +15,12 @@ a large pool is not an O(n) rebuild twice a second) until
 the ramp ends; the first view does not ramp, so restarting a referral does not
 slow-start a fleet that is already serving.
 
+First check: where a health source runs, a server the table has not seen
+before (newly registered, or registered again with another URL) is critical
+until a source first reports on it, so a registration alone never brings it
+clients; servers of the first view wait for their first check too, without
+slow start. With no health source, a registration is trusted as it is.
+
 Panic threshold: when fewer than ``panic_threshold`` of a service's servers can
 take new clients, the table logs a warning once per crossing (and once when the
 service is back above it). It keeps assigning to the few that can: unlike
@@ -49,7 +55,9 @@ class Observation:
 
     ``failure`` and ``failed_at`` keep the last failed check, which a later good
     check does not erase; ``ramp_from`` is the monotonic time a slow-start ramp
-    began, None when the server is at full weight.
+    began, None when the server is at full weight. ``awaiting`` is True until
+    a health source first reports on the server (it is critical meanwhile);
+    ``seed`` marks a server of the first view, which does not slow-start.
     """
 
     status: HealthStatus = HealthStatus.PASSING
@@ -63,6 +71,8 @@ class Observation:
     failure: str = ""
     failed_at: float = 0.0
     ramp_from: float | None = None
+    awaiting: bool = False
+    seed: bool = False
 
 
 @dataclass(slots=True)
@@ -82,9 +92,11 @@ class ServerTable:
         load_refresh: float = 0.5,
         slow_start: float = 0.0,
         panic_threshold: float = 0.0,
+        await_first_check: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        self._await_first_check = await_first_check
         self._clock = clock
         self._wall = wall
         self._load_refresh = load_refresh
@@ -115,13 +127,16 @@ class ServerTable:
         self.view_index = view.index
         self.stale = view.stale
         before = self._servers
+        previous = self._registered
         self._registered = {s.id: s for s in view.servers}
         for sid in list(self._observed):
-            if sid not in self._registered:
-                del self._observed[sid]
+            old = previous.get(sid)
+            if sid not in self._registered or (old and old.url != self._registered[sid].url):
+                del self._observed[sid]  # gone, or moved: a new server to check
         now = self._wall()
         for sid in self._registered:
-            self._observed.setdefault(sid, Observation(since=now))
+            if sid not in self._observed:
+                self._observed[sid] = self._new_observation(now)
         self._servers = {sid: self._merge(sid) for sid in self._registered}
         if self._seeded:
             for sid, server in self._servers.items():
@@ -135,6 +150,18 @@ class ServerTable:
         self._pools.clear()
         for service in self._by_service.keys() | self._below:
             self._check_threshold(service)
+
+    def _new_observation(self, now: float) -> Observation:
+        """A server not seen before: critical until its first check when a health source runs."""
+        if not self._await_first_check:
+            return Observation(since=now, seed=not self._seeded)
+        return Observation(
+            status=HealthStatus.CRITICAL,
+            reason="waiting for its first health check",
+            since=now,
+            awaiting=True,
+            seed=not self._seeded,
+        )
 
     def servers(self) -> Iterable[Server]:
         """The merged servers of all services."""
@@ -156,6 +183,8 @@ class ServerTable:
         if obs is None:
             return
         before = self._servers[server_id]
+        first = obs.awaiting
+        obs.awaiting = False
         self._observe(obs, status, reason, latency, failed)
         if draining is not None:
             obs.draining = draining
@@ -164,9 +193,14 @@ class ServerTable:
             obs.load_version += 1
         after = self._merge(server_id)
         self._servers[server_id] = after
-        self._note_transition(before, after)
+        if not (first and obs.seed):  # a fleet already serving does not slow-start on restart
+            self._note_transition(before, after)
         self._notify(before, after, latency)
-        if before.assignable != after.assignable or before.at_capacity != after.at_capacity:
+        if (
+            first
+            or before.assignable != after.assignable
+            or before.at_capacity != after.at_capacity
+        ):
             self._pools.pop(after.service, None)
             self._check_threshold(after.service)
         elif after.service in self._pools:
@@ -229,7 +263,9 @@ class ServerTable:
 
     def _counts(self, service: str) -> tuple[int, int]:
         """Servers of a service, and how many of them can take new clients."""
-        ids = self._by_service.get(service, ())
+        ids = [
+            sid for sid in self._by_service.get(service, ()) if not self._observed[sid].awaiting
+        ]  # a server not yet checked says nothing about the service's health
         ready = sum(1 for sid in ids if _takes_clients(self._servers[sid]))
         return len(ids), ready
 
@@ -343,6 +379,7 @@ class ServerTable:
                 "reason": obs.reason,
             },
             "last_failure": {"at": obs.failed_at or None, "reason": obs.failure},
+            "awaiting_check": obs.awaiting,
             "since": server.since,
             "assignments": self.assignments.get(server.id, 0),
         }

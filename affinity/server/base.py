@@ -30,7 +30,13 @@ from affinity.server import guard
 from affinity.server.lifecycle import Lifecycle
 from affinity.server.state import ServerState
 from affinity.web.http import health_code, json_response, new_app
-from affinity.web.names import check_id, check_origin
+from affinity.web.names import (
+    OriginRules,
+    check_id,
+    check_meta,
+    check_server,
+    check_server_origin,
+)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[HTTPResponse]])
 _names = itertools.count(1)
@@ -62,26 +68,15 @@ class AppServer:
         manager: PluginManager | None = None,
     ) -> None:
         self.config = config
-        settings = config.server
-        self.server_id = _checked(check_id, settings.id, "server.id", config)
-        self.service = _checked(
-            lambda v: check_id(v, "service"), settings.service, "server.service", config
-        )
-        self.url = _checked(
-            check_origin, settings.url or _default_url(config), "server.url", config
-        )
+        server = _own_entry(config)
+        self.server_id = server.id
+        self.service = server.service
+        self.url = server.url
         self.manager = manager or PluginManager(plugins=plugins)
         self.manager.configure(config)
         self.status = HealthStatus.PASSING
         """A status set on the object; health reports the worst of it and :meth:`health`."""
         self.status_reason = ""
-        server = Server(
-            id=self.server_id,
-            service=self.service,
-            url=self.url,
-            weight=settings.weight,
-            meta=dict(settings.meta),
-        )
         self.state = ServerState(config, server, self.manager)
         """What the request path and the life cycle change: drain, requests in flight, clients."""
         self.lifecycle = Lifecycle(self.state, self.role)
@@ -200,8 +195,34 @@ def _default_url(config: Config) -> str:
     return f"{scheme}://{listen}"
 
 
-def _checked(check: Callable[[Any], str], value: Any, key: str, config: Config) -> str:
-    try:
-        return check(value)
-    except ValueError as exc:
-        raise ConfigError(str(exc), key=key, source=config.source) from exc
+def _own_entry(config: Config) -> Server:
+    """This server as it will register, checked as the referral will check it: a ConfigError
+    now, naming the key, rather than a refused registration later."""
+    settings = config.server
+    rules = OriginRules.from_config(config)
+    url = settings.url or _default_url(config)
+    checks: tuple[tuple[str, Callable[[], object]], ...] = (
+        ("server.id", lambda: check_id(settings.id)),
+        ("server.service", lambda: check_id(settings.service, "service")),
+        ("server.url", lambda: check_server_origin(url, rules)),
+        ("server.meta", lambda: check_meta(dict(settings.meta))),
+        (
+            "server.weight",
+            lambda: check_server(
+                server_id="x", service="x", url=url, weight=settings.weight, rules=rules
+            ),
+        ),
+    )
+    for key, check in checks:
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=key, source=config.source) from exc
+    return check_server(
+        server_id=settings.id,
+        service=settings.service,
+        url=url,
+        weight=settings.weight,
+        meta=dict(settings.meta),
+        rules=rules,
+    )

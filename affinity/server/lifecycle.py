@@ -100,15 +100,22 @@ class Lifecycle:
         while not self.stopping:
             try:
                 index, documents = await self.registrar.watch_settings(index, 30.0)
-            except AffinityError as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a registrar's bug must not end the task either
                 failures += 1
                 delay = SETTINGS_BACKOFF.delay(failures)
-                log.warning("shared settings unavailable (%s); retry in %.1fs", exc, delay)
+                log.warning(
+                    "shared settings unavailable (%s); retry in %.1fs",
+                    exc,
+                    delay,
+                    exc_info=None if isinstance(exc, AffinityError) else exc,
+                )
                 await asyncio.sleep(delay)
                 continue
             failures = 0
             for settings in documents.values():
-                self.state.shared_settings.offer(settings)
+                self.state.shared_settings.offer(settings)  # refuses what a plugin fails on
 
     # -- drain ----------------------------------------------------------------------
 

@@ -27,7 +27,11 @@ class TokenCheck:
 
             source = JwksKeySource(tokens.jwks_url, verify=_ca(config))
             self.jwks = JwksVerifier(
-                source, issuer=tokens.issuer, leeway=tokens.leeway, cache_size=tokens.cache_size
+                source,
+                issuer=tokens.issuer,
+                leeway=tokens.leeway,
+                cache_size=tokens.cache_size,
+                max_lifetime=tokens.max_lifetime,
             )
             self.verifier: TokenVerifier | None = None
         else:
@@ -36,6 +40,7 @@ class TokenCheck:
                 issuer=tokens.issuer,
                 leeway=tokens.leeway,
                 cache_size=tokens.cache_size,
+                max_lifetime=tokens.max_lifetime,
             )
         self.verify: Callable[[str], Claims] = (
             self.verifier.verify if self.verifier is not None else self._verify_jwks

@@ -220,6 +220,7 @@ class JwksVerifier:
         leeway: float = 30.0,
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
+        max_lifetime: float | None = None,
     ) -> None:
         self.source = source
         self._version = source.version
@@ -230,6 +231,7 @@ class JwksVerifier:
             algorithms=(EDDSA,),
             clock=clock,
             cache_size=cache_size,
+            max_lifetime=max_lifetime,
         )
 
     def verify_nowait(self, token: str) -> Claims:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import json
 import math
 import os
 import random
@@ -81,7 +82,24 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
         raise InvalidToken(f"the {what} is not JSON") from exc
     if type(value) is not dict:
         raise InvalidToken(f"the {what} is not a JSON object")
+    if orjson.dumps(value) != raw:
+        # Not in the compact form this module writes: look for a key given twice, which
+        # orjson would silently resolve to its last value (another parser to its first).
+        try:
+            json.loads(raw, object_pairs_hook=_unique_keys(what))
+        except ValueError as exc:
+            raise InvalidToken(f"the {what} is not JSON") from exc
     return value
+
+
+def _unique_keys(what: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(items)
+        if len(result) != len(items):
+            raise InvalidToken(f"the {what} names a member twice")
+        return result
+
+    return pairs
 
 
 def new_client_id() -> str:
@@ -204,6 +222,7 @@ class TokenVerifier:
         "_explicit_algs",
         "_issuer",
         "_leeway",
+        "_max_lifetime",
         "_ring",
     )
 
@@ -216,6 +235,7 @@ class TokenVerifier:
         algorithms: Iterable[str] | None = None,
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
+        max_lifetime: float | None = None,
     ) -> None:
         if not leeway >= 0:
             raise ValueError(f"leeway: expected seconds >= 0, got {leeway!r}")
@@ -225,8 +245,11 @@ class TokenVerifier:
         if self._explicit_algs is not None and not self._explicit_algs <= ALGORITHMS:
             bad = sorted(self._explicit_algs - ALGORITHMS)
             raise ValueError(f"algorithms: unsupported {bad}; expected 'HS256' and/or 'EdDSA'")
+        if max_lifetime is not None and not max_lifetime > 0:
+            raise ValueError(f"max_lifetime: expected seconds > 0, got {max_lifetime!r}")
         self._issuer = issuer
         self._leeway = leeway
+        self._max_lifetime = math.inf if max_lifetime is None else max_lifetime
         self._clock = clock
         self._cache_size = cache_size
         self._cache: dict[str, tuple[Claims, float]] = {}
@@ -335,6 +358,11 @@ class TokenVerifier:
             raise InvalidToken("claims 'iat', 'exp' (and 'nbf') must be integers")
         if exp < iat:
             raise InvalidToken("the token expires before it was issued")
+        if exp - iat > self._max_lifetime:
+            raise InvalidToken(
+                f"the token lives {exp - iat} s; tokens of this issuer live at most "
+                f"{self._max_lifetime:.0f} s"
+            )
         self._check_exp(exp, now)
         if iat > now + self._leeway or (nbf is not None and nbf > now + self._leeway):
             raise ImmatureToken("the token is not valid yet (issued in the future?)")

@@ -502,10 +502,11 @@ ADMIN_TOKEN_BYTES = 32
 """Random bytes in a new admin token (43 URL-safe characters)."""
 
 
-def generate_admin_token(path: Path, force: bool = False) -> None:
-    """``affinity keys admin-token``: a new random admin token in ``path``, mode 0600."""
+def generate_admin_token(path: Path, force: bool = False, *, what: str = "admin token") -> None:
+    """``affinity keys admin-token`` (or ``registration-secret``): a new random bearer secret
+    of 43 characters in ``path``, mode 0600."""
     token = secrets.token_urlsafe(ADMIN_TOKEN_BYTES)
-    write_secret_file(path, (token + "\n").encode(), force, what="admin token file")
+    write_secret_file(path, (token + "\n").encode(), force, what=f"{what} file")
 
 
 def generate_keyfile(path: Path, alg: str, force: bool) -> KeyRing:

@@ -1,13 +1,23 @@
-"""The admin bearer-token check, one for the referral's admin API and the app servers' drain.
+"""Bearer-token checks: the admin token (operators) and registration tokens (one per server).
 
 The token is read once, when the app is built (from ``AFFINITY_ADMIN_TOKEN``
-or the section's ``admin_token_file``), and compared in constant time. Without
-a token, or with an empty one, every call is refused: ``403 admin_closed``
-says so, where a missing or wrong token is ``401 unauthorized``.
+or the section's ``admin_token_file``), and compared in constant time. A
+configured token that is empty or shorter than 32 characters stops the process
+at start (:meth:`affinity.config.Config.read_secret`). Without a token every
+call is refused: ``403 admin_closed`` says so, where a missing, empty or wrong
+token is ``401 unauthorized``.
+
+App servers do not hold the admin token. Each registers with a token of its
+own, derived from the referral's registration secret and its server id
+(:func:`registration_token`, ``affinity keys registration-token``): it lets
+that server register, heartbeat, drain, resume and deregister itself, and
+read the shared settings, nothing else (:func:`admin_or_server`). A token
+for another server's id is ``403 forbidden``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
@@ -17,7 +27,7 @@ from typing import Any, TypeVar
 from sanic import HTTPResponse, Request
 
 from affinity.config import Config
-from affinity.errors import AdminClosed, Unauthorized
+from affinity.errors import AdminClosed, Forbidden, Unauthorized
 
 H = TypeVar("H", bound=Callable[..., Awaitable[HTTPResponse]])
 
@@ -41,14 +51,15 @@ class BearerAuth:
 
     @property
     def configured(self) -> bool:
-        """False when no (or an empty) admin token is configured: the admin API is closed."""
+        """False when no admin token is configured: the admin API is closed."""
         return self._expected is not None
 
     def matches(self, given: str) -> bool:
         """True when ``given`` is the admin token, compared in constant time (a login form)."""
         if self._expected is None:
             return False
-        return hmac.compare_digest(given.strip().encode(), self._expected)
+        given = given.strip()
+        return hmac.compare_digest(given.encode(), self._expected) and bool(given)
 
     def derive_key(self, purpose: bytes) -> bytes | None:
         """A key for ``purpose`` made from the admin token (HMAC-SHA256); None when closed.
@@ -68,8 +79,9 @@ class BearerAuth:
             )
         scheme, _, given = (authorization or "").partition(" ")
         # Compare whatever was sent, so the time taken says nothing about the scheme.
-        same = hmac.compare_digest(given.strip().encode(), self._expected)
-        if not (same and scheme.lower() == "bearer"):
+        given = given.strip()
+        same = hmac.compare_digest(given.encode(), self._expected)
+        if not (same and given and scheme.lower() == "bearer"):
             raise Unauthorized("a valid 'Authorization: Bearer <admin token>' header is required")
 
 
@@ -85,6 +97,79 @@ def admin_only(handler: H) -> H:
     async def checked(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
         auth: BearerAuth = request.app.ctx.admin_auth
         auth.check(request.headers.get("authorization"))
+        return await handler(request, *args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
+REGISTRATION_SECRET_ENV = "AFFINITY_REGISTRATION_SECRET"
+REGISTRATION_TOKEN_ENV = "AFFINITY_REGISTRATION_TOKEN"
+_CONTEXT = b"affinity registration token v1\0"
+
+
+def registration_token(secret: str, server_id: str) -> str:
+    """The registration token of ``server_id``: ``<server_id>.<HMAC-SHA256 of it, base64url>``."""
+    mac = hmac.new(secret.encode(), _CONTEXT + server_id.encode(), hashlib.sha256).digest()
+    return f"{server_id}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+class RegistrationAuth:
+    """Checks registration tokens against the referral's registration secret (if any)."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: str | None) -> None:
+        self._secret = secret
+
+    @classmethod
+    def from_config(cls, config: Config) -> RegistrationAuth:
+        """``referral.registration_secret_file`` or ``AFFINITY_REGISTRATION_SECRET``, read now."""
+        secret = config.read_secret(
+            config.referral.registration_secret_file,
+            REGISTRATION_SECRET_ENV,
+            "referral.registration_secret_file",
+        )
+        return cls(secret)
+
+    @property
+    def configured(self) -> bool:
+        return self._secret is not None
+
+    def server_of(self, authorization: str | None) -> str | None:
+        """The server id a valid ``Bearer <registration token>`` names, else None."""
+        if self._secret is None:
+            return None
+        scheme, _, given = (authorization or "").partition(" ")
+        given = given.strip()
+        server_id = given.rpartition(".")[0]
+        expected = registration_token(self._secret, server_id)
+        same = hmac.compare_digest(given.encode(), expected.encode())
+        return server_id if same and server_id and scheme.lower() == "bearer" else None
+
+
+def admin_or_server(handler: H) -> H:
+    """Run ``handler(request, ...)`` for the admin token, or for the registration token of the
+    server the route names (``server_id``); a route without ``server_id`` takes any server's.
+
+    The tokens are the app's ``app.ctx.admin_auth`` and ``app.ctx.registration_auth``.
+    """
+
+    @wraps(handler)
+    async def checked(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
+        authorization = request.headers.get("authorization")
+        registration: RegistrationAuth = request.app.ctx.registration_auth
+        server_id = registration.server_of(authorization)
+        if server_id is not None:
+            wanted = kwargs.get("server_id", server_id)
+            if wanted != server_id:
+                raise Forbidden(
+                    f"this registration token is for server {server_id!r}, not {wanted!r}"
+                )
+            return await handler(request, *args, **kwargs)
+        admin: BearerAuth = request.app.ctx.admin_auth
+        if registration.configured and not admin.configured:
+            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        admin.check(authorization)
         return await handler(request, *args, **kwargs)
 
     return checked  # type: ignore[return-value]

@@ -43,6 +43,7 @@ from affinity.errors import (
 from affinity.models import HealthStatus, Rejection, RequestInfo, fast_constructor
 from affinity.protocol import COOKIE, REASSIGN_HEADER, TOKEN_HEADER, ErrorCode
 from affinity.web.auth import BearerAuth
+from affinity.web.connection import apply_limits
 
 log = logging.getLogger("affinity.web.http")
 _request_info = fast_constructor(RequestInfo)  # one per filtered request
@@ -272,6 +273,7 @@ def new_app(
 
     No access log (a cost per request), JSON errors from ``on_error``
     (:func:`exception_response`, or a role's handler that ends with it), and
+    the body size and timeouts (:func:`affinity.web.connection.apply_limits`),
     the proxy settings and the admin token (``app.ctx.admin_auth``, read once)
     of the ``[referral]`` or ``[server]`` section.
     """
@@ -279,6 +281,7 @@ def new_app(
     app.config.ACCESS_LOG = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
     settings = getattr(config, section)
+    apply_limits(app, settings)
     trust_proxies(
         app,
         count=settings.proxies_count,

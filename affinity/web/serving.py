@@ -4,7 +4,9 @@ One path for both: the app is built by ``factory`` in the process that serves
 it (this one, or each worker), and that process makes its own TLS context with
 :func:`affinity.web.tls.server_context` (TLS 1.2 or later, no renegotiation,
 ALPN) through Sanic's certificate-loader hook. Sanic is never handed
-certificate paths to build a context of its own.
+certificate paths to build a context of its own. Every connection is served
+by :class:`affinity.web.connection.BoundedHttpProtocol`, its TLS handshake
+bounded by ``handshake_timeout``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from sanic.worker.loader import AppLoader, CertLoader
 
 from affinity.config import Listen
 from affinity.errors import ConfigError
+from affinity.web.connection import BoundedHttpProtocol, ConnectionSettings, handshake_limit
 from affinity.web.tls import server_context
 
 
-class ListenSettings(Protocol):
+class ListenSettings(ConnectionSettings, Protocol):
     """The parts of ``[referral]`` / ``[server]`` that say how to listen."""
 
     @property
@@ -116,7 +119,10 @@ def serve(
         single_process=workers == 1,
         access_log=False,
         motd=False,
+        protocol=BoundedHttpProtocol,
     )
+    if app.ctx.affinity_tls is not None:
+        handshake_limit(app, settings)
     if workers > 1:
         Sanic.serve(primary=app, app_loader=loader)
     else:

@@ -26,6 +26,22 @@ from affinity.errors import ConfigError
 ALPN_PROTOCOLS = ("http/1.1",)
 """What the app servers speak (Sanic serves HTTP/1.1), announced so clients need not guess."""
 
+INTERMEDIATE_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    )
+)
+"""The TLS 1.2 suites of Mozilla's "intermediate" profile: forward secret AEAD only, no CBC.
+TLS 1.3 suites are all AEAD and stay as OpenSSL sets them."""
+
 _SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
 
 
@@ -34,9 +50,9 @@ def server_context(
 ) -> ssl.SSLContext:
     """A server-side context for ``cert`` (PEM chain, leaf first) and its ``key`` (PEM).
 
-    Uses the standard library's server defaults (its cipher list, no
-    compression), requires TLS 1.2 or later, refuses renegotiation and
-    announces HTTP/1.1 by ALPN. Errors name ``<key_prefix>_cert`` or
+    Follows Mozilla's "intermediate" profile: TLS 1.2 or later, the TLS 1.2
+    suites of :data:`INTERMEDIATE_CIPHERS` (no CBC), no compression, no
+    renegotiation; announces HTTP/1.1 by ALPN. Errors name ``<key_prefix>_cert`` or
     ``<key_prefix>_key`` and ``source`` (the config file).
     """
     cert_key, key_key = f"{key_prefix}_cert", f"{key_prefix}_key"
@@ -51,6 +67,7 @@ def server_context(
         )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(INTERMEDIATE_CIPHERS)
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(list(ALPN_PROTOCOLS))
     try:
@@ -70,7 +87,8 @@ def client_context(
     With ``ca_file`` only that file's CAs are trusted (a development or
     internal CA should not widen into "that CA or anyone the system trusts");
     without it, the system's CAs. TLS 1.2 or later. A file that cannot be
-    loaded is a ConfigError naming ``key`` (the setting) and ``source``.
+    loaded is a ConfigError naming ``key`` (the setting) and ``source``. The
+    suites are those of the server side: no CBC.
     """
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
@@ -80,6 +98,7 @@ def client_context(
             f"cannot load CA file {str(ca_file)!r}: {reason}", key=key, source=source or None
         ) from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(INTERMEDIATE_CIPHERS)
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
     return context

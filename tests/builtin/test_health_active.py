@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from affinity.builtin.health_active import (
@@ -213,7 +214,8 @@ async def test_a_check_reads_the_health_endpoint() -> None:
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(str(request.url))
-        return httpx.Response(200, json={"status": "passing", "load": {"active_clients": 2}})
+        body = orjson.dumps({"status": "passing", "load": {"active_clients": 2}})
+        return httpx.Response(200, stream=httpx.ByteStream(body))
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
     checker = ActiveHealthChecker(settings(), client=client)
@@ -285,14 +287,17 @@ async def test_rechecks_are_rate_limited_per_server() -> None:
 
 async def test_fall_by_the_scheduler_uses_the_fast_interval() -> None:
     checker = ScriptedChecker(
-        settings(interval=10.0, fast_interval=0.01, rise=2, fall=3), [FAIL, FAIL, FAIL]
+        settings(interval=0.01, fast_interval=0.01, rise=2, fall=3), [OK, FAIL, FAIL, FAIL]
     )
     sink = FakeSink()
     runner = asyncio.create_task(checker.run(sink))
     try:
+        await sink.wait_calls(1, timeout=2.0)  # up; its next check is already scheduled
+        checker.settings = settings(interval=10.0, fast_interval=0.01, rise=2, fall=3)
         # The first failure would wait 10 s without the fast interval.
-        await sink.wait_calls(3, timeout=2.0)
+        await sink.wait_calls(4, timeout=2.0)
         assert sink.statuses() == [
+            HealthStatus.PASSING,
             HealthStatus.PASSING,
             HealthStatus.PASSING,
             HealthStatus.CRITICAL,
@@ -301,6 +306,21 @@ async def test_fall_by_the_scheduler_uses_the_fast_interval() -> None:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
         await checker.aclose()
+
+
+async def test_the_first_check_decides_alone() -> None:
+    """A server nobody has checked is not assumed up: one failed first check is critical."""
+    for first, expected in ((FAIL, HealthStatus.CRITICAL), (OK, HealthStatus.PASSING)):
+        checker = ScriptedChecker(settings(interval=10.0, rise=2, fall=2), [first])
+        sink = FakeSink()
+        runner = asyncio.create_task(checker.run(sink))
+        try:
+            await sink.wait_calls(1, timeout=2.0)
+            assert sink.statuses() == [expected]
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            await checker.aclose()
 
 
 async def test_a_removed_server_stops_after_its_check_without_reporting() -> None:

@@ -253,7 +253,7 @@ def test_a_drained_server_sends_its_clients_elsewhere_with_503_reassign(fleet: D
     with client(fleet, on_event=events.append) as c, fleet.client() as http:
         victim = c.get("/whoami").json()["server"]
         url = fleet.server_urls[victim]
-        admin = {"Authorization": f"Bearer {fleet.admin_token}"}
+        admin = {"Authorization": f"Bearer {fleet.server_admin_token}"}
         assert http.post(url + "/.well-known/affinity/drain", headers=admin).status_code == 200
         try:
             # Past the drain grace, the server sends its clients back to the referral.

@@ -29,6 +29,7 @@ from affinity.builtin.consul.options import ConsulOptions
 from affinity.builtin.consul.registrar import ConsulRegistrar
 from affinity.models import HealthStatus, Server
 from affinity.testing import free_port
+from affinity.web.names import OriginRules
 from tests.consul.conftest import real_agent_url
 
 if TYPE_CHECKING:
@@ -131,7 +132,8 @@ def test_the_registrars_definition_comes_back_in_the_shape_the_catalog_module_re
         agent.name,
         ["affinity"],
     )
-    seen = server_from_entry(entry, f"{agent.prefix}-")
+    # The health target is a plain HTTP server on loopback: allowed as a deployment would.
+    seen = server_from_entry(entry, f"{agent.prefix}-", OriginRules(allow_http=True))
     assert seen is not None
     assert (seen.url, seen.weight, dict(seen.meta)) == (server.url, 3, {"z": "eu"})
     assert (seen.health, seen.draining) == (HealthStatus.CRITICAL, False)

@@ -67,7 +67,8 @@ def toml_value(value: Any) -> str:
 def write_config(
     path: Path, options: dict[str, Any], services: tuple[str, ...] = ("web",), server: str = ""
 ) -> Path:
-    lines = ['[registry]\nbackend = "consul"\n[registry.options]']
+    # The health targets of these tests are plain HTTP servers on loopback.
+    lines = ['[registry]\nbackend = "consul"\nallow_http = true\n[registry.options]']
     lines += [f"{key} = {toml_value(value)}" for key, value in options.items()]
     lines += [f"[services.{name}]" for name in services]
     if server:
@@ -448,10 +449,16 @@ def test_entries_become_servers_or_are_skipped(caplog: pytest.LogCaptureFixture)
         entry([SERF], ID="../etc"),
         entry([SERF], Meta={"affinity_url": "https://evil.test/path"}),
         entry([SERF], Meta={"affinity_url": "https://x.test", "affinity_weight": "lots"}),
+        # The checks of every other source: no metadata service, no plain http, no port 0.
+        entry([SERF], Meta={"affinity_url": "https://169.254.169.254"}),
+        entry([SERF], Meta={"affinity_url": "http://s1.example.test"}),
+        entry([SERF], Meta=None, Address="0x7f000001"),
+        entry([SERF], Meta=None, Port=0),
         {"Service": None},
     ):
         assert server_from_entry(bad, "") is None
     assert "skipping a Consul service entry" in caplog.text
+    assert "metadata service" in caplog.text
 
 
 # --------------------------------------------------------------------------------------

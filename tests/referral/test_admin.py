@@ -61,10 +61,9 @@ def test_admin_needs_the_token(
 
 
 def test_without_an_admin_token_the_api_is_closed(tmp_path: Path) -> None:
-    """An empty admin token file closes the API: 403 admin_closed, whatever is sent."""
+    """No admin token configured closes the API: 403 admin_closed, whatever is sent."""
     with Deployment(tmp_path / "closed", services=SERVICES, health="sources = []") as d:
-        (d.dir / "admin-token").write_text("\n")
-        d.start_referral()
+        d.start_referral(env={"AFFINITY_REFERRAL_ADMIN_TOKEN_FILE": ""})
         with d.client(base_url=d.referral_url) as c:
             for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Bearer x"}):
                 r = c.get("/v1/servers", headers=headers)

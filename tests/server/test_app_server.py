@@ -23,7 +23,7 @@ def start(d: Deployment) -> Deployment:
         d.start_server(sid, app=APP, wait=False)
     for sid in ("s1", "s2"):
         d.wait_http(d.server_urls[sid] + "/.well-known/affinity/health", d.servers[sid])
-    wait_until(lambda: d.registered() == {"s1", "s2"}, 10, what="registration")
+    wait_until(lambda: d.assignable() == {"s1", "s2"}, 10, what="both checked and assignable")
     return d
 
 
@@ -117,8 +117,8 @@ def test_drain_and_resume_need_the_admin_token_read_at_start(running: Deployment
         assert refused.headers["affinity-server"] == "s1"
         assert c.get(base + "/health").json()["draining"] is False
         # The file changes; the server keeps the token it read when it started.
-        (running.dir / "admin-token").write_text("rotated-without-a-restart")
-        ok = {"Authorization": f"Bearer {running.admin_token}"}
+        (running.dir / "server-admin-token").write_text("rotated-without-a-restart")
+        ok = {"Authorization": f"Bearer {running.server_admin_token}"}
         assert c.post(base + "/drain", headers=ok).json() == {"id": "s1", "draining": True}
         assert c.get(base + "/health").status_code == 429
         rotated = {"Authorization": "Bearer rotated-without-a-restart"}
@@ -239,7 +239,7 @@ def test_a_draining_server_serves_its_clients_until_the_grace_has_passed(
     deployment.start_referral()
     for sid, grace in (("s1", "3600"), ("s2", "0")):
         deployment.start_server(sid, app=APP, env={"AFFINITY_SERVER_DRAIN_GRACE": grace})
-    auth = {"Authorization": f"Bearer {deployment.admin_token}"}
+    auth = {"Authorization": f"Bearer {deployment.server_admin_token}"}
     with deployment.client() as c:
         for sid in ("s1", "s2"):
             url = deployment.server_urls[sid]

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from affinity.errors import RegistryUnavailable
 from affinity.models import HealthStatus, Server, SharedSettings, worst
-from affinity.web.names import check_origin, is_valid_id
+from affinity.web.names import STRICT, OriginRules, check_server, is_valid_id
 
 log = logging.getLogger("affinity.plugin.registry")
 
@@ -68,31 +69,27 @@ def health_of(checks: Iterable[Mapping[str, Any]]) -> tuple[HealthStatus, bool]:
     return status, draining
 
 
-def server_from_entry(entry: Mapping[str, Any], prefix: str) -> Server | None:
+def server_from_entry(
+    entry: Mapping[str, Any], prefix: str, rules: OriginRules = STRICT
+) -> Server | None:
     """One ``/v1/health/service`` entry as a server, or None (logged) when it is not usable."""
     try:
         service = entry["Service"]
         node = entry.get("Node") or {}
-        server_id = service["ID"]
-        name = str(service["Service"]).removeprefix(prefix)
         meta = service.get("Meta") or {}
-        url = meta.get(URL_META) or _url_from_address(service, node)
         health, maintenance = health_of(entry.get("Checks") or ())
-        weight = int(meta.get(WEIGHT_META, "1"))
-        if not (is_valid_id(server_id) and is_valid_id(name)) or not 0 <= weight <= 10_000:
-            raise ValueError(f"id {server_id!r}, service {name!r} or weight {weight!r}")
-        return Server(
-            id=server_id,
-            service=name,
-            url=check_origin(url),
-            weight=weight,
+        server = check_server(
+            server_id=service["ID"],
+            service=str(service["Service"]).removeprefix(prefix),
+            url=meta.get(URL_META) or _url_from_address(service, node),
+            weight=int(meta.get(WEIGHT_META, "1")),
             meta={k: str(v) for k, v in meta.items() if not k.startswith("affinity_")},
-            health=health,
-            draining=maintenance,
+            rules=rules,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         log.warning("skipping a Consul service entry affinity cannot use: %s", exc)
         return None
+    return replace(server, health=health, draining=maintenance)
 
 
 def _url_from_address(service: Mapping[str, Any], node: Mapping[str, Any]) -> str:
@@ -102,9 +99,11 @@ def _url_from_address(service: Mapping[str, Any], node: Mapping[str, Any]) -> st
     return f"https://{host}:{int(service['Port'])}"
 
 
-def servers_from_entries(entries: Iterable[Mapping[str, Any]], prefix: str) -> tuple[Server, ...]:
+def servers_from_entries(
+    entries: Iterable[Mapping[str, Any]], prefix: str, rules: OriginRules = STRICT
+) -> tuple[Server, ...]:
     """All usable servers of one health answer, by id."""
-    found = (server_from_entry(entry, prefix) for entry in entries)
+    found = (server_from_entry(entry, prefix, rules) for entry in entries)
     return tuple(sorted((s for s in found if s is not None), key=lambda s: s.id))
 
 

@@ -55,9 +55,10 @@ def affinity_make_registry(config: Config) -> Registry | None:
     options = parse_options(config)
     _need_python_consul(config)
     from affinity.builtin.consul.registry import ConsulRegistry
+    from affinity.web.names import OriginRules
 
     services = frozenset(config.services) | {config.referral.default_service}
-    return ConsulRegistry(options, services)
+    return ConsulRegistry(options, services, OriginRules.from_config(config))
 
 
 @hookimpl(trylast=True)

@@ -47,6 +47,7 @@ from affinity.builtin.consul.options import ConsulOptions
 from affinity.errors import RegistrationFailed
 from affinity.models import Server, SharedSettings
 from affinity.plugin.registry import Registry, RegistryView
+from affinity.web.names import STRICT, OriginRules
 
 log = logging.getLogger("affinity.plugin.registry")
 
@@ -182,9 +183,12 @@ class ConsulRegistry(Registry):
 
     name = "consul"
 
-    def __init__(self, options: ConsulOptions, services: frozenset[str]) -> None:
+    def __init__(
+        self, options: ConsulOptions, services: frozenset[str], rules: OriginRules = STRICT
+    ) -> None:
         self.options = options
         self.configured = services
+        self.rules = rules
         self.board = Board(options.grace)
         self._client: ConsulClient | None = None
         self._loops: dict[str, tuple[BlockingLoop[Any], asyncio.Task[None]]] = {}
@@ -249,7 +253,7 @@ class ConsulRegistry(Registry):
             return await self.client.health_service(name, index, wait)
 
         def apply(entries: list[Any]) -> None:
-            servers = servers_from_entries(entries, self.options.service_prefix)
+            servers = servers_from_entries(entries, self.options.service_prefix, self.rules)
             self.board.set_service(service, tuple(s for s in servers if s.service == service))
 
         self._spawn(what, fetch, apply)

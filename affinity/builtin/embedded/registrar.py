@@ -20,6 +20,7 @@ from affinity.errors import ConfigError, RegistrationFailed, RegistryUnavailable
 from affinity.models import Server, SharedSettings
 from affinity.plugin import hookimpl
 from affinity.plugin.registry import Registrar
+from affinity.web.auth import REGISTRATION_TOKEN_ENV
 from affinity.web.tls import client_context
 
 log = logging.getLogger("affinity.server")
@@ -33,7 +34,7 @@ class AdminApiRegistrar(Registrar):
     def __init__(
         self,
         referrals: Sequence[str],
-        admin_token: str,
+        token: str,
         verify: ssl.SSLContext | bool = True,
         timeout: float = 5.0,
     ) -> None:
@@ -41,7 +42,7 @@ class AdminApiRegistrar(Registrar):
         self._client = httpx.AsyncClient(
             verify=verify,
             timeout=timeout,
-            headers={"Authorization": f"Bearer {admin_token}"},
+            headers={"Authorization": f"Bearer {token}"},
         )
 
     async def _call(self, method: str, url: str, **kwargs: object) -> httpx.Response:
@@ -140,13 +141,32 @@ def affinity_make_registrar(config: Config) -> Registrar | None:
     if not referrals:
         msg = "app servers register with the referral: set server.referral_url"
         raise ConfigError(msg, key="server.referral_url", source=config.source)
+    return AdminApiRegistrar(
+        referrals, _credential(config), verify=client_context(settings.referral_ca)
+    )
+
+
+def _credential(config: Config) -> str:
+    """The server's registration token; else, with a warning, the admin token (older set-ups)."""
+    settings = config.server
+    token = config.read_secret(
+        settings.registration_token_file, REGISTRATION_TOKEN_ENV, "server.registration_token_file"
+    )
+    if token is not None:
+        return token
     token = config.read_secret(
         settings.admin_token_file, "AFFINITY_ADMIN_TOKEN", "server.admin_token_file"
     )
     if token is None:
         msg = (
-            "registering with the referral needs its admin token: set "
-            "server.admin_token_file or AFFINITY_ADMIN_TOKEN"
+            "registering with the referral needs this server's registration token: set "
+            "server.registration_token_file or AFFINITY_REGISTRATION_TOKEN (make one with "
+            "'affinity keys registration-token')"
         )
-        raise ConfigError(msg, key="server.admin_token_file", source=config.source)
-    return AdminApiRegistrar(referrals, token, verify=client_context(settings.referral_ca))
+        raise ConfigError(msg, key="server.registration_token_file", source=config.source)
+    log.warning(
+        "registering with the admin token (server.admin_token_file): it lets this server "
+        "change every server; give it a registration token of its own instead "
+        "(server.registration_token_file, 'affinity keys registration-token')"
+    )
+    return token

@@ -22,6 +22,7 @@ from affinity.errors import ConfigError
 from affinity.models import Server, SharedSettings
 from affinity.plugin import hookimpl
 from affinity.plugin.registry import Registry, RegistryView
+from affinity.web.names import OriginRules, check_server
 
 log = logging.getLogger("affinity.plugin.registry")
 
@@ -35,6 +36,9 @@ class EmbeddedRegistry(Registry):
 
     def __init__(self, config: Config) -> None:
         self._config = config
+        self._rules = OriginRules.from_config(config)
+        self._static = _static_servers(config, self._rules)
+        self._refused: dict[str, str] = {}
         path = config.referral.state_file
         self._file = StateFile(path) if path is not None else None
         self._state: State = empty_state()
@@ -52,26 +56,12 @@ class EmbeddedRegistry(Registry):
         self._view = self._build_view()
 
     def _build_view(self) -> RegistryView:
-        servers: dict[str, Server] = {}
         removed = set(self._state["removed"])
-        for service, service_settings in self._config.services.items():
-            for static in service_settings.servers:
-                if static.id not in removed:
-                    servers[static.id] = Server(
-                        id=static.id,
-                        service=service,
-                        url=static.url,
-                        weight=static.weight,
-                        meta=dict(static.meta),
-                    )
+        servers = {s.id: s for s in self._static if s.id not in removed}
         for sid, entry in self._state["servers"].items():
-            servers[sid] = Server(
-                id=sid,
-                service=entry["service"],
-                url=entry["url"],
-                weight=int(entry.get("weight", 1)),
-                meta=dict(entry.get("meta", {})),
-            )
+            server = self._checked(sid, entry)
+            if server is not None:
+                servers[sid] = server
         draining = set(self._state["draining"])
         view = tuple(
             _with_draining(s, s.id in draining) for s in sorted(servers.values(), key=_by_id)
@@ -81,6 +71,25 @@ class EmbeddedRegistry(Registry):
             for name, doc in self._state["settings"].items()
         }
         return RegistryView(index=int(self._state["index"]), servers=view, settings=settings)
+
+    def _checked(self, sid: str, entry: Mapping[str, Any]) -> Server | None:
+        """A state-file entry that passes the checks of the admin API, or None (logged once)."""
+        try:
+            server = check_server(
+                server_id=sid,
+                service=entry["service"],
+                url=entry["url"],
+                weight=entry.get("weight", 1),
+                meta=entry.get("meta"),
+                rules=self._rules,
+            )
+        except ValueError as exc:
+            if self._refused.get(sid) != str(exc):
+                self._refused[sid] = str(exc)
+                log.warning("state file %s: refused server entry %r: %s", self._file, sid, exc)
+            return None
+        self._refused.pop(sid, None)
+        return server
 
     async def watch(self, index: int, wait: float) -> RegistryView:
         loop = asyncio.get_running_loop()
@@ -163,11 +172,29 @@ class EmbeddedRegistry(Registry):
             self._apply(change)
 
     def _is_static(self, server_id: str) -> bool:
-        return any(
-            static.id == server_id
-            for settings in self._config.services.values()
-            for static in settings.servers
-        )
+        return any(static.id == server_id for static in self._static)
+
+
+def _static_servers(config: Config, rules: OriginRules) -> tuple[Server, ...]:
+    """The servers of the config file, checked as any registration is; ConfigError if not."""
+    servers = []
+    for service, service_settings in config.services.items():
+        for i, static in enumerate(service_settings.servers):
+            try:
+                servers.append(
+                    check_server(
+                        server_id=static.id,
+                        service=service,
+                        url=static.url,
+                        weight=static.weight,
+                        meta=dict(static.meta),
+                        rules=rules,
+                    )
+                )
+            except ValueError as exc:
+                key = f"services.{service}.servers[{i}]"
+                raise ConfigError(str(exc), key=key, source=config.source) from exc
+    return tuple(servers)
 
 
 def _by_id(server: Server) -> str:

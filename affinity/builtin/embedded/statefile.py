@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from affinity.errors import RegistryUnavailable
 from affinity.files import make_private_dir, write_private
 
 log = logging.getLogger("affinity.plugin.registry")
@@ -72,18 +73,27 @@ class StateFile:
         return state  # type: ignore[no-any-return]
 
     def update(self, change: Callable[[State], None]) -> State:
-        """Apply ``change`` to the state under the lock and write it back atomically."""
-        make_private_dir(self.path.parent)
-        with self._locked():
-            state = self.read()
-            change(state)
-            state["index"] = int(state.get("index", 0)) + 1
-            self._write(state)
-            return state
+        """Apply ``change`` to the state under the lock and write it back atomically.
+
+        A file system error (a full disk, a symlink planted as the lock) is a
+        :class:`RegistryUnavailable`, answered ``503`` by the admin API.
+        """
+        try:
+            make_private_dir(self.path.parent)
+            with self._locked():
+                state = self.read()
+                change(state)
+                state["index"] = int(state.get("index", 0)) + 1
+                self._write(state)
+                return state
+        except OSError as exc:
+            msg = f"cannot write the state file {str(self.path)!r}: {exc.strerror or exc}"
+            raise RegistryUnavailable(msg) from exc
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self._lock_path, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -110,15 +120,38 @@ class StateFile:
 
 
 def _validate(state: Any) -> None:
+    """The shape affinity writes; anything else is not ours, and the file is moved aside.
+
+    Whether each server entry may be used (its id, URL and so on) is the
+    registry's check, entry by entry.
+    """
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         msg = f"not an affinity state document of format {FORMAT_VERSION}"
         raise ValueError(msg)
     shapes = {"index": int, "servers": dict, "removed": list, "draining": list, "settings": dict}
     for key, kind in shapes.items():
-        if not isinstance(state.get(key), kind):
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
             msg = f"{key!r} should be a {kind.__name__}"
             raise ValueError(msg)
     for sid, entry in state["servers"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
-            msg = f"server {sid!r} has no url"
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("url"), str)
+            and isinstance(entry.get("service"), str)
+            and isinstance(entry.get("weight", 1), int)
+            and isinstance(entry.get("meta", {}), dict)
+        ):
+            msg = f"server {sid!r} is not an object with url, service, weight and meta"
             raise ValueError(msg)
+    for key in ("removed", "draining"):
+        if not all(isinstance(sid, str) for sid in state[key]):
+            raise ValueError(f"{key!r} should list server ids")
+    for name, doc in state["settings"].items():
+        version = doc.get("version") if isinstance(doc, dict) else None
+        if (
+            not isinstance(version, int)
+            or isinstance(version, bool)
+            or version < 1
+            or not isinstance(doc.get("value"), dict)
+        ):
+            raise ValueError(f"settings {name!r} is not an object with a version and a value")

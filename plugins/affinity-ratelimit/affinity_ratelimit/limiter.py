@@ -6,7 +6,8 @@ document sets replaces the file's (``limits`` is replaced as a whole list), a
 key set to ``null`` removes the file's, and a key it leaves out keeps the
 file's value. ``max_keys`` sizes this process's memory and stays with the
 file. Buckets survive a policy change: a TAT is a point in time, meaningful
-under the new rate too.
+under the new rate too. A document may only tighten the file's limits
+(:mod:`affinity_ratelimit.tighten`) unless the file sets ``allow_loosening``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from affinity import hookimpl
-from affinity.models import Rejection, RequestInfo
+from affinity.errors import ConfigError
+from affinity.models import Rejection, RequestInfo, SharedSettings
 from affinity.plugin.options import Origin, overlay
 from affinity.plugin.shared_settings import SettingsPlugin, remember
 from affinity_ratelimit.gcra import NS, GcraTable
 from affinity_ratelimit.headers import render
 from affinity_ratelimit.options import NAME, RateLimitOptions
 from affinity_ratelimit.policy import ClientKey, Limit, Policy, compile_policy
+from affinity_ratelimit.tighten import loosening
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,20 @@ class RateLimiter(SettingsPlugin[RateLimitOptions, Policy]):
         """Compile the file's options; forgets every bucket, shared document and counter."""
         super().configure(options, source)
         self._table = GcraTable(options.max_keys)
+        self._file_policy = self._in_force.policy
+
+    def compile_settings(self, settings: SharedSettings) -> Policy:
+        """Check a shared document; also refuse one that would loosen the file's limits."""
+        policy = super().compile_settings(settings)
+        problem = None if self.options.allow_loosening else loosening(self._file_policy, policy)
+        if problem:
+            source = f"shared settings {NAME!r} version {settings.version}"
+            msg = (
+                f"would loosen the config file's limits: {problem} (a shared document may only "
+                f"tighten them unless [plugins.{NAME}] sets allow_loosening = true)"
+            )
+            raise ConfigError(msg, key=NAME, source=source)
+        return policy
 
     def compile(self, options: RateLimitOptions, origin: Origin) -> Policy:
         return compile_policy(options, origin)
@@ -77,6 +94,9 @@ class RateLimiter(SettingsPlugin[RateLimitOptions, Policy]):
         if isinstance(value, Mapping) and "max_keys" in value:
             msg = "is per process; set it in the config file's [plugins.ratelimit] table"
             raise origin.error(msg, "max_keys")
+        if isinstance(value, Mapping) and "allow_loosening" in value:
+            msg = "is the operator's; only the config file's [plugins.ratelimit] table sets it"
+            raise origin.error(msg, "allow_loosening")
         return overlay(self.options, value, origin)
 
     def install(self, file: Policy, shared: Policy | None, version: int) -> None:

@@ -101,5 +101,10 @@ class RateLimitOptions:
         high=10**9,
         help="Most keys held per process. File only (not in a shared document).",
     )
+    allow_loosening: bool = option(
+        False,
+        help="File only: let the shared document remove or loosen the file's limits "
+        "(otherwise it may only tighten them).",
+    )
     headers: HeaderMode = option("draft-08", help="Which `RateLimit` fields a 429 carries.")
     limits: tuple[LimitOptions, ...] = option((), help="Extra limits.")

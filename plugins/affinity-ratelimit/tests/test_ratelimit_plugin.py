@@ -43,7 +43,8 @@ def test_hook_signatures_match_the_contract() -> None:
 def test_hooks_through_the_manager(tmp_path: Path) -> None:
     limiter = RateLimiter(clock=lambda: 100.0)
     pm = manager(limiter)
-    pm.configure(config(tmp_path, "[plugins.ratelimit]\nrate = 0.001\nburst = 2\n"))
+    table = "[plugins.ratelimit]\nrate = 0.001\nburst = 2\nallow_loosening = true\n"
+    pm.configure(config(tmp_path, table))
     request = RequestInfo(role="referral", method="GET", path="/v1/assign", client_ip="192.0.2.9")
     assert pm.reject_request(request) is None
     assert pm.reject_request(request) is None

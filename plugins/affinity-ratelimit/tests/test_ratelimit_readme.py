@@ -8,8 +8,10 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 from affinity_ratelimit import RateLimiter, RateLimitOptions
 
+from affinity.errors import ConfigError
 from affinity.models import RequestInfo, SharedSettings
 from affinity.plugin.options import markdown_table, replace_block
 
@@ -53,19 +55,25 @@ def test_sample_answer_matches_the_readme() -> None:
 
 
 def test_json_document_passes_the_check_and_compiles_as_described() -> None:
-    """Laid over the README's file key by key; its ``limits`` replace the file's whole."""
+    """Laid over the README's file key by key; its ``limits`` replace the file's whole, and
+    it only tightens them (the file does not allow loosening)."""
     (document,) = blocks("json")[:1]
     settings = SharedSettings(name="ratelimit", version=1, value=json.loads(document))
     policy = make().compile_settings(settings)
     assign = policy.select("referral", "/v1/assign")
     assert assign is not None
     assert (assign.name, assign.rate, assign.burst, assign.key) == ("assign", 1.0, 1, "ip")
-    assert assign.roles == {"referral", "server"}
-    default = policy.select("server", "/admin/x")  # the file's admin limit is gone
+    assert assign.roles == {"referral"}
+    admin = policy.select("server", "/admin/x")
+    assert admin is not None and (admin.name, admin.rate, admin.burst) == ("admin", 0.5, 2)
+    default = policy.select("server", "/other")
     assert default is not None
-    assert (default.name, default.rate, default.burst) == ("default", 20.0, 40)
+    assert (default.name, default.rate, default.burst) == ("default", 20.0, 10)  # burst: file's
     assert default.key == "client_or_ip"  # kept from the file
     assert policy.headers == "draft-08"
+    loose = SharedSettings(name="ratelimit", version=2, value={"rate": 20, "burst": 40})
+    with pytest.raises(ConfigError, match="would loosen"):
+        make().compile_settings(loose)
 
 
 def test_options_table_is_the_declaration() -> None:

@@ -20,6 +20,9 @@ class Clock:
 
 
 def make(**options: Any) -> RateLimiter:
+    """A limiter whose file allows loosening: these tests are about how a document is laid over
+    the file. Whether it may loosen the file's limits is tested at the end."""
+    options.setdefault("allow_loosening", True)
     limiter = RateLimiter(clock=Clock())
     limiter.configure_table(options, source="affinity.toml")
     return limiter
@@ -132,3 +135,67 @@ def test_remembered_limit_choices_do_not_outlive_their_policy() -> None:
     other = RequestInfo(role="server", method="GET", path="/b", client_ip="192.0.2.1")
     assert limiter.reject(other) is None
     assert limiter.reject(other).rule == "ratelimit.b"  # type: ignore[union-attr]
+
+
+# -- only tighter than the file ---------------------------------------------------------------
+
+FILE = {
+    "rate": 10.0,
+    "burst": 10,
+    "limits": [{"name": "assign", "prefix": "/v1/assign", "rate": 2.0, "burst": 5, "key": "ip"}],
+}
+ASSIGN = {"name": "assign", "prefix": "/v1/assign", "rate": 2.0, "burst": 5, "key": "ip"}
+
+
+def strict() -> RateLimiter:
+    limiter = RateLimiter(clock=Clock())
+    limiter.configure_table(FILE, source="affinity.toml")
+    return limiter
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ({"limits": None}, "removes the file's limit 'assign'"),
+        ({"rate": None, "burst": None}, "removes the file's limit 'default'"),
+        ({"rate": 100.0}, "over the file's"),
+        ({"burst": 11}, "over the file's"),
+        ({"limits": [{**ASSIGN, "rate": 3.0}]}, "limit 'assign'"),
+        ({"limits": [{**ASSIGN, "key": "client_or_ip"}]}, "keyed by client"),
+        ({"limits": [{**ASSIGN, "prefix": "/v1"}]}, "moves"),
+        ({"limits": [{**ASSIGN, "roles": ["server"]}]}, "roles"),
+        ({"limits": [ASSIGN, {"name": "x", "prefix": "/v1", "rate": 50.0}]}, "takes over"),
+        ({"roles": ["server"]}, "limits only the roles"),
+        ({"exempt_paths": ["/v1"]}, "exempts"),
+        ({"ipv4_prefix": 32, "ipv6_prefix": 128}, "smaller buckets"),
+    ],
+)
+def test_a_document_may_not_loosen_the_files_limits(value: dict[str, Any], why: str) -> None:
+    limiter = strict()
+    with pytest.raises(ConfigError, match="would loosen the config file's limits") as info:
+        limiter.compile_settings(SharedSettings(name="ratelimit", version=1, value=value))
+    assert why in str(info.value)
+    assert not limiter.apply_settings(SharedSettings(name="ratelimit", version=1, value=value))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"rate": 5.0},
+        {"burst": 1, "key": "ip"},
+        {"limits": [{**ASSIGN, "rate": 1.0, "burst": 2, "roles": ["referral", "server"]}]},
+        {"limits": [ASSIGN, {"name": "tight", "prefix": "/v1/assign/x", "rate": 1.0, "key": "ip"}]},
+        {"exempt_paths": []},
+        {"ipv4_prefix": 24},
+    ],
+)
+def test_a_document_may_tighten_them(value: dict[str, Any]) -> None:
+    assert strict().apply_settings(SharedSettings(name="ratelimit", version=1, value=value))
+
+
+def test_the_file_may_allow_loosening_and_the_document_may_not_say_so() -> None:
+    limiter = make(**FILE)
+    assert limiter.apply_settings(doc(1, limits=None, rate=None, burst=None))
+    assert admitted(limiter, 50) == 50
+    with pytest.raises(ConfigError, match="allow_loosening"):
+        limiter.compile_settings(doc(2, allow_loosening=True))
