@@ -28,6 +28,7 @@ def _urls(d: Deployment) -> dict[str, str]:
         "Transfer-Encoding\t: chunked",
         " Transfer-Encoding: chunked",
         "Content-Length : 0",
+        "Transfer-Encoding\x0b: chunked",
         "X-Fine\x01: 1",
     ],
 )
