@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
+import signal
 import subprocess
 import sys
 import types
@@ -61,6 +63,7 @@ def _launch(deployment: Deployment, plugins: str) -> subprocess.Popen[bytes]:
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its group holds the Sanic workers too: killed together
         )
 
 
@@ -84,7 +87,7 @@ def test_plugins_passed_in_reach_every_worker(deployment: Deployment) -> None:
 
         wait_until(every_worker_has_both, 60, 0.0, "both workers serving the passed-in plugins")
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # proc.kill() alone left both workers running
         proc.wait()
 
 
