@@ -172,13 +172,24 @@ async def view_until(
 
 
 async def logged(caplog: pytest.LogCaptureFixture, text: str, timeout: float) -> None:
-    """Wait for a log line (the event itself, not a guess at how long it takes)."""
+    """Wait for a log line: a handler sets an event when it is emitted (no polling)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while text not in caplog.text:
-        if loop.time() > deadline:
-            raise AssertionError(f"{text!r} was not logged within {timeout}s")
-        await asyncio.sleep(0.01)
+    seen = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if text in record.getMessage():
+                loop.call_soon_threadsafe(seen.set)
+
+    watch = Watch()
+    logging.getLogger().addHandler(watch)
+    try:
+        if text not in caplog.text:
+            await asyncio.wait_for(seen.wait(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"{text!r} was not logged within {timeout}s") from None
+    finally:
+        logging.getLogger().removeHandler(watch)
 
 
 def status_of(view: RegistryView, server_id: str) -> HealthStatus | None:
