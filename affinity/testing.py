@@ -26,7 +26,8 @@ from typing import Any
 
 import httpx
 
-from affinity.config import load
+from affinity.config import Config, load
+from affinity.plugin.manager import PluginManager
 from affinity.process import ChildProcess, stop, wait_answering
 from affinity.tokens.jws import TokenIssuer, generate_keyfile
 from affinity.tokens.keyring import load_keyring
@@ -43,6 +44,18 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def plugin_manager(*plugins: object) -> PluginManager:
+    """A plugin manager holding only ``plugins``: no entry points, no environment."""
+    return PluginManager(autoload=False, env={}, plugins=plugins)
+
+
+def config_from_text(directory: Path, text: str, env: Mapping[str, str] | None = None) -> Config:
+    """Load ``text`` as ``directory/affinity.toml``, so errors name that file."""
+    path = directory / "affinity.toml"
+    path.write_text(text)
+    return load(path, env=env or {})
 
 
 def wait_until(

@@ -10,22 +10,11 @@ import pluggy
 import pytest
 from affinity_ipfilter import IPFilter
 
-from affinity.config import Config, load
 from affinity.errors import ConfigError
 from affinity.models import RequestInfo, SharedSettings
 from affinity.plugin import hookimpl
 from affinity.plugin import spec as hookspecs
-from affinity.plugin.manager import PluginManager
-
-
-def manager(*plugins: object) -> PluginManager:
-    return PluginManager(autoload=False, env={}, plugins=plugins)
-
-
-def config(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
-    path = tmp_path / "affinity.toml"
-    path.write_text(text)
-    return load(path, env=env or {})
+from affinity.testing import config_from_text, plugin_manager
 
 
 def test_entry_point_names_the_process_wide_filter() -> None:
@@ -43,9 +32,9 @@ def test_hook_signatures_match_the_contract() -> None:
 
 def test_hooks_through_the_manager(tmp_path: Path) -> None:
     f = IPFilter()
-    pm = manager(f)
+    pm = plugin_manager(f)
     assert pm.declared_options() == {"ipfilter": affinity_ipfilter.IPFilterOptions}
-    pm.configure(config(tmp_path, '[plugins.ipfilter]\ndeny = ["192.0.2.0/24"]\n'))
+    pm.configure(config_from_text(tmp_path, '[plugins.ipfilter]\ndeny = ["192.0.2.0/24"]\n'))
     request = RequestInfo(role="referral", method="GET", path="/v1/assign", client_ip="192.0.2.9")
     answer = pm.reject_request(request)
     assert answer is not None and (answer.status, answer.rule) == (403, "ipfilter.deny[0]")
@@ -71,7 +60,7 @@ def test_hooks_through_the_manager(tmp_path: Path) -> None:
 def test_a_bad_option_names_the_key_and_the_file(tmp_path: Path) -> None:
     text = '[plugins.ipfilter]\nallow = ["10.0.0.0/8", "10.0.0.0/80"]\n'
     with pytest.raises(ConfigError) as info:
-        manager(IPFilter()).configure(config(tmp_path, text))
+        plugin_manager(IPFilter()).configure(config_from_text(tmp_path, text))
     assert info.value.key == "plugins.ipfilter.allow[1]"
     assert str(info.value).startswith(f"{tmp_path / 'affinity.toml'}: plugins.ipfilter.allow[1]: ")
 
@@ -79,12 +68,12 @@ def test_a_bad_option_names_the_key_and_the_file(tmp_path: Path) -> None:
 def test_an_option_from_the_environment_names_the_variable(tmp_path: Path) -> None:
     f = IPFilter()
     env = {"AFFINITY_PLUGINS_IPFILTER_DENY": '["203.0.113.0/24"]'}
-    manager(f).configure(config(tmp_path, "", env))
+    plugin_manager(f).configure(config_from_text(tmp_path, "", env))
     answer = f.reject(RequestInfo(role="server", method="GET", path="/", client_ip="203.0.113.5"))
     assert answer is not None
     env = {"AFFINITY_PLUGINS_IPFILTER_DENY": '["203.0.113.0/240"]'}
     with pytest.raises(ConfigError, match="environment variable AFFINITY_PLUGINS_IPFILTER_DENY"):
-        manager(IPFilter()).configure(config(tmp_path, "", env))
+        plugin_manager(IPFilter()).configure(config_from_text(tmp_path, "", env))
 
 
 def test_reject_runs_before_other_filters(tmp_path: Path) -> None:
@@ -93,8 +82,8 @@ def test_reject_runs_before_other_filters(tmp_path: Path) -> None:
         def affinity_reject_request(self, request: RequestInfo) -> None:
             raise AssertionError("the ipfilter should have answered first")
 
-    pm = manager(IPFilter(), Other())
-    pm.configure(config(tmp_path, '[plugins.ipfilter]\ndeny = ["0.0.0.0/0"]\n'))
+    pm = plugin_manager(IPFilter(), Other())
+    pm.configure(config_from_text(tmp_path, '[plugins.ipfilter]\ndeny = ["0.0.0.0/0"]\n'))
     request = RequestInfo(role="server", method="GET", path="/", client_ip="1.2.3.4")
     answer = pm.reject_request(request)
     assert answer is not None and answer.status == 403

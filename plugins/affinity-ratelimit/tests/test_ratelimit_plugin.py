@@ -10,21 +10,10 @@ import pluggy
 import pytest
 from affinity_ratelimit import RateLimiter
 
-from affinity.config import Config, load
 from affinity.errors import ConfigError
 from affinity.models import RequestInfo, SharedSettings
 from affinity.plugin import spec as hookspecs
-from affinity.plugin.manager import PluginManager
-
-
-def manager(*plugins: object) -> PluginManager:
-    return PluginManager(autoload=False, env={}, plugins=plugins)
-
-
-def config(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
-    path = tmp_path / "affinity.toml"
-    path.write_text(text)
-    return load(path, env=env or {})
+from affinity.testing import config_from_text, plugin_manager
 
 
 def test_entry_point_names_the_process_wide_limiter() -> None:
@@ -42,9 +31,9 @@ def test_hook_signatures_match_the_contract() -> None:
 
 def test_hooks_through_the_manager(tmp_path: Path) -> None:
     limiter = RateLimiter(clock=lambda: 100.0)
-    pm = manager(limiter)
+    pm = plugin_manager(limiter)
     table = "[plugins.ratelimit]\nrate = 0.001\nburst = 2\nallow_loosening = true\n"
-    pm.configure(config(tmp_path, table))
+    pm.configure(config_from_text(tmp_path, table))
     request = RequestInfo(role="referral", method="GET", path="/v1/assign", client_ip="192.0.2.9")
     assert pm.reject_request(request) is None
     assert pm.reject_request(request) is None
@@ -68,8 +57,8 @@ def test_hooks_through_the_manager(tmp_path: Path) -> None:
 
 
 def test_installed_but_unconfigured_limits_nothing(tmp_path: Path) -> None:
-    pm = manager(RateLimiter())
-    pm.configure(config(tmp_path, ""))
+    pm = plugin_manager(RateLimiter())
+    pm.configure(config_from_text(tmp_path, ""))
     request = RequestInfo(role="server", method="GET", path="/", client_ip="192.0.2.9")
     assert all(pm.reject_request(request) is None for _ in range(100))
 
@@ -77,24 +66,28 @@ def test_installed_but_unconfigured_limits_nothing(tmp_path: Path) -> None:
 def test_a_bad_option_names_the_key_and_the_file(tmp_path: Path) -> None:
     text = '[plugins.ratelimit]\nrate = 5\nkey = "header"\n'
     with pytest.raises(ConfigError) as info:
-        manager(RateLimiter()).configure(config(tmp_path, text))
+        plugin_manager(RateLimiter()).configure(config_from_text(tmp_path, text))
     assert str(info.value).startswith(f"{tmp_path / 'affinity.toml'}: plugins.ratelimit.key: ")
 
 
 def test_an_option_from_the_environment_names_the_variable(tmp_path: Path) -> None:
     limiter = RateLimiter()
-    manager(limiter).configure(config(tmp_path, "", {"AFFINITY_PLUGINS_RATELIMIT_RATE": "7"}))
+    plugin_manager(limiter).configure(
+        config_from_text(tmp_path, "", {"AFFINITY_PLUGINS_RATELIMIT_RATE": "7"})
+    )
     assert limiter.policy.limits["/"][0].rate == 7.0
     env = {"AFFINITY_PLUGINS_RATELIMIT_RATE": "0"}
     with pytest.raises(ConfigError) as info:
-        manager(RateLimiter()).configure(config(tmp_path, "", env))
+        plugin_manager(RateLimiter()).configure(config_from_text(tmp_path, "", env))
     assert info.value.key == "plugins.ratelimit.rate"
     assert info.value.source == "environment variable AFFINITY_PLUGINS_RATELIMIT_RATE"
 
 
 def test_a_misspelled_table_is_an_error_naming_the_known_plugins(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        manager(RateLimiter()).configure(config(tmp_path, "[plugins.ratelimt]\nrate = 5\n"))
+        plugin_manager(RateLimiter()).configure(
+            config_from_text(tmp_path, "[plugins.ratelimt]\nrate = 5\n")
+        )
     assert info.value.key == "plugins.ratelimt"
     assert "did you mean 'ratelimit'?" in info.value.message
     assert "known plugin tables: 'ratelimit'" in info.value.message
