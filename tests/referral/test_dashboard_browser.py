@@ -153,8 +153,10 @@ def test_dashboard_shows_a_failure_and_drains_a_server(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTIFACTS / "dashboard-light.png", full_page=True)
     page.click("#theme")  # auto -> light
+    expect(page.locator("body")).to_have_css("background-color", "rgb(246, 247, 249)")
     page.click("#theme")  # light -> dark
     expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    expect(page.locator("body")).to_have_css("background-color", "rgb(18, 21, 27)")
     page.screenshot(path=ARTIFACTS / "dashboard-dark.png", full_page=True)
 
     assert problems == []
