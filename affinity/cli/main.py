@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,8 @@ from affinity import __version__
 from affinity.cli import certs, dev, keys, plugins, request, status
 from affinity.config import Config, load
 from affinity.errors import AffinityError, ConfigError
+from affinity.logs import FORMATS, LEVELS, LogSettings
+from affinity.logs import configure as configure_logging
 
 T = TypeVar("T")
 
@@ -131,21 +132,52 @@ def _common() -> argparse.ArgumentParser:
         "--log-level",
         type=_log_level,
         default=argparse.SUPPRESS,
-        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+        help=f"{', '.join(LEVELS)} (default INFO)",
+    )
+    common.add_argument(
+        "--log-format",
+        type=_log_format,
+        default=argparse.SUPPRESS,
+        help="text, or json: one JSON object per line (default text)",
     )
     return common
 
 
 def _log_level(text: str) -> str:
-    level = text.upper()
-    if level not in LOG_LEVELS:
+    return _one_of(text.upper(), LEVELS, text, "a log level")
+
+
+def _log_format(text: str) -> str:
+    return _one_of(text.lower(), FORMATS, text, "a log format")
+
+
+def _one_of(value: str, choices: Sequence[str], text: str, what: str) -> str:
+    if value not in choices:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a log level; expected one of {', '.join(LOG_LEVELS)}"
+            f"{text!r} is not {what}; expected one of {', '.join(choices)}"
         )
-    return level
+    return value
 
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+def _access_log_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request: client, method, path (no query), status, bytes, time",
+    )
+
+
+def _log_settings(args: argparse.Namespace) -> LogSettings:
+    return LogSettings(
+        level=getattr(args, "log_level", "INFO"),
+        format=getattr(args, "log_format", "text"),
+        access_log=getattr(args, "access_log", False),
+        role=_ROLES.get(args.command, args.command),
+    )
+
+
+_ROLES = {"serve": "server"}
+"""The ``role`` of a JSON log line: the command's name, but ``server`` for ``serve``."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -172,12 +204,14 @@ def parser() -> argparse.ArgumentParser:
 
     r = command("referral", "run the referral service")
     _config_option(r)
+    _access_log_option(r)
     r.add_argument("--class", dest="server_class", help="a ReferralServer subclass, module:Class")
     r.set_defaults(func=_referral)
 
     s = command("serve", "run an app server: affinity serve module:Class")
     s.add_argument("app", help="your AppServer subclass, as module:Class or file.py:Class")
     _config_option(s)
+    _access_log_option(s)
     s.set_defaults(func=_serve)
 
     dev.configure(command("dev", "run a referral and three app servers with TLS"))
@@ -197,18 +231,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; 0 on success, 1 for a failed request, 2 for bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # One line per HTTP call is noise at INFO; affinity logs what matters itself.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         args, extra = parser().parse_known_args(argv)
         if extra:  # said by the command's own parser, so its usage line is shown
             args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version, or a usage error argparse has printed
         return exc.code if isinstance(exc.code, int) else 2
-    logging.getLogger().setLevel(getattr(args, "log_level", "INFO"))
+    configure_logging(_log_settings(args))
     try:
         code: int = args.func(args)
     except AffinityError as exc:

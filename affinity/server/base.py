@@ -186,7 +186,13 @@ class AppServer:
         """Serve until SIGTERM (graceful drain) or a second SIGINT (at once)."""
         from affinity.web.serving import serve
 
-        serve(lambda: self.app, self.config.server, section="server", source=self.config.source)
+        serve(
+            lambda: self.app,
+            self.config.server,
+            section="server",
+            source=self.config.source,
+            title=f"app server {self.server_id}",
+        )
 
 
 def _default_url(config: Config) -> str:

@@ -271,13 +271,15 @@ def new_app(
 ) -> Sanic[Any, Any]:
     """A Sanic app set up as every affinity process wants it.
 
-    No access log (a cost per request), JSON errors from ``on_error``
+    No access log (a cost per request; ``--access-log`` turns it on when serving), no
+    logging set-up of Sanic's own (:func:`affinity.logs.configure` is the one), JSON
+    errors from ``on_error``
     (:func:`exception_response`, or a role's handler that ends with it), and
     the body size and timeouts (:func:`affinity.web.connection.apply_limits`),
     the proxy settings and the admin token (``app.ctx.admin_auth``, read once)
     of the ``[referral]`` or ``[server]`` section.
     """
-    app: Sanic[Any, Any] = Sanic(name)
+    app: Sanic[Any, Any] = Sanic(name, configure_logging=False)
     app.config.ACCESS_LOG = False
     app.config.FALLBACK_ERROR_FORMAT = "json"
     settings = getattr(config, section)

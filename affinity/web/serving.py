@@ -12,6 +12,7 @@ bounded by ``handshake_timeout``.
 from __future__ import annotations
 
 import functools
+import logging
 import pickle
 import ssl
 from collections.abc import Callable
@@ -23,8 +24,12 @@ from sanic.worker.loader import AppLoader, CertLoader
 
 from affinity.config import Listen
 from affinity.errors import ConfigError
+from affinity.logs import LogSettings, current, serving_line
+from affinity.logs import configure as configure_logging
 from affinity.web.connection import BoundedHttpProtocol, ConnectionSettings, handshake_limit
 from affinity.web.tls import server_context
+
+_TITLES = {"referral": "referral", "server": "app server"}
 
 
 class ListenSettings(ConnectionSettings, Protocol):
@@ -71,14 +76,21 @@ class _AffinityTls(CertLoader):
 
 
 def build(
-    factory: Callable[[], Sanic[Any, Any]], settings: ListenSettings, section: str, source: str
+    factory: Callable[[], Sanic[Any, Any]],
+    settings: ListenSettings,
+    section: str,
+    source: str,
+    logs: LogSettings | None = None,
 ) -> Sanic[Any, Any]:
     """Build the app and its TLS context, in the process that will serve it.
 
     A module-level function so that ``functools.partial(build, ...)`` pickles
     into worker processes. A bad certificate or key is a ConfigError here,
-    before anything listens.
+    before anything listens. ``logs`` (the command's logging) is put in force
+    first: a worker process starts without it.
     """
+    if logs is not None:
+        configure_logging(logs)
     context = ssl_for(settings, section, source)
     app = factory()
     app.ctx.affinity_tls = context
@@ -93,15 +105,20 @@ def serve(
     section: str,
     source: str,
     workers: int = 1,
+    title: str | None = None,
 ) -> None:
     """Build the app and serve it until SIGINT or SIGTERM.
+
+    Once it listens, one line says so: ``title`` (by default "referral" or
+    "app server") serving the URL, with the process id and the number of workers.
 
     With several workers, ``factory`` must be picklable (a module-level
     function or a ``functools.partial`` of one with picklable arguments):
     Sanic starts each worker as a fresh process that builds its own app, so
     nothing in memory is shared. It is checked here, before any worker starts.
     """
-    loader = AppLoader(factory=functools.partial(build, factory, settings, section, source))
+    logs = current()
+    loader = AppLoader(factory=functools.partial(build, factory, settings, section, source, logs))
     if workers > 1:
         try:
             pickle.dumps(loader.factory)
@@ -117,13 +134,29 @@ def serve(
         port=settings.listen.port,
         workers=workers,
         single_process=workers == 1,
-        access_log=False,
+        access_log=logs is not None and logs.access_log,
         motd=False,
         protocol=BoundedHttpProtocol,
     )
     if app.ctx.affinity_tls is not None:
         handshake_limit(app, settings)
+    _announce(app, title or _TITLES.get(section, section), section, settings, workers)
     if workers > 1:
         Sanic.serve(primary=app, app_loader=loader)
     else:
         Sanic.serve_single(primary=app)
+
+
+def _announce(
+    app: Sanic[Any, Any], title: str, section: str, settings: ListenSettings, workers: int
+) -> None:
+    """Log the start-up line once the address is bound: in this process when it serves
+    alone, in the main process once it has bound the sockets the workers serve on."""
+    scheme = "http" if app.ctx.affinity_tls is None else "https"
+
+    def announce(app: Sanic[Any, Any]) -> None:
+        logging.getLogger(f"affinity.{section}").info(
+            serving_line(title, f"{scheme}://{settings.listen}", workers)
+        )
+
+    app.register_listener(announce, "main_process_ready" if workers > 1 else "after_server_start")
