@@ -19,7 +19,7 @@ import secrets
 import socket
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -175,10 +175,12 @@ heartbeat_interval = 0.5
         env: Mapping[str, str] | None = None,
         port: int | None = None,
         app: str | None = None,
+        args: Sequence[str] = (),
     ) -> ChildProcess:
         """Start a referral; with ``port``, another instance on that port (its URL is
         appended to ``referral_urls``), as several replicas behind DNS round robin;
-        with ``app``, a ``ReferralServer`` subclass (``module:Class`` or ``file.py:Class``)."""
+        with ``app``, a ``ReferralServer`` subclass (``module:Class`` or ``file.py:Class``);
+        ``args`` go on its command line (``--log-level``, ``--access-log``, ...)."""
         url = self.referral_url
         listen: dict[str, str] = {}
         if port is not None:
@@ -186,7 +188,13 @@ heartbeat_interval = 0.5
             listen = {"AFFINITY_REFERRAL_LISTEN": f"127.0.0.1:{port}"}
         proc = ChildProcess(
             "referral",
-            ["referral", "--config", str(self.config), *(["--class", app] if app else [])],
+            [
+                "referral",
+                "--config",
+                str(self.config),
+                *(["--class", app] if app else []),
+                *args,
+            ],
             env={**self.env, **listen, **(env or {})},
             log=self.dir / f"referral-{len(self.referrals)}.log",
         )
@@ -204,7 +212,10 @@ heartbeat_interval = 0.5
         wait: bool = True,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        args: Sequence[str] = (),
     ) -> ChildProcess:
+        """Start app server ``server_id`` (``app``, the demo by default) on ``port`` or a free
+        one; ``args`` go on its command line."""
         port = port or free_port()
         url = f"https://127.0.0.1:{port}"
         server_env = {
@@ -217,7 +228,7 @@ heartbeat_interval = 0.5
         }
         proc = ChildProcess(
             server_id,
-            ["serve", app, "--config", str(self.config)],
+            ["serve", app, "--config", str(self.config), *args],
             env=server_env,
             log=self.dir / f"{server_id}-{port}.log",
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 from sanic import Sanic
 
+from affinity.logs import Repeated
 from affinity.models import Server
 from affinity.plugin.registry import Registry
 from affinity.referral.table import ServerTable
@@ -55,9 +56,12 @@ def stop_worker_metrics(metrics: ReferralMetrics) -> None:
 
 
 async def _sync_plugin_events(events: PluginEvents) -> None:
+    failures = Repeated(log, "reading the plugins' counters failed", level=logging.ERROR)
     while True:
         await asyncio.sleep(PLUGIN_SYNC_INTERVAL)
         try:
             events.sync()
-        except Exception:  # a plugin's counters failed: log it, keep the loop
-            log.exception("reading the plugins' counters failed")
+        except Exception as exc:  # a plugin's counters failed: log it, keep the loop
+            failures.failed(f"{type(exc).__name__}: {exc}", exc_info=exc)
+        else:
+            failures.recovered("reading the plugins' counters works again")

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from affinity.backoff import Backoff
 from affinity.errors import RegistryError
+from affinity.logs import Repeated
 from affinity.plugin.registry import Registry, RegistryView
 
 log = logging.getLogger("affinity.referral")
@@ -32,7 +33,7 @@ async def watch_registry(
     meanwhile and trying again from the same index.
     """
     index = 0
-    failures = 0
+    failures = Repeated(log, f"registry {registry.name} failed; keeping the last view")
     backoff = Backoff(base=min(0.1, backoff_cap), cap=backoff_cap)
     while True:
         try:
@@ -47,15 +48,12 @@ async def watch_registry(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            failures += 1
-            delay = backoff.delay(failures)
-            _log_failure(registry.name, exc, failures, delay)
+            delay = backoff.delay(failures.failures + 1)
+            _log_failure(failures, exc, delay)
             mark_stale(_reason(exc))
             await sleep(delay)
             continue
-        if failures:
-            log.info("registry %s answers again", registry.name)
-            failures = 0
+        failures.recovered(f"registry {registry.name} answers again")
         index = max(view.index, 1)
         await sleep(min_interval)
 
@@ -66,20 +64,15 @@ def _reason(exc: Exception) -> str:
     return f"the registry view could not be applied ({type(exc).__name__}: {exc})"
 
 
-def _log_failure(name: str, exc: Exception, failures: int, delay: float) -> None:
-    """A failing registry is a warning; a view that breaks the referral is an error, its
-    traceback logged the first time only (the loop retries the same view)."""
+def _log_failure(failures: Repeated, exc: Exception, delay: float) -> None:
+    """A failing registry is a warning; a view that breaks the referral is an error, with
+    its traceback (the loop retries the same view)."""
     if isinstance(exc, RegistryError):
-        log.warning(
-            "registry %s failed (%s); keeping the last view, retry in %.2fs", name, exc, delay
-        )
+        failures.failed(exc, retry_in=delay)
         return
-    log.error(
-        "registry %s gave a view this referral cannot use (%s: %s); keeping the last view, "
-        "marked stale, retry in %.2fs",
-        name,
-        type(exc).__name__,
-        exc,
-        delay,
-        exc_info=exc if failures == 1 else None,
+    failures.failed(
+        f"it gave a view this referral cannot use ({type(exc).__name__}: {exc}), marked stale",
+        retry_in=delay,
+        level=logging.ERROR,
+        exc_info=exc,
     )

@@ -20,6 +20,7 @@ from sanic import HTTPResponse, Request, Sanic
 
 from affinity.backoff import Backoff
 from affinity.errors import AffinityError
+from affinity.logs import Repeated
 from affinity.plugin.registry import Registrar
 from affinity.protocol import DRAIN_PATH, RESUME_PATH
 from affinity.server.state import ServerState
@@ -84,6 +85,7 @@ class Lifecycle:
     async def _heartbeat(self) -> None:
         assert self.registrar is not None
         interval = self.state.config.server.heartbeat_interval
+        failures = Repeated(log, "heartbeat failed")
         while not self.stopping:
             await asyncio.sleep(interval)
             if self.stopping:
@@ -91,29 +93,30 @@ class Lifecycle:
             try:
                 await self.registrar.heartbeat(self.state.server)
             except AffinityError as exc:
-                log.warning("heartbeat failed: %s", exc)
+                failures.failed(exc)
+            else:
+                failures.recovered("heartbeat answered again")
 
     async def _watch_settings(self) -> None:
         """Apply shared settings (firewall rules and the like) as the registry changes them."""
         assert self.registrar is not None
-        index, failures = 0, 0
+        index = 0
+        failures = Repeated(log, "shared settings unavailable")
         while not self.stopping:
             try:
                 index, documents = await self.registrar.watch_settings(index, 30.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a registrar's bug must not end the task either
-                failures += 1
-                delay = SETTINGS_BACKOFF.delay(failures)
-                log.warning(
-                    "shared settings unavailable (%s); retry in %.1fs",
+                delay = SETTINGS_BACKOFF.delay(failures.failures + 1)
+                failures.failed(
                     exc,
-                    delay,
+                    retry_in=delay,
                     exc_info=None if isinstance(exc, AffinityError) else exc,
                 )
                 await asyncio.sleep(delay)
                 continue
-            failures = 0
+            failures.recovered("shared settings available again")
             for settings in documents.values():
                 self.state.shared_settings.offer(settings)  # refuses what a plugin fails on
 

@@ -31,6 +31,7 @@ import httpx
 import orjson
 
 from affinity.errors import ConfigError, KeyFetchError, UnknownKey
+from affinity.logs import Repeated
 from affinity.models import Claims
 from affinity.tokens.jws import EDDSA, KeyRing, TokenVerifier
 
@@ -87,6 +88,7 @@ class JwksKeySource:
         self._last_attempt: float | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._failures = Repeated(_log, "token keys not refreshed; keeping the ones known")
 
     @property
     def ring(self) -> KeyRing:
@@ -131,8 +133,9 @@ class JwksKeySource:
         try:
             ring = await self._download_ring()
         except KeyFetchError as exc:
-            _log.warning("%s; keeping the %d keys known", exc, len(self._ring))
+            self._failures.failed(exc)
             raise
+        self._failures.recovered(f"token keys from {self.url} fetched again")
         self._ring = ring
         self._version += 1
         _log.info("token keys from %s: %s", self.url, ", ".join(ring.kids) or "none")

@@ -40,6 +40,7 @@ from typing import Generic, TypeVar
 
 from affinity.backoff import Backoff
 from affinity.errors import RegistryError
+from affinity.logs import Repeated
 
 log = logging.getLogger("affinity.plugin.registry")
 
@@ -171,6 +172,7 @@ class BlockingLoop(Generic[T]):
         self._backoff = pacing.backoff
         self._last = 0
         self.status = _Status()
+        self._log = Repeated(log, f"Consul read of {what} failed; keeping the last view")
 
     @property
     def first_done(self) -> asyncio.Event:
@@ -198,10 +200,8 @@ class BlockingLoop(Generic[T]):
     def _succeed(self, returned: int, data: T) -> None:
         status = self.status
         status.reads += 1
-        recovered = status.failures > 0
-        if recovered:
-            log.info("Consul answers %s again after %d failed reads", self.what, status.failures)
-            status.failures = 0
+        self._log.recovered(f"Consul answers {self.what} again")
+        status.failures = 0
         went_back = max(returned, 1) < self._last
         self._last = max(returned, 1)
         if went_back and self._reset is not None:
@@ -214,10 +214,7 @@ class BlockingLoop(Generic[T]):
         status = self.status
         status.failures += 1
         delay = self._backoff.delay(status.failures)
-        if status.failures == 1:
-            log.warning("Consul read of %s failed (%s); keeping the last view", self.what, exc)
-        else:
-            log.debug("Consul read of %s failed again (%s); retry in %.2fs", self.what, exc, delay)
+        self._log.failed(exc, retry_in=delay)
         self._failed(self.what, str(exc))
         status.first_done.set()
         await self._pacing.sleep(delay)
