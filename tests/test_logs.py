@@ -145,8 +145,10 @@ def test_an_unreachable_referral_is_logged_with_back_off(tmp_path: Path) -> None
         def failures(what: str) -> list[dict[str, Any]]:
             return [x for x in json_lines(server) if x["message"].startswith(what)]
 
-        for what in watched:
-            wait_until(lambda: len(failures(what)) >= 4, 30, what=f"4 times {what!r}")
+        def failed_four_times() -> bool:
+            return all(len(failures(what)) >= 4 for what in watched)
+
+        wait_until(failed_four_times, 30, what="4 failures of each")
         for what in watched:
             seen = failures(what)
             assert [x["failures"] for x in seen] == list(range(1, len(seen) + 1))
@@ -154,12 +156,15 @@ def test_an_unreachable_referral_is_logged_with_back_off(tmp_path: Path) -> None
                 shown = line["failures"] == 1 or line["failures"] % 10 == 0
                 assert line["level"] == ("WARNING" if shown else "DEBUG"), line
         d.start_referral()
-        for again in ("shared settings available again after", "heartbeat answered again after"):
-            wait_until(
-                lambda: any(x["message"].startswith(again) for x in json_lines(server)),
-                30,
-                what=again,
+
+        def recovered() -> bool:
+            said = [x["message"] for x in json_lines(server) if x["level"] == "INFO"]
+            return all(
+                any(m.startswith(again) for m in said)
+                for again in ("shared settings available again after", "heartbeat answered again")
             )
+
+        wait_until(recovered, 30, what="both loops saying they recovered")
 
 
 # -- in this process -------------------------------------------------------------------
