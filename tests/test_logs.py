@@ -22,6 +22,7 @@ from affinity.logs import JsonFormatter, LogSettings, Repeated
 from affinity.process import ChildProcess
 from affinity.protocol import COOKIE, TOKEN_HEADER
 from affinity.testing import Deployment, wait_until
+from tests.test_dev import running_dev
 
 JSON = ["--log-format", "json"]
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -165,6 +166,22 @@ def test_an_unreachable_referral_is_logged_with_back_off(tmp_path: Path) -> None
             )
 
         wait_until(recovered, 30, what="both loops saying they recovered")
+
+
+def test_dev_passes_the_log_format_to_its_children(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "affinity", "dev", "--dir", str(tmp_path / "dev")]
+    with running_dev(tmp_path, [*command, "--log-format", "json"]) as (proc, _, _pids):
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+    logs = tmp_path / "dev" / "logs"
+    for name, role, serving in [
+        ("referral", "referral", "referral serving https://127.0.0.1:"),
+        ("s1", "server", "app server s1 serving https://127.0.0.1:"),
+    ]:
+        lines = [orjson.loads(line) for line in (logs / f"{name}.log").read_text().splitlines()]
+        assert all(line["role"] == role for line in lines), lines
+        assert any(line["message"].startswith(serving) for line in lines), lines
 
 
 # -- in this process -------------------------------------------------------------------

@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from affinity.errors import ConfigError
@@ -80,7 +81,15 @@ def prepare(directory: Path, port: int) -> Path:
     return config
 
 
-def run(directory: Path, port: int, servers: int, app: str, python_path: str) -> int:
+def run(
+    directory: Path,
+    port: int,
+    servers: int,
+    app: str,
+    python_path: str,
+    log_args: Sequence[str] = (),
+) -> int:
+    """Run until Ctrl-C; ``log_args`` (``--log-level``, ``--log-format``) go to every child."""
     config = prepare(directory, port)
     secret = (directory / "registration-secret").read_text(encoding="utf-8").strip()
     ca = directory / "certs" / "ca.pem"
@@ -96,7 +105,7 @@ def run(directory: Path, port: int, servers: int, app: str, python_path: str) ->
     # Sessions of their own: Ctrl-C reaches only this supervisor, which stops them in order.
     referral = ChildProcess(
         "the referral",
-        ["referral", "--config", str(config)],
+        ["referral", "--config", str(config), *log_args],
         env=env,
         log=logs / "referral.log",
         own_session=True,
@@ -117,7 +126,7 @@ def run(directory: Path, port: int, servers: int, app: str, python_path: str) ->
             procs.append(
                 ChildProcess(
                     f"server {sid}",
-                    ["serve", app, "--config", str(config)],
+                    ["serve", app, "--config", str(config), *log_args],
                     env=env_i,
                     log=logs / f"{sid}.log",
                     own_session=True,
@@ -226,4 +235,10 @@ def main(args: argparse.Namespace) -> int:
     """Run ``affinity dev`` with parsed arguments."""
     if not 1 <= args.servers <= 20:
         raise ConfigError("expected 1 to 20 servers", key="--servers")
-    return run(Path(args.dir).resolve(), args.port, args.servers, args.app, str(Path.cwd()))
+    log_args = [
+        *(["--log-level", args.log_level] if "log_level" in args else []),
+        *(["--log-format", args.log_format] if "log_format" in args else []),
+    ]
+    return run(
+        Path(args.dir).resolve(), args.port, args.servers, args.app, str(Path.cwd()), log_args
+    )
