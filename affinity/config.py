@@ -124,6 +124,7 @@ class ServerSettings:
     registration_token_file: Path | None = None
     active_window: float = 300.0
     active_max: int = 100_000
+    load_half_life: float = 30.0
     drain_grace: float = 5.0
     drain_timeout: float = 30.0
     heartbeat_interval: float = 5.0
@@ -137,6 +138,15 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         _check_connection_limits(self)
+        if not self.load_half_life > 0:
+            msg = f"load_half_life must be more than 0 seconds, got {self.load_half_life!r}"
+            raise ValueError(msg)
+        if not self.active_window > 0:
+            raise ValueError(
+                f"active_window must be more than 0 seconds, got {self.active_window!r}"
+            )
+        if self.active_max < 1:
+            raise ValueError(f"active_max must be at least 1, got {self.active_max!r}")
 
 
 def _check_connection_limits(settings: ReferralSettings | ServerSettings) -> None:

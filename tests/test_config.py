@@ -165,3 +165,18 @@ def test_connection_limits_are_checked(tmp_path: Path, section: str, line: str, 
     with pytest.raises(ConfigError, match=key) as info:
         load(write(tmp_path, f"[{section}]\n{line}\n"), env={})
     assert section in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["load_half_life = 0", "load_half_life = -1.0", "active_window = 0", "active_max = 0"],
+)
+def test_load_signal_settings_are_checked(tmp_path: Path, line: str) -> None:
+    key = line.split(" ")[0]
+    with pytest.raises(ConfigError, match=key) as info:
+        load(write(tmp_path, f"[server]\n{line}\n"), env={})
+    assert "server" in str(info.value)
+
+
+def test_the_load_half_life_defaults_to_thirty_seconds(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "[server]\n"), env={}).server.load_half_life == 30.0

@@ -114,7 +114,7 @@ class AppServer:
     def load(self) -> Load:
         extra = {**self.manager.report_load(self.server_id), **self.load_figures()}
         return Load(
-            active_clients=self.state.active.count(),
+            active_clients=round(self.state.active.weight()),
             inflight=self.state.inflight,
             capacity=self.config.server.capacity,
             extra=extra,

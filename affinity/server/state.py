@@ -16,7 +16,7 @@ from affinity.config import Config
 from affinity.models import Server
 from affinity.plugin.manager import PluginManager
 from affinity.plugin.settings import SettingsInForce
-from affinity.server.activity import ActiveClients
+from affinity.server.activity import DecayingClients
 from affinity.server.tokens import TokenCheck
 from affinity.web.metrics import ServerMetrics
 
@@ -40,7 +40,10 @@ class ServerState:
         self.idle = asyncio.Event()
         """Set when no request is in flight, kept up to date while draining only."""
         self.idle.set()
-        self.active = ActiveClients(settings.active_window, settings.active_max)
+        self.active = DecayingClients(
+            settings.load_half_life, settings.active_window, settings.active_max
+        )
+        """The clients with a valid token, each weighing less with the time since it was seen."""
         self.shared_settings = SettingsInForce(
             manager, refused=lambda name: self.metrics.settings_refused(name)
         )
@@ -68,7 +71,7 @@ class ServerState:
     def gauges(self) -> dict[str, float]:
         """The load figures of the metrics endpoint (plugins' extra figures stay in health)."""
         return {
-            "active_clients": self.active.count(),
+            "active_clients": self.active.weight(),
             "inflight": self.inflight,
             "capacity": self.config.server.capacity,
             "draining": 1 if self.draining else 0,
