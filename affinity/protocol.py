@@ -26,6 +26,8 @@ HEALTH_PATH = WELL_KNOWN + "health"
 METRICS_PATH = WELL_KNOWN + "metrics"
 DRAIN_PATH = WELL_KNOWN + "drain"
 RESUME_PATH = WELL_KNOWN + "resume"
+BYE_PATH = WELL_KNOWN + "bye"
+"""``POST`` with the session's token: the client ended its session (``204``; idempotent)."""
 
 MAX_AVOID = 16
 """Most server ids one ``/v1/assign`` may name in ``avoid``; a client sends its latest ones."""

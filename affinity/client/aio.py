@@ -28,6 +28,7 @@ from affinity.client.rules import (
     Sleep,
     Steps,
     assign_steps,
+    bye_fetch,
     request_steps,
 )
 from affinity.client.sync import BaseClient, ClientOptions, RequestOptions, make_spec
@@ -109,7 +110,16 @@ class AsyncClient(BaseClient):
         return await self._drive(assign_steps(self._session))
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        """Tell the server the session ended (best effort, a short timeout), then close."""
+        try:
+            fetch = bye_fetch(self._session)
+            if fetch is not None:
+                try:
+                    await (await self._http.send(self._build(self._http, fetch))).aclose()
+                except Exception as exc:  # best effort: the server's count decays anyway
+                    self._bye_failed(fetch, exc)
+        finally:
+            await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -55,13 +55,15 @@ from affinity.client.referrers import (
 )
 from affinity.client.store import Grant, Session
 from affinity.errors import AllAttemptsFailed, NotRetried, ReferralRefused
-from affinity.protocol import REASSIGN_HEADER, TOKEN_ERRORS, TOKEN_HEADER
+from affinity.protocol import BYE_PATH, REASSIGN_HEADER, TOKEN_ERRORS, TOKEN_HEADER
 
 log = logging.getLogger("affinity.client")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 """Methods that mean the same when sent twice (RFC 9110), so they are retried after any failure."""
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+BYE_TIMEOUT = 1.0
+"""Seconds the bye sent on close may take to connect, and again to be answered."""
 
 T = TypeVar("T")
 
@@ -241,6 +243,26 @@ def assign_steps(session: Session) -> Steps[str]:
     """Ask the referral now (with the old token, so it stays sticky); the server id."""
     tries = _start(session, "assign")
     return _loop(session, tries, lambda: _try_assign(session, tries))
+
+
+def bye_fetch(session: Session) -> Fetch | None:
+    """The bye that tells the server the session ended, or None when there is no one to tell.
+
+    Sent once when the client closes, best effort: a short timeout, no retry,
+    and nothing raised when it fails (the server's count of this client decays
+    anyway). None without a grant, with an expired one, or when the server
+    just failed (a dead server would only make closing slow).
+    """
+    grant = session.grant
+    if grant is None or session.clock() >= grant.expires_at or session.suspect == grant.server_id:
+        return None
+    return Fetch(
+        method="POST",
+        url=grant.server_url.rstrip("/") + BYE_PATH,
+        headers={TOKEN_HEADER: grant.token},
+        connect=BYE_TIMEOUT,
+        read=BYE_TIMEOUT,
+    )
 
 
 def _start(session: Session, what: str) -> Tries:

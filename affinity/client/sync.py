@@ -44,6 +44,7 @@ from affinity.client.rules import (
     Spec,
     Steps,
     assign_steps,
+    bye_fetch,
     log_event,
     request_steps,
 )
@@ -255,6 +256,10 @@ class BaseClient:
             timeout=httpx.Timeout(fetch.read, connect=fetch.connect),
         )
 
+    @staticmethod
+    def _bye_failed(fetch: Fetch, exc: Exception) -> None:
+        log.debug("the bye to %s was not delivered: %s", fetch.url, exc)
+
     def _emit(self, event: Event) -> None:
         log_event(event)
         if self._on_event is not None:
@@ -338,7 +343,17 @@ class Client(BaseClient):
         return self._drive(assign_steps(self._session))
 
     def close(self) -> None:
-        self._http.close()
+        """Tell the server the session ended (best effort, a short timeout), then close."""
+        try:
+            with self._lock:
+                fetch = bye_fetch(self._session)
+            if fetch is not None:
+                try:
+                    self._http.send(self._build(self._http, fetch)).close()
+                except Exception as exc:  # best effort: the server's count decays anyway
+                    self._bye_failed(fetch, exc)
+        finally:
+            self._http.close()
 
     def __enter__(self) -> Client:
         return self

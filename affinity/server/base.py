@@ -25,7 +25,7 @@ from affinity.config import Config
 from affinity.errors import ConfigError
 from affinity.models import HealthStatus, Load, Server, worst
 from affinity.plugin.manager import PluginManager
-from affinity.protocol import HEALTH_PATH, METRICS_PATH
+from affinity.protocol import BYE_PATH, HEALTH_PATH, METRICS_PATH
 from affinity.server import guard
 from affinity.server.lifecycle import Lifecycle
 from affinity.server.state import ServerState
@@ -133,6 +133,7 @@ class AppServer:
         app.register_listener(self._guard_routes, "before_server_start")
         app.add_route(self._health_route, HEALTH_PATH, methods=["GET"], name="affinity_health")
         app.add_route(self._metrics_route, METRICS_PATH, methods=["GET"], name="affinity_metrics")
+        app.add_route(self._bye_route, BYE_PATH, methods=["POST"], name="affinity_bye")
         self._add_method_routes(app)
         self.lifecycle.install(app)
         self.manager.register_routes(app, self.role)
@@ -168,6 +169,12 @@ class AppServer:
         """
         body, content_type = self.state.metrics.exposition(request.headers.get("accept"))
         return HTTPResponse(body, content_type=content_type)
+
+    async def _bye_route(self, request: Request) -> HTTPResponse:
+        """``POST /.well-known/affinity/bye``: a client ended its session (see the guard)."""
+        if self.state.tokens.jwks is not None:
+            await guard.learn_keys(request)
+        return guard.end_session(self.state, request)
 
     @staticmethod
     async def _guard_routes(app: Sanic[Any, Any]) -> None:

@@ -5,7 +5,8 @@ client id), then the request filters decide (403 / 429), then the token's
 verdict applies (421 for another server, 401 for an invalid, expired or
 missing-but-required token), then drain (503 + ``Affinity-Reassign``).
 affinity's own ``/.well-known/affinity/`` endpoints skip the token check and
-drain, not the filters. Refusals are answered as :data:`affinity.web.http.ANSWERS`
+drain, not the filters; the bye among them checks its token itself
+(:func:`end_session`). Refusals are answered as :data:`affinity.web.http.ANSWERS`
 says; the guard changes only the :class:`ServerState`. It runs as a wrapper
 around every route handler (:func:`guard_routes`), and in the error handler for
 requests no handler took (:func:`error_answer`); both count the answer in the
@@ -234,6 +235,35 @@ async def error_answer(request: Request, exc: Exception) -> HTTPResponse:
         None if started is None else time.perf_counter() - started,
     )
     return response
+
+
+def end_session(state: ServerState, request: Request) -> HTTPResponse:
+    """``POST /.well-known/affinity/bye``: the client whose token this is ended its session.
+
+    The token is checked as on any request: none is ``401 token_required``, an
+    invalid or expired one ``401``, another server's ``421``, and nothing
+    changes. A good one drops its client from the load count at once (``204``,
+    also when it was not counted: a bye is idempotent). Neither the body nor
+    the drain matters, and nothing is stored, so a flood of byes costs one
+    token check each and leaves no state behind.
+    """
+    server = state.server
+    token = request_token(request)
+    problem: Refused | InvalidToken
+    if token:
+        try:
+            claims = state.tokens.verify(token)
+        except InvalidToken as exc:
+            problem = exc
+        else:
+            if claims.sid == server.id and claims.svc == server.service:
+                state.active.bye(claims.cid)
+                return HTTPResponse(status=204)
+            problem = Misdirected("this token names another server; say bye to that one")
+    else:
+        problem = TokenRequired("a bye needs the affinity token of the session it ends")
+    state.metrics.token_rejected(_reason(problem))
+    return refusal_response(problem)
 
 
 def _reason(problem: Refused | InvalidToken) -> str:

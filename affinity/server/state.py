@@ -72,6 +72,7 @@ class ServerState:
         """The load figures of the metrics endpoint (plugins' extra figures stay in health)."""
         return {
             "active_clients": self.active.weight(),
+            "client_ids": len(self.active),
             "inflight": self.inflight,
             "capacity": self.config.server.capacity,
             "draining": 1 if self.draining else 0,

@@ -114,7 +114,14 @@ def registry_gauges(state: Mapping[str, Any]) -> Iterator[Metric]:
 
 
 APP_GAUGES = {
-    "active_clients": ("affinity_app_active_clients", "Clients seen with a valid token lately"),
+    "active_clients": (
+        "affinity_app_active_clients",
+        "Clients with a valid token, each weighing less with the time since its last request",
+    ),
+    "client_ids": (
+        "affinity_app_client_ids",
+        "Client ids remembered for the load count (at most server.active_max)",
+    ),
     "inflight": ("affinity_app_inflight_requests", "Requests being served now"),
     "capacity": ("affinity_app_capacity", "Configured capacity in active clients (0: not set)"),
     "draining": ("affinity_app_draining", "1 while the server is draining"),

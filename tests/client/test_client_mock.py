@@ -44,7 +44,9 @@ from affinity.client import (
     ReferralRefused,
     Retried,
 )
+from affinity.client.rules import BYE_TIMEOUT
 from affinity.errors import ConfigError
+from affinity.protocol import BYE_PATH
 
 REFERRALS = ("https://ref-a.test", "https://ref-b.test")
 DEADLINE = 10.0
@@ -82,6 +84,8 @@ class App:
     id: str
     mode: str = "ok"  # ok | down | blackhole | reset | misdirect | drain | expired | busy
     seen: list[httpx.Request] = field(default_factory=list)
+    byes: list[httpx.Request] = field(default_factory=list)
+    """The byes sent here, delivered or not (apart from ``seen``: a client says one on close)."""
 
     @property
     def url(self) -> str:
@@ -120,6 +124,17 @@ class FakeNet:
         seen = [r for ref in self.referrals.values() for r in ref.seen]
         return sorted(seen, key=lambda r: r.extensions["n"])
 
+    def _bye(self, app: App, request: httpx.Request) -> httpx.Response:
+        app.byes.append(request)
+        if app.mode == "down":
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        if app.mode == "blackhole":
+            self.clock.now += request.extensions["timeout"]["connect"]
+            raise httpx.ConnectTimeout("timed out", request=request)
+        if _sid(request.headers.get("affinity-token")) != app.id:
+            return _error(421, "misdirected", "this token names another server")
+        return httpx.Response(204)
+
     def _refer(self, ref: Referral, request: httpx.Request) -> httpx.Response:
         ref.attempts += 1
         if ref.mode == "down":
@@ -146,6 +161,8 @@ class FakeNet:
         return httpx.Response(200, json=body, headers={"Cache-Control": "no-store"})
 
     def _serve(self, app: App, request: httpx.Request) -> httpx.Response:
+        if request.url.path == BYE_PATH:
+            return self._bye(app, request)
         if app.mode == "down":
             raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
         if app.mode == "blackhole":  # a connect timeout costs the whole connect timeout
@@ -503,6 +520,30 @@ def check_read_timeout_get_fails_over(run: Run) -> None:
     assert len(run.net.apps["s1"].seen) == 1 and len(run.net.apps["s2"].seen) == 1
 
 
+def check_bye_on_close(run: Run) -> None:
+    """Closing the client told its server, once, with the session's token."""
+    (bye,) = run.net.apps["s1"].byes
+    assert bye.method == "POST"
+    assert bye.headers["affinity-token"] == run.net.apps["s1"].seen[-1].headers["affinity-token"]
+    assert run.net.apps["s2"].byes == []
+
+
+def check_bye_to_the_new_server(run: Run) -> None:
+    assert run.ok().headers["Affinity-Server"] == "s2"
+    assert run.net.apps["s1"].byes == [] and len(run.net.apps["s2"].byes) == 1
+
+
+def check_no_bye(run: Run) -> None:
+    assert all(app.byes == [] for app in run.net.apps.values())
+
+
+def check_failed_bye_is_quiet(run: Run) -> None:
+    """The server went away after the call: the bye fails, briefly, and close() does not raise."""
+    assert run.ok(0).status_code == 200
+    assert len(run.net.apps["s1"].byes) == 1
+    assert run.clock.now - run.started == BYE_TIMEOUT  # its connect timeout, not the client's
+
+
 POST = Call("POST", "/orders", {"content": b"order=1"})
 SCENARIOS = [
     Scenario(
@@ -645,6 +686,26 @@ SCENARIOS = [
         lambda net: net.dns.update({"ref-a.test": ["192.0.2.10", "192.0.2.11"]}),
         referrals=("https://ref-a.test",),
     ),
+    Scenario("close says bye", (Call(), Call()), check_bye_on_close),
+    Scenario(
+        "bye to the server failed over to",
+        (Call(),),
+        check_bye_to_the_new_server,
+        mode("app", "s1", "misdirect"),
+    ),
+    Scenario("no bye without an assignment", (), check_no_bye),
+    Scenario("no bye with an expired token", (Call(), Advance(101)), check_no_bye),
+    Scenario(
+        "no bye to a server that just failed",
+        (Call(), Do(mode("app", "s1", "blackhole")), Call()),
+        check_no_bye,
+        options={"max_attempts": 1},
+    ),
+    Scenario(
+        "a bye that fails is not raised",
+        (Call(), Do(mode("app", "s1", "blackhole"))),
+        check_failed_bye_is_quiet,
+    ),
 ]
 
 
@@ -769,6 +830,7 @@ def test_cli_prints_status_server_and_body(capsys: pytest.CaptureFixture[str]) -
     assert out.splitlines()[:2] == ["200 OK", "Affinity-Server: s1"]
     assert json.loads(out.splitlines()[3]) == {"server": "s1", "method": "POST", "body": "hi"}
     assert net.apps["s1"].seen[0].headers["x-trace"] == "1"
+    assert len(net.apps["s1"].byes) == 1, "the command's session ends with a bye"
 
 
 def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
