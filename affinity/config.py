@@ -113,6 +113,8 @@ class ServerSettings:
     weight: int = 1
     meta: Mapping[str, str] = field(default_factory=dict)
     capacity: int = 0
+    capacity_inflight: int = 0
+    capacity_bytes_per_s: float = 0.0
     require_token: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -145,6 +147,11 @@ class ServerSettings:
             raise ValueError(
                 f"active_window must be more than 0 seconds, got {self.active_window!r}"
             )
+        for key in ("capacity", "capacity_inflight", "capacity_bytes_per_s"):
+            if getattr(self, key) < 0:
+                raise ValueError(
+                    f"{key} must be 0 (not stated) or more, got {getattr(self, key)!r}"
+                )
         if self.active_max < 1:
             raise ValueError(f"active_max must be at least 1, got {self.active_max!r}")
 

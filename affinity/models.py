@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -44,20 +46,150 @@ def worst(*statuses: HealthStatus) -> HealthStatus:
     return max(statuses, key=_RANK.__getitem__, default=HealthStatus.PASSING)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Load:
-    """Load a server reports in its health answer.
+LOAD_FORMAT = 2
+"""The version of the load report an app server sends (``load_format`` in its health answer).
 
-    ``active_clients`` counts distinct client ids seen in a sliding window;
-    ``inflight`` the requests being served now; ``capacity`` the number of
-    active clients the server is configured to take (0: unknown, no limit).
-    ``extra`` holds figures contributed by plugins.
+1 (no ``load_format``): ``active_clients``, distinct clients in a sliding
+window, ``inflight`` and ``capacity``. 2: ``clients`` is a decayed count (a
+float), and ``rps``, ``bytes_per_s``, ``capacity_inflight`` and
+``capacity_bytes_per_s`` are added; ``active_clients`` is still sent, rounded,
+for readers of format 1.
+"""
+
+LOAD_KEYS = frozenset(
+    {
+        "clients",
+        "active_clients",
+        "inflight",
+        "rps",
+        "bytes_per_s",
+        "capacity",
+        "capacity_inflight",
+        "capacity_bytes_per_s",
+    }
+)
+"""The figures of the load report that are affinity's; a plugin's figure of the same name is
+dropped."""
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Load:
+    """Load a server reports in its health answer (format :data:`LOAD_FORMAT`).
+
+    ``clients`` is the decayed count of clients: each weighs 1 right after a
+    request and half as much every ``server.load_half_life`` seconds after
+    that; one that said bye weighs nothing. ``inflight`` counts the requests
+    being served now, ``rps`` and ``bytes_per_s`` the recent requests and
+    response bytes per second. The capacities say what the server takes, each
+    in its unit (0: not stated): ``capacity`` in clients, ``capacity_inflight``
+    in requests in flight, ``capacity_bytes_per_s`` in response bytes per
+    second. ``extra`` holds figures contributed by plugins.
+
+    ``active_clients`` (format 1) still reads and constructs, with a
+    :class:`DeprecationWarning`: it is ``clients`` rounded.
     """
 
-    active_clients: int = 0
-    inflight: int = 0
-    capacity: int = 0
-    extra: Mapping[str, float] = field(default_factory=dict)
+    clients: float
+    inflight: int
+    rps: float
+    bytes_per_s: float
+    capacity: int
+    capacity_inflight: int
+    capacity_bytes_per_s: float
+    extra: Mapping[str, float]
+
+    def __init__(
+        self,
+        *,
+        clients: float = 0.0,
+        inflight: int = 0,
+        rps: float = 0.0,
+        bytes_per_s: float = 0.0,
+        capacity: int = 0,
+        capacity_inflight: int = 0,
+        capacity_bytes_per_s: float = 0.0,
+        extra: Mapping[str, float] | None = None,
+        active_clients: int | None = None,
+    ) -> None:
+        if active_clients is not None:
+            _deprecated("Load(active_clients=...)", "Load(clients=...)")
+            clients = float(active_clients)
+        init = object.__setattr__
+        init(self, "clients", clients)
+        init(self, "inflight", inflight)
+        init(self, "rps", rps)
+        init(self, "bytes_per_s", bytes_per_s)
+        init(self, "capacity", capacity)
+        init(self, "capacity_inflight", capacity_inflight)
+        init(self, "capacity_bytes_per_s", capacity_bytes_per_s)
+        init(self, "extra", {} if extra is None else extra)
+
+    @property
+    def active_clients(self) -> int:
+        """Deprecated: ``round(clients)``."""
+        _deprecated("Load.active_clients", "Load.clients (a decayed count, a float)")
+        return round(self.clients)
+
+    @property
+    def full(self) -> bool:
+        """True when a figure has reached its stated capacity (the client count rounded: a
+        client that paused for a while weighs a little less than 1)."""
+        return (
+            (0 < self.capacity <= self.clients + 0.5)
+            or (0 < self.capacity_inflight <= self.inflight)
+            or (0 < self.capacity_bytes_per_s <= self.bytes_per_s)
+        )
+
+    def usage(self, weight: float, default_capacity: float) -> tuple[float, float]:
+        """How full the server is, and what one more client adds to that, for load policies.
+
+        The utilisation is the largest figure / capacity over the units whose
+        capacity is stated; with none stated, ``clients / default_capacity``.
+        Each capacity counts ``weight`` times (a server of weight 2 takes twice
+        as much; slow start lowers it). One more client adds ``1 / capacity`` in
+        clients, or its share (figure / clients) of the binding unit; where
+        that is not known yet (no client counted), ``1 / (capacity or
+        default_capacity)``, so that assignments made before the next report
+        still count (herd safety).
+        """
+        if weight <= 0:
+            return math.inf, 0.0
+        per_client = 1.0 / ((self.capacity or default_capacity) * weight)
+        usage = self.clients * per_client
+        step = per_client
+        if not self.capacity and (self.capacity_inflight or self.capacity_bytes_per_s):
+            usage = step = 0.0
+        for figure, capacity in (
+            (self.inflight, self.capacity_inflight),
+            (self.bytes_per_s, self.capacity_bytes_per_s),
+        ):
+            if capacity > 0:
+                used = figure / (capacity * weight)
+                if used > usage:
+                    usage = used
+                    step = used / self.clients if self.clients >= 1.0 else 0.0
+        return usage, step or per_client
+
+    def figures(self) -> dict[str, float]:
+        """The load as the health answer and the status API show it (plugins' figures first:
+        affinity's own names win)."""
+        return {
+            **{k: v for k, v in self.extra.items() if k not in LOAD_KEYS},
+            "clients": round(self.clients, 3),
+            "active_clients": round(self.clients),
+            "inflight": self.inflight,
+            "rps": round(self.rps, 3),
+            "bytes_per_s": round(self.bytes_per_s, 1),
+            "capacity": self.capacity,
+            "capacity_inflight": self.capacity_inflight,
+            "capacity_bytes_per_s": self.capacity_bytes_per_s,
+        }
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"{old} is deprecated since load format 2; use {new}", DeprecationWarning, stacklevel=3
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,9 +238,9 @@ class Server:
 
     @property
     def at_capacity(self) -> bool:
-        """True when the server reports as many active clients as it can take."""
-        cap = self.load.capacity
-        return cap > 0 and self.load.active_clients >= cap
+        """True when the server reports a figure at its stated capacity (clients, requests in
+        flight or bytes/s)."""
+        return self.load.full
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

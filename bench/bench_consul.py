@@ -73,8 +73,8 @@ class Sink:
 
     def set_health(self, server_id: str, status: Any, **kwargs: Any) -> None:
         load = kwargs.get("load")
-        if load is not None and self.seen.get(server_id) != load.active_clients:
-            self.seen[server_id] = load.active_clients
+        if load is not None and self.seen.get(server_id) != load.clients:
+            self.seen[server_id] = load.clients
             self.changed.set()
 
 

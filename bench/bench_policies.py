@@ -77,7 +77,7 @@ def make_pool(size: int, mixed: bool, rng: random.Random) -> Pool:
             service="web",
             url=f"https://{sid}.example.com",
             weight=1 + i % 4 if mixed else 1,
-            load=Load(active_clients=rng.randint(0, 80), capacity=100),
+            load=Load(clients=rng.randint(0, 80), capacity=100),
             load_version=1,
         )
     return Pool.build("web", servers, version=1)

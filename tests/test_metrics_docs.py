@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from affinity.models import Load
 from affinity.web.metrics import Metrics, ReferralMetrics, ServerMetrics
 from tests.promtext import Family, parse
 
@@ -20,7 +21,7 @@ SERVER = {
     "draining": False,
     "assignable": True,
     "effective_weight": 1.0,
-    "load": {"active_clients": 2, "inflight": 1, "capacity": 10},
+    "load": Load(clients=2.0, inflight=1, capacity=10).figures(),
     "last_check": {"latency": 0.01},
 }
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import httpx
 import orjson
 
 from affinity.config import Config, HealthSettings
-from affinity.models import HealthStatus, Load, Server
+from affinity.models import LOAD_FORMAT, LOAD_KEYS, HealthStatus, Load, Server
 from affinity.plugin import hookimpl
 from affinity.plugin.health import HealthSink, HealthSource
 from affinity.protocol import HEALTH_PATH
@@ -135,9 +136,20 @@ def _status(data: dict[str, Any], default: HealthStatus) -> HealthStatus:
 
 
 def _load(data: dict[str, Any]) -> Load | None:
+    """The load of a health answer, of either format (:data:`~affinity.models.LOAD_FORMAT`).
+
+    Format 1 (no ``load_format``) has ``active_clients`` only, read as
+    ``clients``. A figure that is missing, negative or not a number reads as 0;
+    the others go to ``extra``.
+    """
     raw = data.get("load")
     if not isinstance(raw, dict):
         return None
+
+    def number(key: str) -> float:
+        value = raw.get(key, 0)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if ok and math.isfinite(value) and value >= 0 else 0.0
 
     def count(key: str) -> int:
         value = raw.get(key, 0)
@@ -146,14 +158,17 @@ def _load(data: dict[str, Any]) -> Load | None:
     extra = {
         k: float(v)
         for k, v in raw.items()
-        if k not in ("active_clients", "inflight", "capacity")
-        and isinstance(v, int | float)
-        and not isinstance(v, bool)
+        if k not in LOAD_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
     }
+    version = data.get("load_format")
     return Load(
-        active_clients=count("active_clients"),
+        clients=number("clients") if version == LOAD_FORMAT else float(count("active_clients")),
         inflight=count("inflight"),
+        rps=number("rps"),
+        bytes_per_s=number("bytes_per_s"),
         capacity=count("capacity"),
+        capacity_inflight=count("capacity_inflight"),
+        capacity_bytes_per_s=number("capacity_bytes_per_s"),
         extra=extra,
     )
 

@@ -283,13 +283,16 @@ class RandomPolicy(_SamplingPolicy):
 class LoadWeightedPolicy(_SamplingPolicy):
     """Power of two (or three) choices on weight-normalised load, counting its own assignments.
 
-    The load of a candidate is ``(active_clients + assignments this object made
-    since the server's last load report) / (capacity or default_capacity) /
-    weight``. Comparing random candidates instead of taking the arg-min keeps a
+    The load of a candidate is its utilisation as :meth:`Load.usage
+    <affinity.models.Load.usage>` reckons it (the decayed client count over
+    ``capacity or default_capacity`` x weight, or the fullest unit whose
+    capacity the server states: clients, requests in flight, bytes/s), plus
+    what the assignments this object made since the server's last load report
+    add to it. Comparing random candidates instead of taking the arg-min keeps a
     burst of re-referrals (a server died, its clients all come back before the
     next report) spread over the survivors instead of piled on one. Per pool,
     server ``i`` has three cells side by side in one flat array: its reported
-    load over capacity x weight, what one assignment adds to that, and the
+    utilisation (:meth:`~affinity.models.Load.usage`), what one assignment adds to that, and the
     assignments counted since its report, which carry over to the next pool
     while its ``load_version`` stays the same.
     """
@@ -346,11 +349,10 @@ class LoadWeightedPolicy(_SamplingPolicy):
         }
         loads = array("d")
         for server in self._sampler.servers:
-            capacity = (server.load.capacity or self._default_capacity) * server.effective_weight
-            per_client = 1.0 / capacity
+            usage, per_client = server.load.usage(server.effective_weight, self._default_capacity)
             version, count = carried.get(server.id, (server.load_version, 0.0))
             count = count if version == server.load_version else 0.0
-            loads.extend((server.load.active_clients * per_client, per_client, count))
+            loads.extend((usage, per_client, count))
         self._loads = loads
 
 
@@ -369,8 +371,9 @@ class ConsistentPolicy(_BuiltinPolicy):
     """Weighted rendezvous hashing of the client id, with bounded load.
 
     The server with the highest score ``-weight / ln(u)`` (``u`` = BLAKE2b of the
-    client id and server id, in (0, 1)) wins, unless its reported normalised
-    load exceeds ``load_factor`` x the pool's mean plus ``slack_clients``; then
+    client id and server id, in (0, 1)) wins, unless its reported utilisation
+    (:meth:`~affinity.models.Load.usage`) exceeds ``load_factor`` x the pool's
+    mean plus what ``slack_clients`` clients add; then
     the next in score order that does not. Only reported load is used, never
     counts local to this process, so every process answers alike. Scans the
     pool: O(n) per pick.
@@ -411,16 +414,13 @@ class ConsistentPolicy(_BuiltinPolicy):
         if self._table.source is pool.assignable:
             return self._table
         servers = pool.assignable
-        capacities = [
-            (s.load.capacity or self._default_capacity) * s.effective_weight for s in servers
-        ]
-        loads = [s.load.active_clients / c for s, c in zip(servers, capacities, strict=True)]
-        mean = sum(loads) / len(loads) if loads else 0.0
+        usages = [s.load.usage(s.effective_weight, self._default_capacity) for s in servers]
+        mean = sum(u for u, _ in usages) / len(usages) if usages else 0.0
         slack = self.slack_clients
         bound = self._load_factor * mean
         entries = tuple(
-            (s, s.id.encode("utf-8", "surrogatepass"), s.effective_weight, load > bound + slack / c)
-            for s, load, c in zip(servers, loads, capacities, strict=True)
+            (s, s.id.encode("utf-8", "surrogatepass"), s.effective_weight, u > bound + slack * p)
+            for s, (u, p) in zip(servers, usages, strict=True)
         )
         self._table = _Table(servers, entries)
         return self._table

@@ -213,6 +213,12 @@ def render(url: str, status: dict[str, Any]) -> Group:
     return Group(head, services, table)
 
 
+def _clients(load: dict[str, Any]) -> str:
+    """The decayed client count, one decimal (a referral before load format 2 has whole ones)."""
+    clients = load.get("clients")
+    return f"{clients:.1f}" if isinstance(clients, int | float) else str(load["active_clients"])
+
+
 def _row(s: dict[str, Any], now: float) -> list[str | Text]:
     load = s["load"]
     capacity = f"/{load['capacity']}" if load["capacity"] else ""
@@ -226,7 +232,7 @@ def _row(s: dict[str, Any], now: float) -> list[str | Text]:
         s["service"],
         s["id"],
         Text(s["health"], style=HEALTH_STYLE.get(s["health"], "")),
-        f"{load['active_clients']}{capacity} clients, {load['inflight']} in flight",
+        f"{_clients(load)}{capacity} clients, {load['inflight']} in flight",
         weight,
         "yes" if s["draining"] else "no",
         "-" if rate is None else f"{rate:.1f}",

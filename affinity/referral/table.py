@@ -354,7 +354,6 @@ class ServerTable:
         """A server as ``GET /v1/servers`` shows it."""
         obs = self._observed.get(server.id) or Observation()
         ramp = self._ramp(server.id, self._clock())
-        load = server.load
         return {
             "id": server.id,
             "service": server.service,
@@ -367,12 +366,7 @@ class ServerTable:
             "draining": server.draining,
             "at_capacity": server.at_capacity,
             "assignable": _takes_clients(server),
-            "load": {
-                "active_clients": load.active_clients,
-                "inflight": load.inflight,
-                "capacity": load.capacity,
-                **load.extra,
-            },
+            "load": server.load.figures(),
             "last_check": {
                 "at": obs.checked_at or None,
                 "latency": obs.latency,

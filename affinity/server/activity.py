@@ -1,4 +1,4 @@
-"""The clients an app server reports as its load: a count that decays after each one's last request.
+"""The load an app server reports: clients, counted with a decay, and request and byte rates.
 
 A client weighs 1 right after a request and ``2 ** (-age / half_life)`` after
 that, so clients that leave without a word stop counting within a few
@@ -124,3 +124,45 @@ class DecayingClients:
 
     def __contains__(self, client_id: object) -> bool:
         return client_id in self._seen
+
+
+RATE_TIME_CONSTANT = 10.0
+"""Seconds over which the request and byte rates are averaged (an exponential average)."""
+
+
+class Rates:
+    """Requests and response bytes per second, averaged over about ``time_constant`` seconds.
+
+    The request path only adds to two plain counters (on the
+    :class:`~affinity.server.state.ServerState`); the averages are brought up
+    to date when read (each health or metrics request), with the weight
+    ``1 - e^(-dt / time_constant)`` that suits reads at uneven intervals.
+    """
+
+    __slots__ = ("_at", "_bytes", "_clock", "_requests", "bytes_per_s", "rps", "time_constant")
+
+    def __init__(
+        self,
+        time_constant: float = RATE_TIME_CONSTANT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not time_constant > 0:
+            raise ValueError(f"time_constant must be more than 0 seconds, got {time_constant!r}")
+        self.time_constant = time_constant
+        self._clock = clock
+        self._at = clock()
+        self._requests = 0
+        self._bytes = 0
+        self.rps = 0.0
+        self.bytes_per_s = 0.0
+
+    def read(self, requests: int, sent_bytes: int) -> tuple[float, float]:
+        """The averages (requests/s, bytes/s), given the counters' totals now."""
+        now = self._clock()
+        elapsed = now - self._at
+        if elapsed > 0:
+            share = -math.expm1(-elapsed / self.time_constant)
+            self.rps += share * ((requests - self._requests) / elapsed - self.rps)
+            self.bytes_per_s += share * ((sent_bytes - self._bytes) / elapsed - self.bytes_per_s)
+            self._at, self._requests, self._bytes = now, requests, sent_bytes
+        return self.rps, self.bytes_per_s

@@ -23,7 +23,7 @@ from sanic import HTTPResponse, Request, Sanic
 
 from affinity.config import Config
 from affinity.errors import ConfigError
-from affinity.models import HealthStatus, Load, Server, worst
+from affinity.models import LOAD_FORMAT, HealthStatus, Load, Server, worst
 from affinity.plugin.manager import PluginManager
 from affinity.protocol import BYE_PATH, HEALTH_PATH, METRICS_PATH
 from affinity.server import guard
@@ -112,11 +112,18 @@ class AppServer:
         return worst(self.status, self.health() or HealthStatus.PASSING)
 
     def load(self) -> Load:
+        """This server's load now: the figures of the health answer."""
+        state, settings = self.state, self.config.server
         extra = {**self.manager.report_load(self.server_id), **self.load_figures()}
+        rps, bytes_per_s = state.rates.read(state.requests, state.sent_bytes)
         return Load(
-            active_clients=round(self.state.active.weight()),
-            inflight=self.state.inflight,
-            capacity=self.config.server.capacity,
+            clients=state.active.weight(),
+            inflight=state.inflight,
+            rps=rps,
+            bytes_per_s=bytes_per_s,
+            capacity=settings.capacity,
+            capacity_inflight=settings.capacity_inflight,
+            capacity_bytes_per_s=settings.capacity_bytes_per_s,
             extra=extra,
         )
 
@@ -147,12 +154,8 @@ class AppServer:
             "status": status.value,
             "draining": draining,
             "server": self.server_id,
-            "load": {
-                "active_clients": load.active_clients,
-                "inflight": load.inflight,
-                "capacity": load.capacity,
-                **load.extra,
-            },
+            "load_format": LOAD_FORMAT,
+            "load": load.figures(),
         }
         if self.status_reason:
             body["reason"] = self.status_reason

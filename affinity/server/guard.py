@@ -115,6 +115,13 @@ def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> C
         if response is not None:
             response.headers[SERVER_HEADER] = server_id
             status = response.status
+            if not own:
+                try:
+                    body = response.body
+                except AttributeError:  # a ResponseStream: its length is not known
+                    body = None
+                if body:
+                    state.sent_bytes += len(body)
         else:  # streamed with request.respond(): the header is the handler's to set
             status = getattr(getattr(request.stream, "response", None), "status", 200)
         answered(route, request.method, status, time.perf_counter() - started)
@@ -187,6 +194,7 @@ def admit(state: ServerState, request: Request) -> HTTPResponse | None:
     if state.draining and state.reassigning():
         return refusal_response(_reassign(state))
     state.inflight += 1
+    state.requests += 1
     return None
 
 

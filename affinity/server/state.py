@@ -1,7 +1,8 @@
 """What an app server's request path and life cycle read and change, one per process.
 
 :class:`ServerState` hangs on ``app.ctx.affinity``. The guard (every request)
-counts requests in flight, notes active clients and reads the drain state;
+counts requests in flight and served, and response bytes, notes active clients
+and reads the drain state;
 the life cycle starts and ends the drain and puts shared settings in force.
 Neither touches the :class:`~affinity.server.base.AppServer` a developer
 subclasses.
@@ -16,7 +17,7 @@ from affinity.config import Config
 from affinity.models import Server
 from affinity.plugin.manager import PluginManager
 from affinity.plugin.settings import SettingsInForce
-from affinity.server.activity import DecayingClients
+from affinity.server.activity import DecayingClients, Rates
 from affinity.server.tokens import TokenCheck
 from affinity.web.metrics import ServerMetrics
 
@@ -44,6 +45,11 @@ class ServerState:
             settings.load_half_life, settings.active_window, settings.active_max
         )
         """The clients with a valid token, each weighing less with the time since it was seen."""
+        self.requests = 0
+        """Requests let in (by the guard) since the start."""
+        self.sent_bytes = 0
+        """Bytes of the bodies answered to them, where the length is known (not streams)."""
+        self.rates = Rates()
         self.shared_settings = SettingsInForce(
             manager, refused=lambda name: self.metrics.settings_refused(name)
         )
@@ -70,10 +76,15 @@ class ServerState:
 
     def gauges(self) -> dict[str, float]:
         """The load figures of the metrics endpoint (plugins' extra figures stay in health)."""
+        rps, bytes_per_s = self.rates.read(self.requests, self.sent_bytes)
         return {
             "active_clients": self.active.weight(),
             "client_ids": len(self.active),
+            "rps": rps,
+            "bytes_per_s": bytes_per_s,
             "inflight": self.inflight,
             "capacity": self.config.server.capacity,
+            "capacity_inflight": self.config.server.capacity_inflight,
+            "capacity_bytes_per_s": self.config.server.capacity_bytes_per_s,
             "draining": 1 if self.draining else 0,
         }

@@ -76,8 +76,8 @@ _PER_SERVER: tuple[tuple[str, str, Callable[[Mapping[str, Any]], float]], ...] =
     ),
     (
         "affinity_server_active_clients",
-        "Active clients a server last reported",
-        lambda s: float(s["load"]["active_clients"]),
+        "Clients a server last reported (a decayed count)",
+        lambda s: float(s["load"]["clients"]),
     ),
     (
         "affinity_server_inflight_requests",
@@ -123,7 +123,20 @@ APP_GAUGES = {
         "Client ids remembered for the load count (at most server.active_max)",
     ),
     "inflight": ("affinity_app_inflight_requests", "Requests being served now"),
+    "rps": ("affinity_app_requests_per_second", "Requests served per second, a 10 s average"),
+    "bytes_per_s": (
+        "affinity_app_response_bytes_per_second",
+        "Response body bytes per second (lengths known), a 10 s average",
+    ),
     "capacity": ("affinity_app_capacity", "Configured capacity in active clients (0: not set)"),
+    "capacity_inflight": (
+        "affinity_app_capacity_inflight",
+        "Configured capacity in requests in flight (0: not set)",
+    ),
+    "capacity_bytes_per_s": (
+        "affinity_app_capacity_bytes_per_second",
+        "Configured capacity in response bytes per second (0: not set)",
+    ),
     "draining": ("affinity_app_draining", "1 while the server is draining"),
 }
 

@@ -172,7 +172,7 @@ def test_parse_answer_maps_consul_codes() -> None:
     )
     result = parse_answer(200, body)
     assert result.ok and result.status is HealthStatus.PASSING and not result.draining
-    assert result.load == Load(active_clients=3, inflight=1, capacity=10, extra={"queue": 2.5})
+    assert result.load == Load(clients=3, inflight=1, capacity=10, extra={"queue": 2.5})
     drain = parse_answer(429, b'{"status": "passing", "draining": true}')
     assert drain.ok and drain.draining and drain.status is HealthStatus.PASSING
     warn = parse_answer(429, b'{"status": "warning"}')
@@ -224,7 +224,7 @@ async def test_a_check_reads_the_health_endpoint() -> None:
     finally:
         await checker.aclose()
     assert seen == ["https://s1.example.test/.well-known/affinity/health"]
-    assert result.ok and result.load is not None and result.load.active_clients == 2
+    assert result.ok and result.load is not None and result.load.clients == 2
 
 
 # -- scheduling -------------------------------------------------------------------------

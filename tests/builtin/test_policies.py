@@ -65,7 +65,7 @@ def server(
         service="web",
         url=f"https://{sid}.example.com",
         weight=weight,
-        load=Load(active_clients=active, capacity=capacity),
+        load=Load(clients=active, capacity=capacity),
         health=health,
         draining=draining,
         load_version=load_version,
@@ -382,7 +382,7 @@ def test_load_weighted_failover_burst_stays_spread(choices: int) -> None:
     # The arg-min of the same stale view sends every orphan to one survivor.
     naive: Counter[str] = Counter()
     for _req in orphans:
-        least = min(stale.assignable, key=lambda s: s.load.active_clients)
+        least = min(stale.assignable, key=lambda s: s.load.clients)
         naive[least.id] += 1
     assert len(naive) == 1
     assert ratio(naive) > 1.6

@@ -323,9 +323,7 @@ def test_a_full_server_gets_no_new_clients_and_keeps_its_own(tmp_path: Path) -> 
         tokens = [token_for(d, "s1", f"client-{i}") for i in range(2)]
         with d.client() as c, d.client(base_url=d.referral_url) as ref:
             c.get(d.server_urls["s1"] + "/", headers={"Affinity-Token": tokens[0]})
-            wait_until(
-                lambda: described(d)["s1"]["load"]["active_clients"] == 1, 5, what="load 1/2"
-            )
+            wait_until(lambda: described(d)["s1"]["load"]["clients"] > 0.9, 5, what="load 1/2")
             # No event tells when the pool is rebuilt: load-only changes wait out load_refresh.
             seen = time.monotonic()
             wait_until(lambda: time.monotonic() >= seen + LOAD_REFRESH, 1, what="load_refresh")

@@ -71,12 +71,22 @@ def test_describe_shows_everything_an_operator_needs() -> None:
     clock = Clock()
     t = table(clock)
     t.apply_view(view(server("s1", weight=3)))
-    load = Load(active_clients=4, inflight=1, capacity=4, extra={"queue": 2.0})
+    load = Load(clients=3.9996, inflight=1, rps=2.5, capacity=4, extra={"queue": 2.0})
     t.set_health("s1", P, load=load, draining=True, reason="draining")
     t.note_assigned("s1")
     shown = t.describe(t.get("s1"))  # type: ignore[arg-type]
-    assert shown["load"] == {"active_clients": 4, "inflight": 1, "capacity": 4, "queue": 2.0}
-    assert shown["draining"] is True and shown["at_capacity"] is True
+    assert shown["load"] == {
+        "clients": 4.0,
+        "active_clients": 4,
+        "inflight": 1,
+        "rps": 2.5,
+        "bytes_per_s": 0.0,
+        "capacity": 4,
+        "capacity_inflight": 0,
+        "capacity_bytes_per_s": 0.0,
+        "queue": 2.0,
+    }
+    assert shown["draining"] is True and shown["at_capacity"] is True  # 3.9996 rounds to 4
     assert shown["assignable"] is False
     assert shown["weight"] == 3 and shown["effective_weight"] == 3
     assert shown["slow_start"] is False and shown["assignments"] == 1
@@ -95,11 +105,11 @@ def test_unknown_servers_are_ignored() -> None:
 def test_reported_load_reaches_the_pool_and_a_full_server_leaves_it() -> None:
     t = table(Clock())
     t.apply_view(view(server("s1"), server("s2")))
-    t.set_health("s1", P, load=Load(active_clients=2, capacity=3))
+    t.set_health("s1", P, load=Load(clients=2, capacity=3))
     pool = t.pool("web")
-    assert pool.servers["s1"].load.active_clients == 2
+    assert pool.servers["s1"].load.clients == 2
     assert [s.id for s in pool.assignable] == ["s1", "s2"]
-    t.set_health("s1", P, load=Load(active_clients=3, capacity=3))
+    t.set_health("s1", P, load=Load(clients=3, capacity=3))
     assert [s.id for s in t.pool("web").assignable] == ["s2"], "full: rebuilt at once"
 
 
@@ -108,17 +118,17 @@ def test_load_only_changes_are_batched_by_load_refresh() -> None:
     t = table(clock, load_refresh=0.5)
     t.apply_view(view(server("s1"), server("s2")))
     first = t.pool("web")
-    t.set_health("s1", P, load=Load(active_clients=1, capacity=10))
+    t.set_health("s1", P, load=Load(clients=1, capacity=10))
     assert t.pool("web") is first
     clock.now += 0.5
-    assert t.pool("web").servers["s1"].load.active_clients == 1
+    assert t.pool("web").servers["s1"].load.clients == 1
 
 
 def test_load_weighted_prefers_the_server_reporting_less_load() -> None:
     t = table(Clock())
     t.apply_view(view(server("busy"), server("idle")))
-    t.set_health("busy", P, load=Load(active_clients=80, capacity=100))
-    t.set_health("idle", P, load=Load(active_clients=0, capacity=100))
+    t.set_health("busy", P, load=Load(clients=80, capacity=100))
+    t.set_health("idle", P, load=Load(clients=0, capacity=100))
     policy = LoadWeightedPolicy(rng=random.Random(1))
     picks = Counter(policy.choose(t.pool("web"), request(f"c{i}")).id for i in range(60))  # type: ignore[union-attr]
     # Two candidates per pick: idle wins unless both draws land on busy (8 redraws, 1 in 256).
@@ -132,9 +142,9 @@ def test_consistent_moves_clients_off_a_server_over_its_load_bound() -> None:
     policy = ConsistentPolicy()
     clients = [f"client-{i}" for i in range(300)]
     before = {c: policy.choose(t.pool("web"), request(c)).id for c in clients}  # type: ignore[union-attr]
-    t.set_health("s1", P, load=Load(active_clients=90, capacity=100))
-    t.set_health("s2", P, load=Load(active_clients=10, capacity=100))
-    t.set_health("s3", P, load=Load(active_clients=10, capacity=100))
+    t.set_health("s1", P, load=Load(clients=90, capacity=100))
+    t.set_health("s2", P, load=Load(clients=10, capacity=100))
+    t.set_health("s3", P, load=Load(clients=10, capacity=100))
     clock.now += 0.5  # load-only changes reach the pool after load_refresh
     after = {c: policy.choose(t.pool("web"), request(c)).id for c in clients}  # type: ignore[union-attr]
     assert "s1" in before.values() and "s1" not in after.values()
@@ -251,8 +261,8 @@ def test_a_full_pool_counts_as_below_the_threshold(caplog: pytest.LogCaptureFixt
     caplog.set_level(logging.WARNING, logger="affinity.referral")
     t = table(Clock(), panic_threshold=0.5)
     t.apply_view(view(server("s1"), server("s2")))
-    t.set_health("s1", P, load=Load(active_clients=5, capacity=5))
-    t.set_health("s2", P, load=Load(active_clients=5, capacity=5))
+    t.set_health("s1", P, load=Load(clients=5, capacity=5))
+    t.set_health("s2", P, load=Load(clients=5, capacity=5))
     assert t.summary("web")["below_threshold"] is True
     assert len(caplog.records) == 1
 

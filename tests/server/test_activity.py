@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from affinity.server.activity import FORGET_BELOW, DecayingClients
+from affinity.server.activity import FORGET_BELOW, DecayingClients, Rates
 
 
 class Clock:
@@ -161,3 +161,28 @@ def test_the_running_sum_stays_exact_under_churn() -> None:
 def test_bad_arguments_are_refused(args: tuple[float, float, int], word: str) -> None:
     with pytest.raises(ValueError, match=word):
         DecayingClients(*args)
+
+
+def test_rates_follow_the_counters_with_an_exponential_average() -> None:
+    clock = Clock()
+    rates = Rates(time_constant=10.0, clock=clock)
+    assert rates.read(0, 0) == (0.0, 0.0)
+    clock.now += 10.0
+    requests, sent = 100, 50_000  # 10/s and 5000 B/s over the last 10 s
+    rps, bps = rates.read(requests, sent)
+    share = 1 - math.exp(-1.0)
+    assert rps == pytest.approx(10.0 * share) and bps == pytest.approx(5000.0 * share)
+    for _ in range(50):  # the same pace, read every second: the averages reach it
+        clock.now += 1.0
+        requests, sent = requests + 10, sent + 5000
+        rps, bps = rates.read(requests, sent)
+    assert rps == pytest.approx(10.0, rel=0.01) and bps == pytest.approx(5000.0, rel=0.01)
+    assert rates.read(requests, sent) == (rps, bps)  # no time passed: unchanged
+    clock.now += 60.0  # silence: the averages fall toward 0
+    rps, bps = rates.read(requests, sent)
+    assert rps < 0.05 and bps < 25.0
+
+
+def test_rates_refuse_a_time_constant_of_zero() -> None:
+    with pytest.raises(ValueError, match="time_constant"):
+        Rates(0.0)

@@ -296,7 +296,8 @@
     }
     const load = s.load;
     row.querySelector(".load").textContent =
-      load.active_clients + (load.capacity ? " / " + load.capacity : "") + " clients · " +
+      Number(load.clients ?? load.active_clients).toFixed(1) +
+      (load.capacity ? " / " + load.capacity : "") + " clients · " +
       load.inflight + " in flight";
     row.querySelector(".weight").textContent =
       s.effective_weight === s.weight ? String(s.weight) : s.effective_weight + " of " + s.weight;
