@@ -185,6 +185,8 @@ def affinity_report_load(server_id: str) -> Mapping[str, float] | None:
     """Contribute load figures to an app server's health answer; every result is merged.
 
     Called on each health request of the app server. Synchronous, no I/O.
+    The figures go to ``Load.extra``; one named like affinity's own (``clients``,
+    ``inflight``, ``rps``... :data:`affinity.models.LOAD_KEYS`) is dropped.
 
     :param server_id: The id of the app server answering.
     """
