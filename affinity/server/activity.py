@@ -11,29 +11,42 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from math import exp2
 
 FORGET_BELOW = 2.0**-10
 """An id whose weight fell below this (ten half-lives without a request) is forgotten."""
+REBASE_AFTER = 64.0
+"""Half-lives after which the stored masses are brought back near 1 (they grow as 2^t)."""
+NO_DECAY = 1e-12
+"""The half-lives per second of ``half_life=math.inf``: each client weighs 1 within the window
+(to better than 1e-9 over a year), and the masses still say when each id was seen."""
 
 
 class DecayingClients:
     """The decayed count of distinct client ids, holding at most ``limit`` ids.
 
     ``weight()`` is the sum over the ids held of ``2 ** (-(now - last_seen) / half_life)``.
-    The sum is kept as it stood at the last change and rescaled when read or
-    changed (the decay of a sum is the sum of the decays), so a request costs
-    O(1): one dict update and two powers. Ids are kept in last-seen order, so
-    the ids to forget (older than ``window`` seconds, or decayed below
-    :data:`FORGET_BELOW`) and the ids over the size bound all leave from the
-    front: bounded memory under a flood of ids. ``half_life=math.inf`` counts
-    every id seen within ``window`` as 1, the sliding-window count of before.
+    Each id is stored with its *mass* ``2 ** ((last_seen - anchor) / half_life)``,
+    which does not change while the client is silent, and the masses are summed
+    as they change; the count now is that sum times ``2 ** (-(now - anchor) /
+    half_life)``. So a request costs one power and a few dict and float
+    operations, and no rescaling. Every :data:`REBASE_AFTER` half-lives the
+    masses are divided back near 1 (O(n), rarely) and the sum recomputed, so
+    neither overflows nor drifts by rounding.
+
+    Ids are kept in last-seen order, so the ids to forget (older than
+    ``window`` seconds, or decayed below :data:`FORGET_BELOW`) and the ids over
+    the size bound all leave from the front: bounded memory under a flood of
+    ids. The mass of an id also says when it was last seen, so no time is
+    stored. ``half_life=math.inf`` counts every id seen within ``window`` as 1:
+    the sliding-window count of before, for comparisons.
     """
 
     __slots__ = (
-        "_at",
+        "_anchor",
         "_clock",
         "_horizon",
-        "_rate",
+        "_inverse",
         "_seen",
         "_sum",
         "half_life",
@@ -58,65 +71,72 @@ class DecayingClients:
         self.window = window
         self.limit = limit
         self._clock = clock
-        self._rate = -1.0 / half_life
-        """The exponent of 2 per second of age."""
-        self._horizon = min(window, half_life * -math.log2(FORGET_BELOW))
-        """Ids last seen longer ago than this are forgotten."""
+        self._inverse = 1.0 / half_life if half_life < math.inf else NO_DECAY
+        """Half-lives per second."""
+        self._horizon = min(window * self._inverse, -math.log2(FORGET_BELOW))
+        """Ids last seen more half-lives ago than this are forgotten."""
+        self._anchor = clock()
         self._seen: OrderedDict[str, float] = OrderedDict()
-        """client id -> when it was last seen, oldest first."""
+        """client id -> its mass, oldest first."""
         self._sum = 0.0
-        """The decayed count as it stood at ``_at``."""
-        self._at = clock()
+        """The sum of the masses."""
 
     def touch(self, client_id: str) -> None:
         """Note that a client was seen now: its weight becomes 1."""
-        now = self._clock()
+        age = (self._clock() - self._anchor) * self._inverse
+        if age > REBASE_AFTER:
+            age = self._rebase(age)
+        mass = exp2(age)
         seen = self._seen
-        last = seen.get(client_id)
-        # the sum rescaled to now, less this client's old weight, plus its new weight 1
-        total = self._sum * 2.0 ** ((now - self._at) * self._rate) + 1.0
-        if last is None:
-            seen[client_id] = now
+        old = seen.pop(client_id, None)  # popped and put back: it moves to the end
+        seen[client_id] = mass
+        if old is None:
+            self._sum += mass
             if len(seen) > self.limit:
-                _, oldest = seen.popitem(last=False)
-                total -= 2.0 ** ((now - oldest) * self._rate)
+                self._sum -= seen.popitem(last=False)[1]
         else:
-            total -= 2.0 ** ((now - last) * self._rate)
-            seen[client_id] = now
-            seen.move_to_end(client_id)
-        self._sum = total
-        self._at = now
+            self._sum += mass - old
 
     def bye(self, client_id: str) -> bool:
         """The client ended its session: drop it at once. True if it was counted."""
-        last = self._seen.pop(client_id, None)
-        if last is None:
+        mass = self._seen.pop(client_id, None)
+        if mass is None:
             return False
-        now = self._clock()
-        rate = self._rate
-        total = self._sum * 2.0 ** ((now - self._at) * rate) - 2.0 ** ((now - last) * rate)
-        self._sum = total if self._seen else 0.0
-        self._at = now
+        self._sum = self._sum - mass if self._seen else 0.0
         return True
 
     def weight(self) -> float:
         """The decayed count now; forgets the ids past the horizon on the way."""
-        now = self._clock()
-        rate = self._rate
-        total = self._sum * 2.0 ** ((now - self._at) * rate)
+        age = (self._clock() - self._anchor) * self._inverse
+        if age > REBASE_AFTER:
+            age = self._rebase(age)
         seen = self._seen
-        horizon = now - self._horizon
+        floor = exp2(age - self._horizon)
+        total = self._sum
         while seen:
             oldest = next(iter(seen.values()))
-            if oldest >= horizon:
+            if oldest >= floor:
                 break
             seen.popitem(last=False)
-            total -= 2.0 ** ((now - oldest) * rate)
-        # the running sum drifts by rounding only; it is exact again once empty
-        total = max(total, 0.0) if seen else 0.0
+            total -= oldest
+        total = max(total, 0.0) if seen else 0.0  # rounding only; exact again once empty
         self._sum = total
-        self._at = now
-        return total
+        return total * exp2(-age)
+
+    def _rebase(self, age: float) -> float:
+        """Move the anchor to now: every mass divided by ``2 ** age``, the forgotten ids dropped,
+        the sum recomputed. The new age (0)."""
+        scale = exp2(-age)
+        floor = exp2(-self._horizon)
+        kept = OrderedDict[str, float]()
+        for client_id, mass in self._seen.items():
+            mass *= scale
+            if mass >= floor:
+                kept[client_id] = mass
+        self._seen = kept
+        self._sum = math.fsum(kept.values())
+        self._anchor += age / self._inverse
+        return 0.0
 
     def __len__(self) -> int:
         """How many ids are held (forgotten ones leave when :meth:`weight` is read)."""

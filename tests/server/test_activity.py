@@ -113,9 +113,25 @@ def test_an_infinite_half_life_is_the_sliding_window_count() -> None:
     active.touch("a")
     clock.now += 200.0
     active.touch("b")
-    assert active.weight() == 2.0
+    assert active.weight() == pytest.approx(2.0, abs=1e-9)
     clock.now += 100.5
-    assert active.weight() == 1.0 and "a" not in active
+    assert active.weight() == pytest.approx(1.0, abs=1e-9) and "a" not in active
+
+
+def test_the_count_holds_over_many_half_lives_of_traffic() -> None:
+    """The stored masses are rebased as time goes on: no overflow, no drift."""
+    active, clock = clients(half_life=1.0, window=300.0, limit=1000)
+    for step in range(5000):  # 5000 half-lives, far past 2 ** 1024
+        clock.now += 1.0
+        active.touch(f"c{step % 7}")
+        if step % 500 == 499:
+            assert active.weight() == pytest.approx(sum(2.0**-k for k in range(7)), rel=1e-9)
+    clock.now += 0.5
+    assert active.weight() == pytest.approx(2.0**-0.5 * sum(2.0**-k for k in range(7)), rel=1e-9)
+    assert len(active) == 7
+    clock.now += 2000.0  # silent for 2000 half-lives, then one more client
+    active.touch("late")
+    assert active.weight() == pytest.approx(1.0) and len(active) == 1
 
 
 def test_a_flood_of_ids_holds_at_most_limit() -> None:
