@@ -190,9 +190,50 @@ def test_odd_bodies_do_not_break_the_checker(body: bytes) -> None:
     assert result.ok and result.status is HealthStatus.PASSING
 
 
+def test_parse_answer_reads_load_format_2() -> None:
+    body = orjson.dumps(
+        {
+            "status": "passing",
+            "load_format": 2,
+            "load": {
+                "clients": 2.75,
+                "active_clients": 3,
+                "inflight": 4,
+                "rps": 12.5,
+                "bytes_per_s": 1e6,
+                "capacity": 10,
+                "capacity_inflight": 8,
+                "capacity_bytes_per_s": 5e6,
+                "queue": 1.0,
+            },
+        }
+    )
+    assert parse_answer(200, body).load == Load(
+        clients=2.75,
+        inflight=4,
+        rps=12.5,
+        bytes_per_s=1e6,
+        capacity=10,
+        capacity_inflight=8,
+        capacity_bytes_per_s=5e6,
+        extra={"queue": 1.0},
+    )
+
+
+def test_a_format_1_answer_reads_active_clients_as_clients() -> None:
+    """A server not yet upgraded: its whole-client count, and no other format 2 figure."""
+    body = b'{"load": {"active_clients": 7, "clients": 99.0, "rps": 3.0, "inflight": 1}}'
+    load = parse_answer(200, body).load
+    assert load is not None and load.clients == 7.0 and load.inflight == 1
+
+
 def test_negative_or_odd_load_figures_count_as_zero() -> None:
     body = b'{"load": {"active_clients": -4, "inflight": 1.5, "capacity": true}}'
     assert parse_answer(200, body).load == Load()
+    odd = orjson.dumps(
+        {"load_format": 2, "load": {"clients": -1.0, "rps": "x", "bytes_per_s": False}}
+    )
+    assert parse_answer(200, odd).load == Load()
 
 
 async def test_a_timeout_is_a_failed_check_with_its_latency() -> None:

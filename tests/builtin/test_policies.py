@@ -334,6 +334,54 @@ def test_load_weighted_normalises_by_capacity_and_weight() -> None:
     assert abs(counts["small"] - 1000) < 50
 
 
+def loaded(sid: str, **load: Any) -> Server:
+    return Server(id=sid, service="web", url=f"https://{sid}.example.com", load=Load(**load))
+
+
+def test_load_weighted_balances_a_bandwidth_bound_and_a_session_bound_server() -> None:
+    """Each server states the capacity that binds it; each is compared by how full it is."""
+    p = pool(
+        [
+            # 20 clients downloading at 8 MB/s of 10: 80 % full, 4 % more per client
+            loaded("pipe", clients=20.0, bytes_per_s=8e6, capacity_bytes_per_s=1e7),
+            # 40 sessions of 100: 40 % full, 1 % more per client
+            loaded("desk", clients=40.0, bytes_per_s=1e5, capacity=100),
+        ]
+    )
+    counts = picks(make("load_weighted"), p, 60)
+    # 0.40 + 0.01 x 60 = 1.00 would equal pipe's 0.80 + 0.04 x 5; evening out leaves pipe ~5
+    assert counts["desk"] >= 52 and counts["pipe"] >= 1, counts
+
+
+def test_load_weighted_counts_a_server_full_in_flight_as_full() -> None:
+    p = pool(
+        [
+            loaded("busy", clients=5.0, inflight=30, capacity_inflight=32),
+            loaded("calm", clients=5.0, inflight=2, capacity_inflight=32),
+        ]
+    )
+    counts = picks(make("load_weighted"), p, 40)
+    assert counts["calm"] >= 35, counts
+
+
+def test_load_weighted_sees_a_server_whose_clients_left_as_empty() -> None:
+    """The decayed count of a server whose wave of clients ended is small: it takes its share."""
+    p = pool([loaded("left", clients=0.3), loaded("kept", clients=30.0)])
+    counts = picks(make("load_weighted"), p, 60)
+    assert abs(counts["left"] - 45) <= 2, counts  # 0.3 + 45 ~ 30 + 15
+
+
+def test_consistent_skips_a_server_full_in_its_own_unit() -> None:
+    ids = [f"s{i}" for i in range(10)]
+    top = hashing.rank("alice", [(sid, 1) for sid in ids])[0]
+    p = pool(
+        loaded(sid, clients=10.0, bytes_per_s=9e6 if sid == top else 2e6, capacity_bytes_per_s=1e7)
+        for sid in ids
+    )
+    chosen = make("consistent").choose(p, request("alice"))
+    assert chosen is not None and chosen.id != top
+
+
 def test_load_weighted_forgets_its_counts_on_a_new_report() -> None:
     policy = make("load_weighted")
     assert picks(policy, pool([server("a"), server("b")]), 50) == {"a": 25, "b": 25}
