@@ -47,13 +47,16 @@ ROLES = ("referral", "server")
 ADMIN_TOKEN_ENV = "AFFINITY_ADMIN_TOKEN"
 FORWARDED_SECRET_ENV = "AFFINITY_FORWARDED_SECRET"
 _SECRET_WORDS = re.compile(
-    r"(?:^|[_\-.])(token|secret|password|passwd|credentials?)(?:$|[_\-.])", re.I
+    r"(?:^|[_\-.])(token|secret|password|passwd|credentials?|api[_\-]?key|private[_\-]?key)"
+    r"(?:$|[_\-.])",
+    re.I,
 )
 
 
 def is_secret_name(name: str) -> bool:
     """True for an option or variable whose value is a secret: a word of its name says
-    token, secret or password (``token``, ``api_secret``, ``AFFINITY_ADMIN_TOKEN``)."""
+    token, secret, password, credentials, api key or private key (``token``,
+    ``api_secret``, ``AFFINITY_ADMIN_TOKEN``), and it is not the path of a file."""
     return bool(_SECRET_WORDS.search(name)) and not re.search(r"[_\-.](file|path)$", name, re.I)
 
 
