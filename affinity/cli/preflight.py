@@ -125,6 +125,11 @@ def preflight(
         for check in checks(config, plugins, made):
             found.attempt(check)
         found.warnings.extend(w for w in _open_files(config, role) if w not in found.warnings)
+    if plugins is None:
+        found.notes.append(
+            "the plugins could not be configured, so the parts they make (policies, the registry "
+            "or registrar, health sources) were not checked; fix the errors above and check again"
+        )
     if "referral" in roles and not _has_admin_token(config):
         found.notes.append(
             "no admin token (referral.admin_token_file or AFFINITY_ADMIN_TOKEN): the admin API "
