@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from affinity.config import Config, load
+from affinity.files import write_private
 from affinity.plugin.manager import PluginManager
 from affinity.process import ChildProcess, stop, wait_answering
 from affinity.tokens.jws import TokenIssuer, generate_keyfile
@@ -108,12 +109,12 @@ class Deployment:
         self.ca = self.certs.ca
         generate_keyfile(directory / "keys.json", "HS256", False)
         self.admin_token = secrets.token_urlsafe(24)
-        (directory / "admin-token").write_text(self.admin_token)
+        write_private(directory / "admin-token", self.admin_token.encode())
         self.registration_secret = secrets.token_urlsafe(32)
-        (directory / "registration-secret").write_text(self.registration_secret)
+        write_private(directory / "registration-secret", self.registration_secret.encode())
         self.server_admin_token = secrets.token_urlsafe(24)
         """The app servers' admin token (their drain and resume), not the referral's."""
-        (directory / "server-admin-token").write_text(self.server_admin_token)
+        write_private(directory / "server-admin-token", self.server_admin_token.encode())
         self.referral_port = free_port()
         self.referral_url = f"https://127.0.0.1:{self.referral_port}"
         self.config = directory / "affinity.toml"

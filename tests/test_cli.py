@@ -98,8 +98,15 @@ def test_config_comes_from_the_flag_then_the_environment_then_the_directory(
     assert main(["check"]) == 2
     assert "give --config FILE, set AFFINITY_CONFIG" in capsys.readouterr().err
     shutil.copy(HELLO_CONFIG, tmp_path / "affinity.toml")
+    assert main(["check"]) == 2, "its certificates, keys and secrets are not made yet"
+    for line in HELLO_CONFIG.read_text().splitlines():  # the set-up its comment gives
+        for command in line.removeprefix("#").strip().split(" && "):
+            if command.startswith("affinity ") and command.split()[1] in ("certs", "keys"):
+                assert main(command.split()[1:]) == 0, command
+    capsys.readouterr()
+    monkeypatch.delenv("AFFINITY_REGISTRATION_TOKEN", raising=False)
     assert main(["check"]) == 0
-    assert capsys.readouterr().out.startswith("affinity.toml: ok")
+    assert capsys.readouterr().out.startswith("affinity.toml: ok (referral, server; 1 service;")
     monkeypatch.setenv("AFFINITY_CONFIG", str(tmp_path / "elsewhere.toml"))
     assert main(["check"]) == 2
     assert "elsewhere.toml: file not found" in capsys.readouterr().err

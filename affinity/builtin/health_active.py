@@ -209,10 +209,12 @@ class ActiveHealthChecker(HealthSource):
 
     name = "active"
 
-    def __init__(self, settings: HealthSettings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, settings: HealthSettings, client: httpx.AsyncClient | None = None, *, source: str = ""
+    ) -> None:
         self.settings = settings
         self._client = client or httpx.AsyncClient(
-            verify=client_context(settings.ca_file),
+            verify=client_context(settings.ca_file, key="health.ca_file", source=source),
             timeout=httpx.Timeout(settings.timeout),
             limits=httpx.Limits(max_keepalive_connections=1000, max_connections=None),
         )
@@ -329,4 +331,6 @@ class ActiveHealthChecker(HealthSource):
 @hookimpl(trylast=True)
 def affinity_make_health_source(name: str, config: Config) -> HealthSource | None:
     """Provide the active checker for ``health.sources = ["active"]``."""
-    return ActiveHealthChecker(config.health) if name == "active" else None
+    if name != "active":
+        return None
+    return ActiveHealthChecker(config.health, source=config.source_of("health.ca_file"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from affinity import __version__
-from affinity.cli import certs, dev, keys, plugins, request, status
+from affinity.cli import certs, check, dev, keys, plugins, preflight, request, status
 from affinity.config import Config, load
 from affinity.errors import AffinityError, ConfigError
 from affinity.logs import FORMATS, LEVELS, LogSettings
@@ -28,31 +29,30 @@ def _referral(args: argparse.Namespace) -> int:
     cls = ReferralServer
     if args.server_class:
         cls = _load_subclass(args.server_class, ReferralServer, "--class")
-    cls(_config(args)).run()
+    config = _config(args)
+    _preflight(config, "referral")
+    cls(config).run()
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     from affinity.server.base import AppServer
 
-    _load_subclass(args.app, AppServer, "app")(_config(args)).run()
+    cls = _load_subclass(args.app, AppServer, "app")
+    config = _config(args)
+    _preflight(config, "server")
+    cls(config).run()
     return 0
+
+
+def _preflight(config: Config, role: str) -> None:
+    """Every error ``affinity check`` would report, before anything is built or listens."""
+    for warning in preflight.require(config, role):
+        logging.getLogger("affinity.cli").warning("%s", warning)
 
 
 def _check(args: argparse.Namespace) -> int:
-    from affinity.plugin.manager import PluginManager
-
-    config = _config(args)
-    manager = PluginManager()
-    manager.configure(config)  # every declared [plugins.*] table, and the registry's options
-    for service in config.services:
-        manager.make_policy(service, config)
-    manager.make_registry(config)  # built as `referral` builds it (not started: nothing connects)
-    tables = ", ".join(f"[plugins.{name}]" for name in sorted(manager.declared_options()))
-    print(
-        f"{config.source}: ok ({len(config.services)} services; options of {tables or 'no plugin'})"
-    )
-    return 0
+    return check.run(_config(args), args)
 
 
 CONFIG_ENV = "AFFINITY_CONFIG"
@@ -220,8 +220,9 @@ def parser() -> argparse.ArgumentParser:
     request.configure(command("request", "send one request with failover"))
     status.configure(command("status", "show the servers a referral sees, as a table or JSON"))
 
-    c = command("check", "validate a config file and its plugins")
+    c = command("check", "check a config file as start-up would, listing every error")
     _config_option(c)
+    check.configure(c)
     c.set_defaults(func=_check)
 
     plugins.configure(command("plugins", "list the loaded plugins and the hooks they implement"))
@@ -241,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except AffinityError as exc:
-        print(f"affinity {args.command}: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # several when start-up found several errors
+            print(f"affinity {args.command}: error: {line}", file=sys.stderr)
         return 2
     return code
 

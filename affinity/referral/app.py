@@ -192,6 +192,7 @@ class ReferralServer:
                 section="referral",
                 source=self.config.source,
                 workers=workers,
+                listen_source=self.config.source_of("referral.listen"),
             )
 
     def worker_factory(self) -> Callable[[], Sanic[Any, Any]]:

@@ -196,12 +196,14 @@ class AppServer:
         """Serve until SIGTERM (graceful drain) or a second SIGINT (at once)."""
         from affinity.web.serving import serve
 
+        config = self.config
         serve(
             lambda: self.app,
-            self.config.server,
+            config.server,
             section="server",
-            source=self.config.source,
+            source=config.source,
             title=f"app server {self.server_id}",
+            listen_source=config.source_of("server.listen"),
         )
 
 

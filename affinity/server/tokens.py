@@ -70,4 +70,5 @@ class TokenCheck:
 def _ca(config: Config) -> Any:
     from affinity.web.tls import client_context
 
-    return client_context(config.server.referral_ca)
+    key = "server.referral_ca"
+    return client_context(config.server.referral_ca, key=key, source=config.source_of(key))

@@ -4,9 +4,10 @@ A ring holds several keys: one active for signing, all the others accepted for
 verifying until their ``retire_at``, so keys rotate with overlap. Key files
 hold secrets: :func:`write_keyring` creates them with mode 0600;
 :meth:`KeyRing.load` accepts any mode it can read (a deployment may mount a
-secret group-readable on purpose), so keeping the file private is the
-operator's job. :func:`load_keyring` is where a process gets its ring: the
-``AFFINITY_TOKEN_KEYS`` environment variable, else ``tokens.keys_file``.
+secret group-readable on purpose); ``affinity check`` and start-up warn about
+one open to group or others (``affinity.cli.preflight``). :func:`load_keyring`
+is where a process gets its ring: the ``AFFINITY_TOKEN_KEYS`` environment
+variable, else ``tokens.keys_file``.
 """
 
 from __future__ import annotations

@@ -11,15 +11,18 @@ bounded by ``handshake_timeout``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import pickle
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from sanic import Sanic
+from sanic.server.socket import bind_socket
 from sanic.worker.loader import AppLoader, CertLoader
 
 from affinity.config import Listen
@@ -106,11 +109,17 @@ def serve(
     source: str,
     workers: int = 1,
     title: str | None = None,
+    listen_source: str | None = None,
 ) -> None:
     """Build the app and serve it until SIGINT or SIGTERM.
 
     Once it listens, one line says so: ``title`` (by default "referral" or
     "app server") serving the URL, with the process id and the number of workers.
+
+    The listening socket is bound here, before the app is built and before any
+    worker starts, and handed to Sanic: an address in use is a ConfigError
+    naming ``<section>.listen`` and ``listen_source`` (the file, or the
+    variable that set it), and no other process can take the port in between.
 
     With several workers, ``factory`` must be picklable (a module-level
     function or a ``functools.partial`` of one with picklable arguments):
@@ -128,23 +137,28 @@ def serve(
                 f"(a module-level function, or functools.partial of one): {exc}"
             )
             raise ConfigError(msg, key=f"{section}.workers", source=source) from exc
-    app = loader.load()
-    app.prepare(
-        host=settings.listen.host,
-        port=settings.listen.port,
-        workers=workers,
-        single_process=workers == 1,
-        access_log=logs is not None and logs.access_log,
-        motd=False,
-        protocol=BoundedHttpProtocol,
-    )
-    if app.ctx.affinity_tls is not None:
-        handshake_limit(app, settings)
-    _announce(app, title or _TITLES.get(section, section), section, settings, workers)
-    if workers > 1:
-        Sanic.serve(primary=app, app_loader=loader)
-    else:
-        Sanic.serve_single(primary=app)
+    sock = listen_socket(settings.listen, f"{section}.listen", listen_source or source)
+    try:
+        app = loader.load()
+        app.prepare(
+            host=settings.listen.host,
+            port=settings.listen.port,
+            sock=sock,
+            workers=workers,
+            single_process=workers == 1,
+            access_log=logs is not None and logs.access_log,
+            motd=False,
+            protocol=BoundedHttpProtocol,
+        )
+        if app.ctx.affinity_tls is not None:
+            handshake_limit(app, settings)
+        _announce(app, title or _TITLES.get(section, section), section, settings, workers)
+        if workers > 1:
+            Sanic.serve(primary=app, app_loader=loader)
+        else:
+            Sanic.serve_single(primary=app)
+    finally:
+        sock.close()
 
 
 def _announce(
@@ -160,3 +174,21 @@ def _announce(
         )
 
     app.register_listener(announce, "main_process_ready" if workers > 1 else "after_server_start")
+
+
+_BIND_HINTS = {
+    errno.EADDRINUSE: "another process listens there (find it with 'ss -ltnp')",
+    errno.EACCES: "ports below 1024 need privileges (CAP_NET_BIND_SERVICE)",
+    errno.EADDRNOTAVAIL: "no interface of this host has that address",
+}
+
+
+def listen_socket(listen: Listen, key: str, source: str) -> socket.socket:
+    """A socket bound and listening on ``listen`` as Sanic binds one; a ConfigError if not."""
+    try:
+        return bind_socket(listen.host, listen.port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = _BIND_HINTS.get(exc.errno or 0)
+        msg = f"cannot listen on {listen}: {reason}" + (f"; {hint}" if hint else "")
+        raise ConfigError(msg, key=key, source=source) from exc

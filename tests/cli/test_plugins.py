@@ -92,7 +92,11 @@ def test_check_says_which_plugin_tables_it_checked(
 ) -> None:
     monkeypatch.delenv("AFFINITY_DISABLE_PLUGINS", raising=False)
     path = tmp_path / "affinity.toml"
-    path.write_text("[plugins.ratelimit]\nrate = 5\n")
+    assert main(["keys", "generate", "--file", str(tmp_path / "keys.json")]) == 0
+    path.write_text(
+        '[referral]\ninsecure_http = true\n[tokens]\nkeys_file = "keys.json"\n'
+        "[plugins.ratelimit]\nrate = 5\n"
+    )
     assert main(["check", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "options of [plugins.ipfilter], [plugins.ratelimit]" in out

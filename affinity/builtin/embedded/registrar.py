@@ -142,7 +142,13 @@ def affinity_make_registrar(config: Config) -> Registrar | None:
         msg = "app servers register with the referral: set server.referral_url"
         raise ConfigError(msg, key="server.referral_url", source=config.source)
     return AdminApiRegistrar(
-        referrals, _credential(config), verify=client_context(settings.referral_ca)
+        referrals,
+        _credential(config),
+        verify=client_context(
+            settings.referral_ca,
+            key="server.referral_ca",
+            source=config.source_of("server.referral_ca"),
+        ),
     )
 
 
