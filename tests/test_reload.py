@@ -106,8 +106,8 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_sighup_reloads_every_referral_worker_and_keeps_connections(tmp_path: Path) -> None:
-    listener = NotifySocket()
-    with Deployment(tmp_path, referral="workers = 2\nkeep_alive_timeout = 120.0") as d:
+    settings = "workers = 2\nkeep_alive_timeout = 120.0"
+    with NotifySocket() as listener, Deployment(tmp_path, referral=settings) as d:
         generate_keyfile(tmp_path / "keys.json", "EdDSA", True)  # public keys in the JWKS
         proc = d.start_referral(wait=False, env={"NOTIFY_SOCKET": listener.address})
         assert listener.receive(proc)["READY"] == "1"
@@ -140,7 +140,6 @@ def test_sighup_reloads_every_referral_worker_and_keeps_connections(tmp_path: Pa
             assert orjson.loads(connection.exchange("GET", "/healthz")[1])["worker"] == pid
             connection.close()
         assert proc.alive()
-    listener.close()
 
 
 @pytest.mark.slow

@@ -47,14 +47,19 @@ class NotifySocket:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> NotifySocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @pytest.mark.parametrize("abstract", [False, True])
 def test_notify_sends_one_datagram(
     abstract: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    listener = NotifySocket(None if abstract else tmp_path / "notify")
-    monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
-    try:
+    with NotifySocket(None if abstract else tmp_path / "notify") as listener:
+        monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
         assert systemd.ready("referral serving https://127.0.0.1:8400")
         assert listener.receive() == {
             "READY": "1",
@@ -63,8 +68,6 @@ def test_notify_sends_one_datagram(
         }
         assert systemd.stopping()
         assert listener.receive() == {"STOPPING": "1", "STATUS": "stopping"}
-    finally:
-        listener.close()
 
 
 def test_without_a_notify_socket_nothing_is_sent(
@@ -82,8 +85,7 @@ def test_without_a_notify_socket_nothing_is_sent(
 
 @pytest.mark.slow
 def test_an_app_server_is_ready_once_it_serves_and_stopping_at_sigterm(tmp_path: Path) -> None:
-    listener = NotifySocket(tmp_path / "notify")
-    with Deployment(tmp_path) as d:
+    with NotifySocket(tmp_path / "notify") as listener, Deployment(tmp_path) as d:
         d.start_referral()
         port = free_port()
         url = f"https://127.0.0.1:{port}"
@@ -98,7 +100,7 @@ def test_an_app_server_is_ready_once_it_serves_and_stopping_at_sigterm(tmp_path:
         proc = d.servers["s1"] = ChildProcess("s1", argv, env=env, log=tmp_path / "s1.log")
         ready = listener.receive(proc)
         assert ready["READY"] == "1" and ready["MAINPID"] == str(proc.pid), ready
-        assert ready["STATUS"] == f"app server serving {url} (pid {proc.pid}, 1 worker)"
+        assert ready["STATUS"] == f"app server s1 serving {url} (pid {proc.pid}, 1 worker)"
         # Ready means serving: the first request needs no retry. The flag's id won.
         with httpx.Client(verify=client_context(d.ca), timeout=5) as client:
             assert client.get(f"{url}{HEALTH_PATH}").json()["server"] == "s1"
@@ -106,13 +108,11 @@ def test_an_app_server_is_ready_once_it_serves_and_stopping_at_sigterm(tmp_path:
         stopping = listener.receive(proc)
         assert stopping == {"STOPPING": "1", "STATUS": "draining, then stopping"}
         assert proc.wait(30) == 0
-    listener.close()
 
 
 @pytest.mark.slow
 def test_a_referral_with_workers_is_ready_once_every_worker_serves(tmp_path: Path) -> None:
-    listener = NotifySocket()
-    with Deployment(tmp_path, referral="workers = 2") as d:
+    with NotifySocket() as listener, Deployment(tmp_path, referral="workers = 2") as d:
         proc = d.start_referral(wait=False, env={"NOTIFY_SOCKET": listener.address})
         ready = listener.receive(proc)
         assert ready["READY"] == "1" and ready["MAINPID"] == str(proc.pid), ready
@@ -122,4 +122,3 @@ def test_a_referral_with_workers_is_ready_once_every_worker_serves(tmp_path: Pat
         proc.signal(signal.SIGTERM)
         assert listener.receive(proc)["STOPPING"] == "1"
         assert proc.wait(30) == 0
-    listener.close()
