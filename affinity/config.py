@@ -262,13 +262,38 @@ class Config:
     """The variables of :data:`TABLE_ENV_PREFIXES` at load time; never shown (may hold secrets)."""
     from_env: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     """The dotted keys of the core sections and services whose value came from the environment."""
+    from_flags: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """The dotted keys set by a command-line flag, with the flag (``{"server.id": "--id"}``)."""
 
     def source_of(self, key: str) -> str:
-        """Where the value of ``key`` came from, for an error message: the file, or the
-        environment variable that overrode it."""
+        """Where the value of ``key`` came from, for an error message: the file, the
+        environment variable that overrode it, or the flag that overrode both."""
+        if key in self.from_flags:
+            return f"the flag {self.from_flags[key]}"
         if key in self.from_env:
             return f"environment variable {env_name(key)}"
         return self.source
+
+    def with_flags(self, section: str, flags: Mapping[str, tuple[str, str]]) -> Config:
+        """This configuration with keys of ``section`` set by command-line flags.
+
+        ``flags`` maps a key to its flag and the text given (``{"id": ("--id", "s2")}``).
+        A flag wins over the environment and the file. Its text is converted and
+        checked as the file's value is, and an error names the flag.
+        """
+        cls = SECTIONS[section]
+        changes = {}
+        for key, (flag, text) in flags.items():
+            alone = convert(cls, {key: text}, prefix=section, source=f"the flag {flag}", env={})
+            changes[key] = getattr(alone, key)
+        if not changes:
+            return self
+        marks = {f"{section}.{key}": flag for key, (flag, _) in flags.items()}
+        return dataclasses.replace(
+            self,
+            **{section: dataclasses.replace(getattr(self, section), **changes)},
+            from_flags={**self.from_flags, **marks},
+        )
 
     def plugin_options(self, name: str, cls: type[T]) -> T:
         """The ``[plugins.<name>]`` table converted to ``cls``, a dataclass of declared options.

@@ -40,8 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = (
     "README.md",
     "CONTRIBUTING.md",
+    "PYPI.md",
     *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md"))),
     "plugins/README.md",
+    *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "plugins").glob("*/PYPI.md"))),
     *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "plugins").glob("*/README.md"))),
     *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "examples").glob("*/README.md"))),
 )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from affinity.cli.main import main, parser
+from affinity.config import Listen, load
 from affinity.web.auth import registration_token
 
 HELLO_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "hello" / "affinity.toml"
@@ -171,3 +174,78 @@ def test_keys_registration_token_derives_one_servers_token(
     short = ["keys", "registration-token", "--id", "s1", "--secret-file", str(tmp_path / "short")]
     assert main([*short, "--file", str(tmp_path / "y")]) == 2
     assert main(["keys", "registration-token", "--id", "s1", "--file", str(tmp_path / "z")]) == 2
+
+
+def test_serve_flags_win_over_the_environment_and_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file = tmp_path / "affinity.toml"
+    config_file.write_text('[server]\nid = "from-file"\nlisten = "127.0.0.1:8001"\n')
+    monkeypatch.setenv("AFFINITY_SERVER_ID", "from-env")
+    config = load(config_file)
+    assert config.server.id == "from-env"
+    flagged = config.with_flags(
+        "server", {"id": ("--id", "from-flag"), "listen": ("--listen", "[::1]:9001")}
+    )
+    assert flagged.server.id == "from-flag"
+    assert flagged.server.listen == Listen(host="::1", port=9001)
+    assert flagged.server.url == ""  # not given: the file's (none), so derived from --listen
+    assert flagged.source_of("server.id") == "the flag --id"
+    assert flagged.source_of("server.url") == str(config_file)
+    assert config.with_flags("server", {}) is config
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--listen", "bogus"], "the flag --listen: server.listen: expected 'host:port'"),
+        (["--listen", "127.0.0.1:99999"], "the flag --listen: server.listen: expected"),
+        (["--id", "bad id"], "the flag --id: server.id: server id 'bad id' is not valid"),
+        (["--url", "ftp://x.test"], "the flag --url: server.url:"),
+    ],
+)
+def test_a_bad_serve_flag_is_named_before_start(
+    flags: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["serve", "affinity.demo:Hello", "--config", str(HELLO_CONFIG), "--id", "s1", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def _parsers(
+    p: argparse.ArgumentParser, name: str = "affinity"
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every parser of the tree, with its command line."""
+    found = [(name, p)]
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                found += _parsers(sub, f"{name} {sub_name}")
+    return found
+
+
+MARKUP = re.compile(r"``|:(class|func|meth|mod|attr|data|exc|obj):`|\*\*\w")
+
+
+@pytest.mark.parametrize(
+    ("name", "command"), _parsers(parser()), ids=[n for n, _ in _parsers(parser())]
+)
+def test_every_option_has_plain_help_and_says_its_default(
+    name: str, command: argparse.ArgumentParser
+) -> None:
+    text = command.format_help()
+    assert not MARKUP.search(text), f"{name}: markup in help"
+    assert "(default: None)" not in text and "(default: [])" not in text, name
+    if name != "affinity":
+        assert command.description, f"{name} has no description"
+    for action in command._actions:
+        if isinstance(
+            action, argparse._HelpAction | argparse._VersionAction | argparse._SubParsersAction
+        ):
+            continue
+        assert action.help, f"{name} {action.dest}: no help"
+        shown = action.default not in (None, False, argparse.SUPPRESS, [])
+        if action.option_strings and shown:
+            assert "default" in text.split(action.option_strings[-1], 1)[1], (name, action.dest)

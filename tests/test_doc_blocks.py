@@ -1,7 +1,7 @@
 """Every code block in the docs does what it shows, copied as written.
 
-The blocks of README.md, CONTRIBUTING.md, docs/*.md, plugins/README.md,
-plugins/*/README.md and examples/*/README.md are checked by language (markers:
+The blocks of README.md, CONTRIBUTING.md, the PYPI.md long descriptions, docs/*.md,
+plugins/README.md, plugins/*/README.md and examples/*/README.md are checked by language (markers:
 ``tests/docblocks.py``):
 
 - ``python``: run. An ``AppServer`` subclass is also served for real by

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from affinity.cli.main import parser
 from affinity.config import load
 from affinity.errors import ConfigError
 from affinity.models import AssignRequest, Pool, Server
@@ -45,3 +47,24 @@ def test_hello_config_is_valid() -> None:
     config = load(ROOT / "examples" / "hello" / "affinity.toml", env={})
     assert config.server.id == "s1"
     PluginManager(env={}).make_policy("web", config)
+
+
+UNITS = sorted((ROOT / "examples").glob("*/systemd/affinity-*.service"))
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
+def test_systemd_units_wait_for_readiness_and_reload_with_sighup(unit: Path) -> None:
+    """Type=notify (affinity says READY=1 once it serves), reload by SIGHUP, and an
+    ExecStart that the command line accepts as written."""
+    lines = dict(line.split("=", 1) for line in unit.read_text().splitlines() if "=" in line[:20])
+    assert lines["Type"] == "notify"
+    assert lines["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    program, *argv = shlex.split(lines["ExecStart"].replace("%i", "s1"))
+    assert program.endswith("/bin/affinity")
+    args = parser().parse_args(argv)
+    assert args.command in {"referral", "serve"}
+    assert not any("token" in a.lower() or "secret" in a.lower() for a in argv), argv
+
+
+def test_every_example_unit_is_checked() -> None:
+    assert {u.name for u in UNITS} == {"affinity-referral.service", "affinity-server@.service"}

@@ -28,7 +28,18 @@ def configure(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) 
         required=True,
         metavar="{generate,rotate,admin-token,registration-secret,registration-token}",
     )
-    g = sub.add_parser("generate", help="write a new key ring file (mode 0600)", parents=[common])
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            parents=[common],
+            formatter_class=parser.formatter_class,
+            allow_abbrev=False,
+        )
+
+    g = command("generate", "write a new key ring file (mode 0600)")
     g.add_argument(
         "--file", "--out", dest="file", required=True, help="where to write the key ring"
     )
@@ -37,9 +48,7 @@ def configure(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) 
     )
     g.add_argument("--force", action="store_true", help="overwrite an existing file")
     g.set_defaults(func=generate)
-    r = sub.add_parser(
-        "rotate", help="add a new active key; the old ones keep verifying", parents=[common]
-    )
+    r = command("rotate", "add a new active key; the old ones keep verifying")
     r.add_argument("--file", required=True, help="the key ring file to rotate")
     r.add_argument("--alg", choices=ALGORITHMS, help="default: the active key's")
     r.add_argument(
@@ -49,25 +58,18 @@ def configure(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) 
         help="seconds until the previous key stops verifying (default: never)",
     )
     r.set_defaults(func=rotate)
-    a = sub.add_parser(
-        "admin-token", help="write a new random admin token file (mode 0600)", parents=[common]
-    )
+    a = command("admin-token", "write a new random admin token file (mode 0600)")
     a.add_argument("--file", required=True, help="where to write the token")
     a.add_argument("--force", action="store_true", help="overwrite an existing file")
     a.set_defaults(func=admin_token)
-    rs = sub.add_parser(
+    rs = command(
         "registration-secret",
-        help="write a new random registration secret file for the referral (mode 0600)",
-        parents=[common],
+        "write a new random registration secret file for the referral (mode 0600)",
     )
     rs.add_argument("--file", required=True, help="where to write the secret")
     rs.add_argument("--force", action="store_true", help="overwrite an existing file")
     rs.set_defaults(func=registration_secret)
-    rt = sub.add_parser(
-        "registration-token",
-        help="write the registration token of one app server (mode 0600)",
-        parents=[common],
-    )
+    rt = command("registration-token", "write the registration token of one app server (mode 0600)")
     rt.add_argument("--id", required=True, dest="server_id", help="the server's id")
     rt.add_argument(
         "--secret-file",

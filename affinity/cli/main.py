@@ -39,7 +39,16 @@ def _serve(args: argparse.Namespace) -> int:
     from affinity.server.base import AppServer
 
     cls = _load_subclass(args.app, AppServer, "app")
-    config = _config(args)
+    flags = {
+        key: (flag, value)
+        for key, flag, value in (
+            ("id", "--id", args.server_id),
+            ("listen", "--listen", args.listen),
+            ("url", "--url", args.url),
+        )
+        if value is not None
+    }
+    config = _config(args).with_flags("server", flags)
     _preflight(config, "server")
     cls(config).run()
     return 0
@@ -49,6 +58,29 @@ def _preflight(config: Config, role: str) -> None:
     """Every error ``affinity check`` would report, before anything is built or listens."""
     for warning in preflight.require(config, role):
         logging.getLogger("affinity.cli").warning("%s", warning)
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    """``--id --listen --url``: the keys that differ between the servers of one config file."""
+    where = "a flag wins over AFFINITY_SERVER_{} and over the file's server.{}"
+    parser.add_argument(
+        "--id",
+        dest="server_id",
+        metavar="ID",
+        help=f"this server's id ({where.format('ID', 'id')})",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help=f"the address to bind, as 127.0.0.1:8443 or [::1]:8443 "
+        f"({where.format('LISTEN', 'listen')}; default 127.0.0.1:8443)",
+    )
+    parser.add_argument(
+        "--url",
+        metavar="URL",
+        help=f"the URL clients are sent to ({where.format('URL', 'url')}; "
+        "default https://HOST:PORT of --listen)",
+    )
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -121,8 +153,22 @@ def _load_class(spec: str, key: str) -> object:
     return found
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default in its help, except where there is none to show."""
+class _Formatter(argparse.HelpFormatter):
+    """Shows each option's default in its help, except where there is none to show (no
+    default, a flag that is off) or where the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        nothing = default is None or default is False or default == []
+        if (
+            "default" in text
+            or nothing
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _common() -> argparse.ArgumentParser:
@@ -205,13 +251,20 @@ def parser() -> argparse.ArgumentParser:
     r = command("referral", "run the referral service")
     _config_option(r)
     _access_log_option(r)
-    r.add_argument("--class", dest="server_class", help="a ReferralServer subclass, module:Class")
+    r.add_argument(
+        "--class",
+        dest="server_class",
+        metavar="CLASS",
+        help="a ReferralServer subclass, as module:Class or file.py:Class "
+        "(default: affinity's ReferralServer)",
+    )
     r.set_defaults(func=_referral)
 
     s = command("serve", "run an app server: affinity serve module:Class")
     s.add_argument("app", help="your AppServer subclass, as module:Class or file.py:Class")
     _config_option(s)
     _access_log_option(s)
+    _serve_options(s)
     s.set_defaults(func=_serve)
 
     dev.configure(command("dev", "run a referral and three app servers with TLS"))

@@ -40,7 +40,7 @@ from affinity.referral.table import ServerTable
 from affinity.referral.watch import watch_registry
 from affinity.tokens.jws import TokenIssuer, TokenVerifier
 from affinity.tokens.keyring import load_keyring
-from affinity.web.auth import RegistrationAuth
+from affinity.web.auth import BearerAuth, RegistrationAuth
 from affinity.web.exposition import shared_metrics_dir
 from affinity.web.http import (
     json_response,
@@ -48,6 +48,7 @@ from affinity.web.http import (
     rejection_response,
     request_info,
 )
+from affinity.web.reload import on_reload
 
 log = logging.getLogger("affinity.referral")
 _names = itertools.count(1)
@@ -143,6 +144,9 @@ class ReferralServer:
             app.register_middleware(_filter_request, "request")
         app.register_listener(self._start, "before_server_start")
         app.register_listener(self._stop, "after_server_stop")
+        on_reload(app, "key ring", functools.partial(self._reload_keyring, app))
+        on_reload(app, "admin token", functools.partial(self._reload_secrets, app))
+        on_reload(app, "shared settings", app.ctx.affinity.refresh_view)
         self.manager.register_routes(app, self.role)
         self.setup(app)
         return app
@@ -169,8 +173,25 @@ class ReferralServer:
             await source.aclose()
         await ctx.registry.aclose()
 
+    async def _reload_keyring(self, app: Sanic[Any, Any]) -> None:
+        """SIGHUP: sign with the key file's active key, verify with all of its keys."""
+        ctx: ReferralContext = app.ctx.affinity
+        ring = load_keyring(self.config)
+        ctx.issuer.replace_ring(ring)  # first: refuses a ring with no key that may sign
+        ctx.verifier.replace_ring(ring)
+        ctx.keyring = self.keyring = ring
+
+    async def _reload_secrets(self, app: Sanic[Any, Any]) -> None:
+        """SIGHUP: the admin token (dashboard sessions signed under the old one end) and the
+        registration secret."""
+        admin = BearerAuth.from_config(self.config, "referral")
+        registration = RegistrationAuth.from_config(self.config)
+        app.ctx.admin_auth.take(admin)
+        app.ctx.registration_auth.take(registration)
+
     def run(self) -> None:
-        """Serve until stopped (SIGINT / SIGTERM).
+        """Serve until stopped (SIGINT / SIGTERM); SIGHUP re-reads the key ring, the admin
+        token, the registration secret and the shared settings (:mod:`affinity.web.reload`).
 
         With ``referral.workers`` above 1, each worker is a fresh process that
         builds its own server as ``type(self)(config, plugins=self.plugins)``:

@@ -35,9 +35,13 @@ class Sessions:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._auth = auth
-        self._key = auth.derive_key(_PURPOSE)
         self.ttl = ttl
         self._clock = clock
+
+    @property
+    def _key(self) -> bytes | None:
+        """Derived from the admin token in force: a reloaded token ends every session."""
+        return self._auth.derive_key(_PURPOSE)
 
     @property
     def closed(self) -> bool:

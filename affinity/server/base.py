@@ -235,7 +235,7 @@ def _own_entry(config: Config) -> Server:
         try:
             check()
         except ValueError as exc:
-            raise ConfigError(str(exc), key=key, source=config.source) from exc
+            raise ConfigError(str(exc), key=key, source=config.source_of(key)) from exc
     return check_server(
         server_id=settings.id,
         service=settings.service,

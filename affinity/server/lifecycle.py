@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from typing import Any
@@ -24,8 +25,10 @@ from affinity.logs import Repeated
 from affinity.plugin.registry import Registrar
 from affinity.protocol import DRAIN_PATH, RESUME_PATH
 from affinity.server.state import ServerState
-from affinity.web.auth import admin_only
+from affinity.web import systemd
+from affinity.web.auth import BearerAuth, admin_only
 from affinity.web.http import json_response
+from affinity.web.reload import on_reload
 
 log = logging.getLogger("affinity.server")
 SETTINGS_BACKOFF = Backoff(base=0.2, cap=10.0)
@@ -47,6 +50,9 @@ class Lifecycle:
         app.register_listener(self._before_start, "before_server_start")
         app.register_listener(self._after_start, "after_server_start")
         app.register_listener(self._after_stop, "after_server_stop")
+        on_reload(app, "key ring", self.state.tokens.reload)
+        on_reload(app, "admin token", functools.partial(self._reload_admin_token, app))
+        on_reload(app, "shared settings", self._reload_settings)
         app.add_route(admin_only(self._drain), DRAIN_PATH, methods=["POST"], name="affinity_drain")
         app.add_route(
             admin_only(self._resume), RESUME_PATH, methods=["POST"], name="affinity_resume"
@@ -97,6 +103,18 @@ class Lifecycle:
             else:
                 failures.recovered("heartbeat answered again")
 
+    async def _reload_admin_token(self, app: Sanic[Any, Any]) -> None:
+        """SIGHUP: the admin token of the drain and resume routes."""
+        app.ctx.admin_auth.take(BearerAuth.from_config(self.state.config, "server"))
+
+    async def _reload_settings(self) -> None:
+        """SIGHUP: the shared settings read now, not at the watch's next answer."""
+        if self.registrar is None:
+            return
+        _, documents = await self.registrar.watch_settings(0, 0.0)
+        for settings in documents.values():
+            self.state.shared_settings.offer(settings)
+
     async def _watch_settings(self) -> None:
         """Apply shared settings (firewall rules and the like) as the registry changes them."""
         assert self.registrar is not None
@@ -128,6 +146,7 @@ class Lifecycle:
             self._stop_now()
             return
         self.stopping = True
+        systemd.stopping("draining, then stopping")
         assert self._app is not None
         self._app.add_task(self.shutdown(), name="affinity.shutdown")
 
@@ -187,9 +206,11 @@ class Lifecycle:
     async def _drain(self, request: Request) -> HTTPResponse:
         """``POST /.well-known/affinity/drain``: start draining without stopping the process."""
         await self.start_drain()
+        systemd.status("draining (POST /.well-known/affinity/drain)")
         return json_response({"id": self.state.server.id, "draining": True})
 
     async def _resume(self, request: Request) -> HTTPResponse:
         """``POST /.well-known/affinity/resume``: take new clients again."""
         await self.resume()
+        systemd.status("serving (resumed)")
         return json_response({"id": self.state.server.id, "draining": False})

@@ -21,6 +21,7 @@ class TokenCheck:
 
     def __init__(self, config: Config) -> None:
         tokens = config.tokens
+        self.config = config
         self.jwks: JwksVerifier | None = None
         if tokens.jwks_url:
             from affinity.tokens.jwks import JwksKeySource, JwksVerifier
@@ -57,6 +58,13 @@ class TokenCheck:
             return
         with contextlib.suppress(InvalidToken):
             await self.jwks.verify(token)
+
+    async def reload(self) -> None:
+        """SIGHUP: the key file again, or the referral's JWKS fetched now."""
+        if self.verifier is not None:
+            self.verifier.replace_ring(load_keyring(self.config))
+        elif self.jwks is not None:
+            await self.jwks.source.refresh(force=True)
 
     async def start(self) -> None:
         if self.jwks is not None:

@@ -166,27 +166,36 @@ class TokenIssuer:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
-        key = ring.active
-        if key is None:
-            raise ConfigError(
-                "the key ring has no active signing key", key="active", source=ring.source
-            )
-        if key.retired(clock()):
-            raise ConfigError(
-                f"the active key {key.kid!r} is retired", key="active", source=ring.source
-            )
+        self._clock = clock
+        self._key = self._signing_key(ring)
         if not ttl > 0:
             raise ValueError(f"ttl: expected a positive number of seconds, got {ttl!r}")
         if not 0 <= jitter < 1:
             raise ValueError(f"jitter: expected a fraction in [0, 1), got {jitter!r}")
         self.ring = ring
-        self._key = key
         self._issuer = issuer
         self._low = ttl * (1 - jitter)
         self._span = 2 * ttl * jitter
-        self._clock = clock
         self._random = (rng if rng is not None else random.Random()).random
         self.new_client_id = ClientIds()
+
+    def _signing_key(self, ring: KeyRing) -> Key:
+        key = ring.active
+        if key is None:
+            raise ConfigError(
+                "the key ring has no active signing key", key="active", source=ring.source
+            )
+        if key.retired(self._clock()):
+            raise ConfigError(
+                f"the active key {key.kid!r} is retired", key="active", source=ring.source
+            )
+        return key
+
+    def replace_ring(self, ring: KeyRing) -> None:
+        """Sign with ``ring``'s active key from now on; a ConfigError, and no change, when
+        it has none that may sign."""
+        self._key = self._signing_key(ring)
+        self.ring = ring
 
     def issue(self, sid: str, cid: str, svc: str) -> tuple[str, int]:
         """A token binding client ``cid`` of service ``svc`` to server ``sid``, and its lifetime."""

@@ -1,7 +1,8 @@
 """Bearer-token checks: the admin token (operators) and registration tokens (one per server).
 
-The token is read once, when the app is built (from ``AFFINITY_ADMIN_TOKEN``
-or the section's ``admin_token_file``), and compared in constant time. A
+The token is read when the app is built (from ``AFFINITY_ADMIN_TOKEN`` or the
+section's ``admin_token_file``), read again on ``SIGHUP`` (:meth:`BearerAuth.take`),
+and compared in constant time. A
 configured token that is empty or shorter than 32 characters stops the process
 at start (:meth:`affinity.config.Config.read_secret`). Without a token every
 call is refused: ``403 admin_closed`` says so, where a missing, empty or wrong
@@ -48,6 +49,12 @@ class BearerAuth:
         settings = getattr(config, section)
         token = config.read_secret(settings.admin_token_file, "AFFINITY_ADMIN_TOKEN", key)
         return cls(token, where=f"{key} or AFFINITY_ADMIN_TOKEN")
+
+    def take(self, other: BearerAuth) -> None:
+        """Check against ``other``'s token from now on (a reload): every holder of this
+        object, such as the dashboard's sessions, sees the new token at once."""
+        self._expected = other._expected
+        self._where = other._where
 
     @property
     def configured(self) -> bool:
@@ -130,6 +137,10 @@ class RegistrationAuth:
             "referral.registration_secret_file",
         )
         return cls(secret)
+
+    def take(self, other: RegistrationAuth) -> None:
+        """Check against ``other``'s secret from now on (a reload)."""
+        self._secret = other._secret
 
     @property
     def configured(self) -> bool:

@@ -29,6 +29,7 @@ from affinity.config import Listen
 from affinity.errors import ConfigError
 from affinity.logs import LogSettings, current, serving_line
 from affinity.logs import configure as configure_logging
+from affinity.web import reload, systemd
 from affinity.web.connection import BoundedHttpProtocol, ConnectionSettings, handshake_limit
 from affinity.web.tls import server_context
 
@@ -98,6 +99,7 @@ def build(
     app = factory()
     app.ctx.affinity_tls = context
     app.certloader_class = _AffinityTls
+    reload.install(app)
     return app
 
 
@@ -111,7 +113,12 @@ def serve(
     title: str | None = None,
     listen_source: str | None = None,
 ) -> None:
-    """Build the app and serve it until SIGINT or SIGTERM.
+    """Build the app and serve it until SIGINT or SIGTERM; reload on SIGHUP.
+
+    Under systemd (``Type=notify``) it says ``READY=1`` once it serves and
+    ``STOPPING=1`` when it stops (:mod:`affinity.web.systemd`). SIGHUP runs what
+    the role registered with :func:`affinity.web.reload.on_reload`, in every
+    worker, without closing a connection.
 
     Once it listens, one line says so: ``title`` (by default "referral" or
     "app server") serving the URL, with the process id and the number of workers.
@@ -152,8 +159,12 @@ def serve(
         )
         if app.ctx.affinity_tls is not None:
             handshake_limit(app, settings)
-        _announce(app, title or _TITLES.get(section, section), section, settings, workers)
+        title = title or _TITLES.get(section, section)
+        _announce(app, title, section, settings, workers)
+        url = f"{'http' if app.ctx.affinity_tls is None else 'https'}://{settings.listen}"
+        systemd.install(app, lambda: serving_line(title, url, workers), workers)
         if workers > 1:
+            app.register_listener(reload.relay_to_workers, "main_process_ready")
             Sanic.serve(primary=app, app_loader=loader)
         else:
             Sanic.serve_single(primary=app)

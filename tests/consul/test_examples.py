@@ -1,13 +1,14 @@
 """examples/consul/ run as its README says, on one host: the files as written, the stand-in agent.
 
 Why: an operator copies these files. Each is used unchanged but for where
-``/etc/affinity/`` is (a temporary directory); what the README puts in
-environment files comes from the environment (``AFFINITY_SERVER_ID``,
-``AFFINITY_SERVER_URL``, ``AFFINITY_SERVER_LISTEN``, ``AFFINITY_CONSUL_TOKEN``),
-and so do the two things one host cannot give every process: the listen address
-of the referral (not port 443) and the agent's address (not port 8500, which
-another agent may hold). The stand-in runs with ACLs on and its checks trust the
-private CA, as ``consul.d/consul.hcl`` has the agent do.
+``/etc/affinity/`` is (a temporary directory); the server id is given as the
+template unit gives it (``--id``); what the README puts in environment files
+comes from the environment (``AFFINITY_SERVER_URL``, ``AFFINITY_SERVER_LISTEN``,
+``AFFINITY_CONSUL_TOKEN``), and so do the two things one host cannot give every
+process: the listen address of the referral (not port 443) and the agent's
+address (not port 8500, which another agent may hold). The stand-in runs with
+ACLs on and its checks trust the private CA, as ``consul.d/consul.hcl`` has the
+agent do.
 """
 
 from __future__ import annotations
@@ -95,12 +96,12 @@ class OneHost:
         url = f"https://localhost:{port}"
         env = {  # server-<id>.env
             **self.env,
-            "AFFINITY_SERVER_ID": server_id,
             "AFFINITY_SERVER_URL": url,
             "AFFINITY_SERVER_LISTEN": f"127.0.0.1:{port}",
             "AFFINITY_CONSUL_TOKEN": self.tokens["server"],
         }
-        args = ["serve", HELLO_APP, "--config", str(self.etc / "server.toml")]
+        # As affinity-server@.service runs it: the id is the instance name, --id %i.
+        args = ["serve", HELLO_APP, "--config", str(self.etc / "server.toml"), "--id", server_id]
         proc = self._start(server_id, args, env)
         health = f"{url}/.well-known/affinity/health"
         wait_answering(health, proc, verify=client_context(self.ca), timeout=30.0)
