@@ -15,6 +15,7 @@ import errno
 import functools
 import logging
 import pickle
+import signal
 import socket
 import ssl
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from affinity.config import Listen
 from affinity.errors import ConfigError
 from affinity.logs import LogSettings, current, serving_line
 from affinity.logs import configure as configure_logging
-from affinity.web import reload, systemd
+from affinity.web import reload, shutdown, systemd
 from affinity.web.connection import BoundedHttpProtocol, ConnectionSettings, handshake_limit
 from affinity.web.tls import server_context
 
@@ -91,8 +92,10 @@ def build(
     A module-level function so that ``functools.partial(build, ...)`` pickles
     into worker processes. A bad certificate or key is a ConfigError here,
     before anything listens. ``logs`` (the command's logging) is put in force
-    first: a worker process starts without it.
+    first: a worker process starts without it. SIGTERM and SIGINT are held
+    from here until the app serves (:mod:`affinity.web.shutdown`).
     """
+    shutdown.hold()
     if logs is not None:
         configure_logging(logs)
     context = ssl_for(settings, section, source)
@@ -100,6 +103,7 @@ def build(
     app.ctx.affinity_tls = context
     app.certloader_class = _AffinityTls
     reload.install(app)
+    shutdown.release_once_serving(app)
     return app
 
 
@@ -113,7 +117,7 @@ def serve(
     title: str | None = None,
     listen_source: str | None = None,
 ) -> None:
-    """Build the app and serve it until SIGINT or SIGTERM; reload on SIGHUP.
+    """Build the app and serve it until SIGINT or SIGTERM, whenever it comes; reload on SIGHUP.
 
     Under systemd (``Type=notify``) it says ``READY=1`` once it serves and
     ``STOPPING=1`` when it stops (:mod:`affinity.web.systemd`). SIGHUP runs what
@@ -132,7 +136,27 @@ def serve(
     function or a ``functools.partial`` of one with picklable arguments):
     Sanic starts each worker as a fresh process that builds its own app, so
     nothing in memory is shared. It is checked here, before any worker starts.
+
+    A stop signal during start-up is held until the process (or, with several
+    workers, Sanic's manager of them) can stop cleanly, then taken: the
+    command exits 0 and leaves no worker behind (:mod:`affinity.web.shutdown`).
     """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, shutdown.STOP_SIGNALS)
+    try:
+        _serve(factory, settings, section=section, source=source, workers=workers, title=title)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _serve(
+    factory: Callable[[], Sanic[Any, Any]],
+    settings: ListenSettings,
+    *,
+    section: str,
+    source: str,
+    workers: int,
+    title: str | None,
+) -> None:
     logs = current()
     loader = AppLoader(factory=functools.partial(build, factory, settings, section, source, logs))
     if workers > 1:
@@ -165,6 +189,8 @@ def serve(
         systemd.install(app, lambda: serving_line(title, url, workers), workers)
         if workers > 1:
             app.register_listener(reload.relay_to_workers, "main_process_ready")
+            # Registered last of the main process's listeners: its handler wraps any other's.
+            shutdown.release_once_monitoring(app)
             Sanic.serve(primary=app, app_loader=loader)
         else:
             Sanic.serve_single(primary=app)
