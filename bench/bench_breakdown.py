@@ -146,12 +146,15 @@ def measure_tree(tree: Path, seconds: int) -> dict[str, str]:
 
         app_port = free_port()
         (d / "server.toml").write_text(f"""
+[registry]
+allow_http = true
 [tokens]
 keys_file = "keys.json"
 [server]
 id = "s1"
 listen = "127.0.0.1:{app_port}"
 insecure_http = true
+insecure_referral = true
 referral_url = "http://127.0.0.1:1"
 heartbeat_interval = 3600
 """)
