@@ -119,7 +119,8 @@ def child(role: str, argv: list[str]) -> int:
 
 def measure_tree(tree: Path, seconds: int) -> dict[str, str]:
     from affinity.testing import free_port
-    from affinity.tokens.jws import KeyRing, TokenIssuer
+    from affinity.tokens.jws import TokenIssuer
+    from affinity.tokens.keyring import KeyRing
     from bench.bench_referral import NO_PLUGINS, write_config
     from bench.common import measure, spawn, stop, wait_http
 

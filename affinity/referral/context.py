@@ -19,7 +19,8 @@ from affinity.plugin.policy import Policy
 from affinity.plugin.registry import Registry, RegistryView
 from affinity.plugin.settings import SettingsInForce
 from affinity.referral.table import ServerTable
-from affinity.tokens.jws import KeyRing, TokenIssuer, TokenVerifier
+from affinity.tokens.jws import TokenIssuer, TokenVerifier
+from affinity.tokens.keyring import KeyRing
 from affinity.web.metrics import ReferralMetrics
 from affinity.web.names import OriginRules
 
