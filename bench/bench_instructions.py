@@ -36,7 +36,7 @@ from affinity.testing import free_port
 from affinity.tokens.jws import TokenIssuer
 from affinity.tokens.keyring import KeyRing, generate_keyfile
 from bench.bench_referral import NO_PLUGINS, write_config
-from bench.common import ROOT, compare_argument, stop, wait_http
+from bench.common import ROOT, compare_argument, spawn, stop, wait_http
 
 WARM_UP = 300
 
@@ -82,38 +82,47 @@ def _total(dump: Path) -> int:
 
 def measure_tree(tree: Path, n: int, d: Path, token: str) -> dict[str, float]:
     found: dict[str, float] = {}
-    app_port, assign_port = free_port(), free_port()
+    ref_port, app_port, assign_port = free_port(), free_port(), free_port()
+    # A referral for the app server to register with (not measured): with none, the
+    # server's retries to reach one would be counted with the requests.
     (d / "server.toml").write_text(f"""
+[referral]
+listen = "127.0.0.1:{ref_port}"
+insecure_http = true
+admin_token_file = "admin-token"
 [registry]
 allow_http = true
 [tokens]
 keys_file = "keys.json"
+[health]
+sources = []
 [server]
 id = "s1"
 service = "web"
 listen = "127.0.0.1:{app_port}"
 insecure_http = true
 insecure_referral = true
-referral_url = "http://127.0.0.1:1"
+referral_url = "http://127.0.0.1:{ref_port}"
+admin_token_file = "admin-token"
 heartbeat_interval = 3600
 """)
-    env = {
-        **NO_PLUGINS,
-        "AFFINITY_PLUGINS": "bench.noop_filter",
-        "AFFINITY_ADMIN_TOKEN": secrets.token_urlsafe(24),
-    }
-    serve = ["-m", "affinity", "serve", "bench/bench_app.py:Bench", "--config"]
-    found["AppServer route"] = instructions(
-        [*serve, str(d / "server.toml")],
-        env,
-        f"http://127.0.0.1:{app_port}/",
-        {"Affinity-Token": token},
-        n,
-        tree,
-    )
-    config = write_config(d / "referral", assign_port, 10_000)
+    config = str(d / "server.toml")
+    referral = spawn(["-m", "affinity", "referral", "--config", config], NO_PLUGINS, tree=tree)
+    try:
+        wait_http(f"http://127.0.0.1:{ref_port}/healthz", referral)
+        found["AppServer route"] = instructions(
+            ["-m", "affinity", "serve", "bench/bench_app.py:Bench", "--config", config],
+            {**NO_PLUGINS, "AFFINITY_PLUGINS": "bench.noop_filter"},
+            f"http://127.0.0.1:{app_port}/",
+            {"Affinity-Token": token},
+            n,
+            tree,
+        )
+    finally:
+        stop(referral)
+    assign_config = write_config(d / "referral", assign_port, 10_000)
     found["GET /v1/assign"] = instructions(
-        ["-m", "affinity", "referral", "--config", str(config)],
+        ["-m", "affinity", "referral", "--config", str(assign_config)],
         NO_PLUGINS,
         f"http://127.0.0.1:{assign_port}/v1/assign",
         {},
@@ -134,6 +143,7 @@ def main() -> None:
         d = Path(tmp)
         (d / "referral").mkdir()
         generate_keyfile(d / "keys.json", "HS256", False)
+        (d / "admin-token").write_text(secrets.token_urlsafe(24))
         issuer = TokenIssuer(KeyRing.load(d / "keys.json"))
         token = issuer.issue("s1", issuer.new_client_id(), "web")[0]
         plain_port = free_port()
