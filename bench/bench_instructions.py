@@ -4,7 +4,7 @@ wrk's throughput on a shared 2-core machine moves by tens of percent between
 rounds; the number of instructions a process executes per request does not.
 This serves the same routes as bench_server.py and bench_referral.py (a plain
 Sanic route, the ``AppServer`` route with a token and the no-op filter, and
-``GET /v1/assign`` over 10,000 servers) each under ``valgrind
+``GET /v1/assign``, over 1,000 servers here) each under ``valgrind
 --tool=callgrind``, warms each up, zeroes the counters, sends ``--requests``
 requests on one keep-alive connection, and prints instructions per request
 and their ratio to the plain route (plain / measured, so that higher is
@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,9 @@ from bench.bench_referral import NO_PLUGINS, write_config
 from bench.common import ROOT, compare_argument, spawn, stop, wait_http
 
 WARM_UP = 300
+ASSIGN_SERVERS = 1_000
+"""Servers behind ``GET /v1/assign``: fewer than bench_referral.py's 10,000, whose
+configuration takes valgrind many minutes to read; the pick hardly depends on it."""
 
 
 def instructions(
@@ -80,8 +84,9 @@ def _total(dump: Path) -> int:
     return 0
 
 
-def measure_tree(tree: Path, n: int, d: Path, token: str) -> dict[str, float]:
-    found: dict[str, float] = {}
+def measure_tree(
+    tree: Path, n: int, d: Path, token: str, report: Callable[[str, float], None]
+) -> None:
     ref_port, app_port, assign_port = free_port(), free_port(), free_port()
     # A referral for the app server to register with (not measured): with none, the
     # server's retries to reach one would be counted with the requests.
@@ -110,7 +115,7 @@ heartbeat_interval = 3600
     referral = spawn(["-m", "affinity", "referral", "--config", config], NO_PLUGINS, tree=tree)
     try:
         wait_http(f"http://127.0.0.1:{ref_port}/healthz", referral)
-        found["AppServer route"] = instructions(
+        app = instructions(
             ["-m", "affinity", "serve", "bench/bench_app.py:Bench", "--config", config],
             {**NO_PLUGINS, "AFFINITY_PLUGINS": "bench.noop_filter"},
             f"http://127.0.0.1:{app_port}/",
@@ -120,8 +125,9 @@ heartbeat_interval = 3600
         )
     finally:
         stop(referral)
-    assign_config = write_config(d / "referral", assign_port, 10_000)
-    found["GET /v1/assign"] = instructions(
+    report("AppServer route", app)
+    assign_config = write_config(d / "referral", assign_port, ASSIGN_SERVERS)
+    assign = instructions(
         ["-m", "affinity", "referral", "--config", str(assign_config)],
         NO_PLUGINS,
         f"http://127.0.0.1:{assign_port}/v1/assign",
@@ -129,7 +135,7 @@ heartbeat_interval = 3600
         n,
         tree,
     )
-    return found
+    report("GET /v1/assign", assign)
 
 
 def main() -> None:
@@ -155,14 +161,18 @@ def main() -> None:
             args.requests,
             ROOT,
         )
-        print(f"{'plain Sanic route':40} {plain:>12,.0f} instructions/request")
+        print(f"{'plain Sanic route':40} {plain:>12,.0f} instructions/request", flush=True)
         trees = {"": ROOT} | ({f" ({args.compare.name})": args.compare} if args.compare else {})
         for suffix, tree in trees.items():
-            for name, figure in measure_tree(tree, args.requests, d, token).items():
+
+            def report(name: str, figure: float, suffix: str = suffix) -> None:
                 label = name + suffix
                 print(
-                    f"{label:40} {figure:>12,.0f} instructions/request  ratio {plain / figure:.3f}"
+                    f"{label:40} {figure:>12,.0f} instructions/request  ratio {plain / figure:.3f}",
+                    flush=True,
                 )
+
+            measure_tree(tree, args.requests, d, token, report)
 
 
 if __name__ == "__main__":
