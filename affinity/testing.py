@@ -30,8 +30,8 @@ from affinity.config import Config, load
 from affinity.files import write_private
 from affinity.plugin.manager import PluginManager
 from affinity.process import ChildProcess, stop, wait_answering
-from affinity.tokens.jws import TokenIssuer, generate_keyfile
-from affinity.tokens.keyring import load_keyring
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import generate_keyfile, load_keyring
 from affinity.web.auth import registration_token
 from affinity.web.certs import make_dev_certs
 from affinity.web.tls import client_context

@@ -119,7 +119,8 @@ def child(role: str, argv: list[str]) -> int:
 
 def measure_tree(tree: Path, seconds: int) -> dict[str, str]:
     from affinity.testing import free_port
-    from affinity.tokens.jws import KeyRing, TokenIssuer
+    from affinity.tokens.jws import TokenIssuer
+    from affinity.tokens.keyring import KeyRing
     from bench.bench_referral import NO_PLUGINS, write_config
     from bench.common import measure, spawn, stop, wait_http
 
@@ -146,12 +147,15 @@ def measure_tree(tree: Path, seconds: int) -> dict[str, str]:
 
         app_port = free_port()
         (d / "server.toml").write_text(f"""
+[registry]
+allow_http = true
 [tokens]
 keys_file = "keys.json"
 [server]
 id = "s1"
 listen = "127.0.0.1:{app_port}"
 insecure_http = true
+insecure_referral = true
 referral_url = "http://127.0.0.1:1"
 heartbeat_interval = 3600
 """)

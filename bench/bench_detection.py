@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from affinity.config import HealthSettings
 from affinity.testing import Deployment, wait_until
-from affinity.tokens.jws import KeyRing, TokenIssuer
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing
 
 SERVERS = ("s1", "s2", "s3")
 MODES = ("checks only", "with an avoid")

@@ -31,7 +31,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from affinity.testing import free_port
-from affinity.tokens.jws import KeyRing, TokenIssuer, generate_keyfile
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing, generate_keyfile
 from bench.common import Run, measure, median, spawn, stop, wait_http
 
 DENY = [f"198.{18 + i // 256}.{i % 256}.0/24" for i in range(200)]

@@ -24,7 +24,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from affinity.testing import free_port
-from affinity.tokens.jws import generate_keyfile
+from affinity.tokens.keyring import generate_keyfile
 from bench.common import (
     alternate,
     compare_argument,

@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from affinity.testing import free_port
-from affinity.tokens.jws import KeyRing, TokenIssuer, generate_keyfile
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing, generate_keyfile
 from bench.common import alternate, compare_argument, measure, report, spawn, stop, wait_http
 
 

@@ -20,7 +20,8 @@ import cryptography
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from affinity.tokens.jws import Key, KeyRing, TokenIssuer, TokenVerifier
+from affinity.tokens.jws import TokenIssuer, TokenVerifier
+from affinity.tokens.keyring import Key, KeyRing
 
 
 def measure(

@@ -27,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from affinity.builtin.embedded.statefile import State, StateFile
 from affinity.plugin.manager import PluginManager
 from affinity.testing import Deployment, free_port, wait_until
-from affinity.tokens.jws import KeyRing, TokenIssuer, generate_keyfile
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing, generate_keyfile
 from affinity.web.tls import client_context
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,8 @@ import pytest
 
 from affinity.errors import ConfigError, InvalidToken, KeyFetchError, UnknownKey
 from affinity.tokens.jwks import MAX_JWKS_BYTES, JwksKeySource, JwksVerifier
-from affinity.tokens.jws import KeyRing, TokenIssuer
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing
 
 
 class Referral(ThreadingHTTPServer):

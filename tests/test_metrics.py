@@ -1,17 +1,24 @@
-"""The metrics plumbing: cached children, plugin counters, worker directories, both formats."""
+"""The metrics plumbing: counting folded into prometheus-client, plugin counters, worker
+directories, both formats."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from affinity.referral.metrics import fold_periodically
 from affinity.web import exposition
-from affinity.web.metrics import Metrics, PluginEvents, ServerMetrics
+from affinity.web.counting import Counts, Observations
+from affinity.web.metrics import REQUEST_BUCKETS, Metrics, PluginEvents, ServerMetrics
 from tests.promtext import parse
 
 
@@ -19,10 +26,84 @@ def test_a_labelled_child_is_looked_up_once() -> None:
     metrics = Metrics()
     family = metrics.counter("things", "Things", ["kind"])
     family.inc("a")
+    metrics.fold()
     first = family.child(("a",))
     family.inc("a")
     assert family.child(("a",)) is first
     assert metrics.totals("things_total") == {(("kind", "a"),): 2.0}
+
+
+# Observed values on, between and beyond the bucket bounds, and a negative one.
+VALUES = [0.0, 0.0005, 0.0007, 0.001, 0.3, 2.5, 9.99, 10.0, 11.0, 1e9, -1.0, 0.0005]
+
+
+def test_folded_counts_and_observations_read_as_prometheus_clients_own() -> None:
+    """The library's inc and observe, side by side with the counts folded into it."""
+    library, ours = CollectorRegistry(), CollectorRegistry()
+    ref_counter = Counter("hits", "Hits", ["route", "status"], registry=library)
+    ref_histogram = Histogram("took", "Took", ["route"], buckets=REQUEST_BUCKETS, registry=library)
+    counts = Counts(Counter("hits", "Hits", ["route", "status"], registry=ours))
+    observations = Observations(
+        Histogram("took", "Took", ["route"], buckets=REQUEST_BUCKETS, registry=ours),
+        REQUEST_BUCKETS,
+    )
+    for n, value in enumerate(VALUES):
+        route = "/a" if n % 3 else "/b"
+        ref_counter.labels(route, "200").inc()
+        ref_histogram.labels(route).observe(value)
+        counts.count((route, 200))
+        observations.observe(value, (route,))
+        if n == 5:  # two folds: the second adds to the first
+            counts.fold()
+            observations.fold()
+    counts.fold()
+    observations.fold()
+    assert generate_latest(ours) == generate_latest(library)
+    # On a bound counts in that bucket; -1 too.
+    assert b'took_bucket{le="0.0005",route="/a"} 3.0' in generate_latest(ours)
+
+
+def test_a_scrape_shows_every_answer_counted_before_it() -> None:
+    metrics = ServerMetrics(dict)
+    for status in (200, 200, 404):
+        metrics.answered("/items/<id>", "GET", status, 0.002)
+    metrics.answered("/", "BREW", 200, None)
+    families = parse(metrics.exposition()[0].decode())
+    requests = families["affinity_app_requests_total"]
+    assert requests.value(route="/items/<id>", method="GET", status="200") == 2
+    assert requests.value(route="/items/<id>", method="GET", status="404") == 1
+    assert requests.value(route="/", method="OTHER", status="200") == 1
+    seconds = families["affinity_app_request_duration_seconds"]
+    count = "affinity_app_request_duration_seconds_count"
+    assert seconds.value(count, route="/items/<id>", method="GET") == 3
+
+
+async def test_the_fold_timer_logs_a_failed_fold_and_keeps_folding(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = 0
+    second = asyncio.Event()
+
+    def counters() -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("the plugin's counters are gone")
+        second.set()
+        return {"rule": calls}
+
+    metrics = Metrics()
+    metrics.observe_plugins(counters, dict)
+    family = metrics.counter("things", "Things", ["kind"])
+    family.inc("a")
+    task = asyncio.create_task(fold_periodically(metrics, 0.0))
+    try:
+        await asyncio.wait_for(second.wait(), 10)
+    finally:
+        task.cancel()
+    assert not family.pending  # folded even though the plugin's counters failed
+    assert "folding this worker's counts" in caplog.text
+    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
 
 
 def test_plugin_counters_are_copied_as_increments_and_survive_a_reset() -> None:

@@ -36,17 +36,8 @@ from affinity.errors import (
     UnknownKey,
 )
 from affinity.models import Claims
-from affinity.tokens.jws import (
-    MAX_TOKEN_LENGTH,
-    Key,
-    KeyRing,
-    TokenIssuer,
-    TokenVerifier,
-    generate_keyfile,
-    new_client_id,
-    rotate_keyfile,
-    write_keyring,
-)
+from affinity.tokens.jws import MAX_TOKEN_LENGTH, TokenIssuer, TokenVerifier, new_client_id
+from affinity.tokens.keyring import Key, KeyRing, generate_keyfile, rotate_keyfile, write_keyring
 
 NOW = 1_700_000_000
 SECRET = hashlib.sha256(b"affinity test secret").digest()
@@ -859,6 +850,15 @@ def test_macs_are_compared_with_compare_digest_only() -> None:
     ]
     owners = [c.func.value for c in calls if isinstance(c.func, ast.Attribute)]
     assert owners and all(isinstance(o, ast.Name) and o.id == "hmac" for o in owners)
+
+
+def test_jws_exports_only_its_own_names() -> None:
+    """Key-ring names have one home: they are imported from keyring.py, never through jws.py."""
+    import affinity.tokens.keyring
+
+    assert affinity.tokens.jws.__all__
+    shared = [n for n in affinity.tokens.jws.__all__ if hasattr(affinity.tokens.keyring, n)]
+    assert not shared
 
 
 def test_cli_generates_and_rotates_a_key_file(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ class ReferralServer:
         app.add_task(
             watch_registry(ctx.registry, ctx.apply_view, ctx.mark_stale), name="affinity.watch"
         )
-        start_worker_metrics(app, ctx.metrics, ctx.plugin_events)
+        start_worker_metrics(app, ctx.metrics)
         for source in ctx.health_sources:
             app.add_task(source.run(ctx.table), name=f"affinity.plugin.health.{source.name}")
         await self.manager.startup(app, self.role)

@@ -19,8 +19,9 @@ from affinity.plugin.policy import Policy
 from affinity.plugin.registry import Registry, RegistryView
 from affinity.plugin.settings import SettingsInForce
 from affinity.referral.table import ServerTable
-from affinity.tokens.jws import KeyRing, TokenIssuer, TokenVerifier
-from affinity.web.metrics import PluginEvents, ReferralMetrics
+from affinity.tokens.jws import TokenIssuer, TokenVerifier
+from affinity.tokens.keyring import KeyRing
+from affinity.web.metrics import ReferralMetrics
 from affinity.web.names import OriginRules
 
 
@@ -47,15 +48,11 @@ class ReferralContext:
     observed: bool = False
     settings_index: int = 1
     settings_event: asyncio.Event = field(default_factory=asyncio.Event)
-    plugin_events: PluginEvents = field(init=False)
-    """The plugins' counters as they are copied into the metrics."""
 
     def __post_init__(self) -> None:
         self.origin_rules = OriginRules.from_config(self.config)
         self.settings = SettingsInForce(self.manager, refused=self.metrics.settings_refused)
-        self.plugin_events = self.metrics.observe_plugins(
-            self.manager.report_counters, self.settings.versions
-        )
+        self.metrics.observe_plugins(self.manager.report_counters, self.settings.versions)
 
     def apply_view(self, view: RegistryView) -> None:
         """Take a registry view: servers into the table, changed settings to the plugins."""

@@ -13,12 +13,12 @@ from affinity.models import Server
 from affinity.plugin.registry import Registry
 from affinity.referral.table import ServerTable
 from affinity.web.exposition import multiprocess_dir, worker_started, worker_stopped
-from affinity.web.metrics import PluginEvents, ReferralMetrics
+from affinity.web.metrics import Metrics, ReferralMetrics
 
 log = logging.getLogger("affinity.referral")
 
-PLUGIN_SYNC_INTERVAL = 1.0
-"""Seconds between copies of a worker's plugin counters into the shared counters."""
+FOLD_INTERVAL = 1.0
+"""Seconds between folds of a worker's counts (its own and its plugins') into the shared ones."""
 
 
 def referral_metrics(table: ServerTable, registry: Registry, workers: int) -> ReferralMetrics:
@@ -40,28 +40,42 @@ def referral_metrics(table: ServerTable, registry: Registry, workers: int) -> Re
     return metrics
 
 
-def start_worker_metrics(
-    app: Sanic[Any, Any], metrics: ReferralMetrics, events: PluginEvents
-) -> None:
-    """With several workers: note this one, and copy its plugin counters on a timer."""
+def start_worker_metrics(app: Sanic[Any, Any], metrics: ReferralMetrics) -> None:
+    """With several workers: note this one, and fold its counts on a timer.
+
+    A scrape is answered by one worker, which reads every worker's counters
+    from the shared directory: another worker's requests show there once
+    that worker has folded them, within :data:`FOLD_INTERVAL`.
+    """
     if metrics.directory is None:
         return
     worker_started(metrics.directory)
-    app.add_task(_sync_plugin_events(events), name="affinity.metrics.plugins")
+    app.add_task(fold_periodically(metrics), name="affinity.metrics.fold")
 
 
 def stop_worker_metrics(metrics: ReferralMetrics) -> None:
     if metrics.directory is not None:
+        _fold(metrics)  # the last requests this worker served
         worker_stopped(metrics.directory)
 
 
-async def _sync_plugin_events(events: PluginEvents) -> None:
-    failures = Repeated(log, "reading the plugins' counters failed", level=logging.ERROR)
+async def fold_periodically(metrics: Metrics, interval: float = FOLD_INTERVAL) -> None:
+    """Fold ``metrics`` every ``interval`` seconds until cancelled; failures are logged."""
+    failures = Repeated(
+        log, "folding this worker's counts into the shared metrics failed", level=logging.ERROR
+    )
     while True:
-        await asyncio.sleep(PLUGIN_SYNC_INTERVAL)
+        await asyncio.sleep(interval)
         try:
-            events.sync()
-        except Exception as exc:  # a plugin's counters failed: log it, keep the loop
+            metrics.fold()
+        except Exception as exc:  # a plugin's counters or a metrics file: keep counting
             failures.failed(f"{type(exc).__name__}: {exc}", exc_info=exc)
         else:
-            failures.recovered("reading the plugins' counters works again")
+            failures.recovered("folding this worker's counts works again")
+
+
+def _fold(metrics: Metrics) -> None:
+    try:
+        metrics.fold()
+    except Exception:  # a plugin's counters or a metrics file failed: log it, stop anyway
+        log.exception("folding this worker's counts into the shared metrics failed")

@@ -33,7 +33,8 @@ import orjson
 from affinity.errors import ConfigError, KeyFetchError, UnknownKey
 from affinity.logs import Repeated
 from affinity.models import Claims
-from affinity.tokens.jws import EDDSA, KeyRing, TokenVerifier
+from affinity.tokens.jws import TokenVerifier
+from affinity.tokens.keyring import EDDSA, KeyRing
 
 _log = logging.getLogger(__name__)
 

@@ -35,19 +35,7 @@ import orjson
 
 from affinity.errors import ConfigError, ExpiredToken, ImmatureToken, InvalidToken, UnknownKey
 from affinity.models import Claims
-from affinity.tokens.keyring import (
-    ALGORITHMS,
-    EDDSA,
-    HS256,
-    MIN_SECRET_BYTES,
-    Key,
-    KeyRing,
-    _show,
-    b64url_encode,
-    generate_keyfile,
-    rotate_keyfile,
-    write_keyring,
-)
+from affinity.tokens.keyring import ALGORITHMS, Key, KeyRing, _show, b64url_encode
 
 MAX_TOKEN_LENGTH: Final = 4096
 """Longer tokens are refused before any decoding (ours are about 250 characters)."""
@@ -383,19 +371,9 @@ class TokenVerifier:
 
 
 __all__ = [
-    "ALGORITHMS",
-    "EDDSA",
-    "HS256",
     "MAX_TOKEN_LENGTH",
-    "MIN_SECRET_BYTES",
     "ClientIds",
-    "Key",
-    "KeyRing",
     "TokenIssuer",
     "TokenVerifier",
-    "b64url_encode",
-    "generate_keyfile",
     "new_client_id",
-    "rotate_keyfile",
-    "write_keyring",
 ]

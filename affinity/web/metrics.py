@@ -1,8 +1,8 @@
 """Prometheus metrics of the referral and of the app servers (docs/metrics.md lists them).
 
 Counters and histograms are prometheus-client metrics, counted on the request
-path: each labelled child is looked up once and kept, so an increment costs a
-dict lookup and the child's own update. Gauges are read at scrape time from
+path in plain values of the process and folded into prometheus-client's before
+every read (:mod:`affinity.web.counting`). Gauges are read at scrape time from
 what the process keeps anyway (the server table, the load figures), so they
 cost the request path nothing. With several referral workers the counters are
 summed over all workers (:mod:`affinity.web.exposition`), while a gauge says
@@ -22,6 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from affinity.version import __version__
+from affinity.web.counting import Counts, Observations
 from affinity.web.exposition import BuildInfo, Union, process_collectors, render
 from affinity.web.gauges import gauge, load_gauges, registry_gauges, server_gauges
 
@@ -47,26 +48,6 @@ TOKEN_REJECTIONS = ("required", "invalid", "expired", "misdirected")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class Family:
-    """A labelled counter or histogram whose children are looked up once."""
-
-    def __init__(self, metric: Counter | Histogram) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def child(self, labels: tuple[str, ...]) -> Any:
-        found = self._children.get(labels)
-        if found is None:
-            found = self._children[labels] = self._metric.labels(*labels)
-        return found
-
-    def inc(self, *labels: str) -> None:
-        self.child(labels).inc()
-
-    def observe(self, value: float, *labels: str) -> None:
-        self.child(labels).observe(value)
-
-
 class PluginEvents:
     """Plugins' own counters (``affinity_report_counters``) copied into a counter.
 
@@ -76,7 +57,7 @@ class PluginEvents:
     syncs on a timer, so the others' events show within that period.
     """
 
-    def __init__(self, counters: Callable[[], Mapping[str, int]], family: Family) -> None:
+    def __init__(self, counters: Callable[[], Mapping[str, int]], family: Counts) -> None:
         self._counters = counters
         self._family = family
         self._seen: dict[str, int] = {}
@@ -87,7 +68,7 @@ class PluginEvents:
             # A counter that went back was reset by its plugin: all of it is new.
             delta = value - before if value >= before else value
             if delta:
-                self._family.child((rule,)).inc(delta)
+                self._family.count((rule,), delta)
             self._seen[rule] = value
 
 
@@ -114,6 +95,7 @@ class Metrics:
         self.directory = directory
         self.registry = CollectorRegistry()
         self._gauges: list[Collector] = []
+        self._folding: list[Counts | Observations] = []
         self._before_scrape: list[Callable[[], None]] = []
         self._process = process_collectors(directory)
         self._build = BuildInfo(__version__)
@@ -130,15 +112,18 @@ class Metrics:
 
     # -- declaring -----------------------------------------------------------------
 
-    def counter(self, name: str, documentation: str, labels: list[str]) -> Family:
-        return Family(Counter(name, documentation, labels, registry=self.registry))
+    def counter(self, name: str, documentation: str, labels: list[str]) -> Counts:
+        counts = Counts(Counter(name, documentation, labels, registry=self.registry))
+        self._folding.append(counts)
+        return counts
 
     def histogram(
         self, name: str, documentation: str, labels: list[str], buckets: tuple[float, ...]
-    ) -> Family:
-        return Family(
-            Histogram(name, documentation, labels, registry=self.registry, buckets=buckets)
-        )
+    ) -> Observations:
+        metric = Histogram(name, documentation, labels, registry=self.registry, buckets=buckets)
+        observations = Observations(metric, buckets)
+        self._folding.append(observations)
+        return observations
 
     def add_gauges(self, make: Callable[[], Iterable[Metric]]) -> None:
         """Publish gauge families made at scrape time."""
@@ -169,15 +154,27 @@ class Metrics:
 
     # -- reading ---------------------------------------------------------------------
 
+    def fold(self) -> None:
+        """Hand what this process counted since the last fold on to prometheus-client.
+
+        Done before every read; with several workers each worker also folds on a
+        timer, so that a scrape answered by another worker sees its counts.
+        """
+        try:
+            for sync in self._before_scrape:
+                sync()
+        finally:  # a plugin's failing counters do not hold back the request counts
+            for family in self._folding:
+                family.fold()
+
     def counting(self) -> Collector:
         """The counters and histograms: this process's, or every worker's summed."""
+        self.fold()
         if self.directory is None:
             return self.registry
         return MultiProcessCollector(None, str(self.directory))  # type: ignore[no-untyped-call]
 
     def collectors(self) -> list[Collector]:
-        for sync in self._before_scrape:
-            sync()
         return [self.counting(), *self._gauges, self._build, *self._process]
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
@@ -267,22 +264,22 @@ class ReferralMetrics(Metrics):
         seconds: float,
     ) -> None:
         """One assign decision: ``outcome`` sticky, referred or no_server (``server`` empty)."""
-        self._assignments.inc(service, server, policy, outcome)
+        self._assignments.count((service, server, policy, outcome))
         if reason is not None:
-            self._rereferrals.inc(service, reason)
-        self._assign_seconds.observe(seconds, service)
+            self._rereferrals.count((service, reason))
+        self._assign_seconds.observe(seconds, (service,))
 
     def avoided(self, service: str, server_id: str) -> None:
         self._avoided.inc(service, server_id)
 
     def rejected(self, status: int, error: str) -> None:
-        self._rejected.inc(str(status), error)
+        self._rejected.count((status, error))
 
     def health_changed(self, service: str, server: str, before: str, after: str) -> None:
         self._transitions.inc(service, server, before, after)
 
     def checked(self, service: str, seconds: float) -> None:
-        self._check_seconds.observe(seconds, service)
+        self._check_seconds.observe(seconds, (service,))
 
     def watch_failed(self, registry: str) -> None:
         self._watch_errors.inc(registry)
@@ -319,9 +316,9 @@ class ServerMetrics(Metrics):
     def answered(self, route: str, method: str, status: int, seconds: float | None) -> None:
         """One answer; ``seconds`` None when the request started is not known."""
         method = method if method in METHODS else "OTHER"
-        self._requests.inc(route, method, str(status))
+        self._requests.count((route, method, status))
         if seconds is not None:
-            self._seconds.observe(seconds, route, method)
+            self._seconds.observe(seconds, (route, method))
 
     def token_rejected(self, reason: str) -> None:
         self._token_rejections.inc(reason)

@@ -46,7 +46,8 @@ from affinity.client import (
 from affinity.client.referrers import normalise
 from affinity.client.sync import ClientOptions
 from affinity.testing import Deployment, free_port, wait_until
-from affinity.tokens.jws import KeyRing, TokenIssuer
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing
 from affinity.web.tls import client_context
 
 APP = str(Path(__file__).with_name("journal_app.py")) + ":Journal"

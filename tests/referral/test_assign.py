@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from affinity.testing import Deployment
-from affinity.tokens.jws import KeyRing, TokenIssuer
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing
 
 SERVICES = """
 [services.web]

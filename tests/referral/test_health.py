@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from affinity.testing import Deployment, free_port, wait_until
-from affinity.tokens.jws import KeyRing, TokenIssuer
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing
 
 SCRIPTED = str(Path(__file__).with_name("health_apps.py")) + ":Scripted"
 INTERVAL, FAST, TIMEOUT, FALL, RISE = 0.2, 0.1, 0.3, 2, 2

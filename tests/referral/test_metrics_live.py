@@ -195,9 +195,9 @@ def test_several_workers_are_summed(tmp_path: Path) -> None:
             return len(workers) >= 2
 
         wait_until(both_workers_assigned, 30, 0.0, "assignments from both workers")
-        for _ in range(4):  # fresh connections: whichever worker answers counts all
-            families = scrape(d)
-            total = value(
+
+        def assigned(families: dict[str, Family]) -> float:
+            return value(
                 families,
                 "affinity_assignments_total",
                 service="web",
@@ -205,6 +205,11 @@ def test_several_workers_are_summed(tmp_path: Path) -> None:
                 policy="round_robin",
                 outcome="referred",
             )
-            assert total == made
+
+        # Each worker folds its counts into the shared ones within a second of counting.
+        wait_until(lambda: assigned(scrape(d)) == made, 10, 0.05, f"{made} assignments summed")
+        for _ in range(4):  # fresh connections: whichever worker answers counts all
+            families = scrape(d)
+            assert assigned(families) == made
         pids = {ls["pid"] for _, ls, _v in families["process_resident_memory_bytes"].samples}
         assert pids == {str(pid) for pid in workers}

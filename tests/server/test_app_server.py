@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from affinity.testing import Deployment, wait_until
-from affinity.tokens.jws import KeyRing, TokenIssuer
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing
 
 APP = str(Path(__file__).with_name("apps.py")) + ":Holding"
 

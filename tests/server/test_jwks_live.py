@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from affinity.testing import Deployment, wait_until
-from affinity.tokens.jws import KeyRing, TokenIssuer, generate_keyfile
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing, generate_keyfile
 
 
 def test_server_verifies_with_the_referrals_jwks(deployment: Deployment) -> None:

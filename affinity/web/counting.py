@@ -1,0 +1,96 @@
+"""Counters and histograms counted in plain values of this process, folded into prometheus-client.
+
+prometheus-client updates a value under a lock on every call and, with
+several workers (multiprocess mode), writes it to a memory-mapped file; a
+histogram also walks its buckets one by one. On the request path that was
+the largest single part of an assign answer (bench/RESULTS.md). Here a
+request adds to an entry of a dict (a count, or a bucket count and a sum),
+and :meth:`Counts.fold` / :meth:`Observations.fold` add what was counted since
+the last fold to the prometheus-client metric. The metrics fold before every
+read (a scrape, :meth:`affinity.web.metrics.Metrics.totals`), so a scrape
+shows every request this process served before it; with several workers
+each worker also folds on a timer (:mod:`affinity.referral.metrics`).
+
+Everything here runs on the event loop's thread, as the request path does.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Hashable
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+Labels = tuple[Hashable, ...]
+"""Label values in the metric's order; prometheus-client turns each into a string."""
+
+
+class _Children:
+    """A metric's labelled children, each looked up once and kept."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[Labels, Any] = {}
+
+    def child(self, labels: Labels) -> Any:
+        found = self._children.get(labels)
+        if found is None:
+            found = self._children[labels] = self._metric.labels(*labels)
+        return found
+
+
+class Counts(_Children):
+    """A labelled counter: ``count(labels)`` adds one, :meth:`fold` hands the sums on."""
+
+    def __init__(self, metric: Counter) -> None:
+        super().__init__(metric)
+        self.pending: dict[Labels, float] = {}
+
+    def count(self, labels: Labels, amount: float = 1) -> None:
+        pending = self.pending
+        pending[labels] = pending.get(labels, 0) + amount
+
+    def inc(self, *labels: Hashable) -> None:
+        self.count(labels)
+
+    def fold(self) -> None:
+        pending, self.pending = self.pending, {}
+        for labels, amount in pending.items():
+            self.child(labels).inc(amount)
+
+
+class Observations(_Children):
+    """A labelled histogram: ``observe(value, labels)`` counts one value in its bucket.
+
+    Per label set one list: a count per bucket (the last one ``+Inf``), then
+    the sum. A value goes in the first bucket whose upper bound is at least
+    the value, as prometheus-client's ``Histogram.observe`` puts it
+    (``tests/test_metrics.py`` holds the two side by side). prometheus-client
+    has no call to add many observations at once, so :meth:`fold` adds to the
+    child's bucket and sum values (``_buckets``, ``_sum``) directly, which
+    that test holds to the library's own path.
+    """
+
+    def __init__(self, metric: Histogram, buckets: tuple[float, ...]) -> None:
+        super().__init__(metric)
+        self._bounds = tuple(float(b) for b in buckets)
+        self._empty = [0.0] * (len(self._bounds) + 2)
+        self.pending: dict[Labels, list[float]] = {}
+
+    def observe(self, value: float, labels: Labels) -> None:
+        cell = self.pending.get(labels)
+        if cell is None:
+            cell = self.pending[labels] = self._empty.copy()
+        cell[bisect_left(self._bounds, value)] += 1
+        cell[-1] += value
+
+    def fold(self) -> None:
+        pending, self.pending = self.pending, {}
+        for labels, cell in pending.items():
+            child = self.child(labels)
+            buckets = child._buckets
+            for i, n in enumerate(cell[:-1]):
+                if n:
+                    buckets[i].inc(n)
+            child._sum.inc(cell[-1])
