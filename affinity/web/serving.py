@@ -143,7 +143,15 @@ def serve(
     """
     held = signal.pthread_sigmask(signal.SIG_BLOCK, shutdown.STOP_SIGNALS)
     try:
-        _serve(factory, settings, section=section, source=source, workers=workers, title=title)
+        _serve(
+            factory,
+            settings,
+            section=section,
+            source=source,
+            workers=workers,
+            title=title,
+            listen_source=listen_source,
+        )
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
@@ -156,6 +164,7 @@ def _serve(
     source: str,
     workers: int,
     title: str | None,
+    listen_source: str | None,
 ) -> None:
     logs = current()
     loader = AppLoader(factory=functools.partial(build, factory, settings, section, source, logs))
