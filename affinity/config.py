@@ -126,7 +126,7 @@ class ServerSettings:
     registration_token_file: Path | None = None
     active_window: float = 300.0
     active_max: int = 100_000
-    load_half_life: float = 30.0
+    load_half_life: float = 20.0
     drain_grace: float = 5.0
     drain_timeout: float = 30.0
     heartbeat_interval: float = 5.0

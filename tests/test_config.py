@@ -178,5 +178,5 @@ def test_load_signal_settings_are_checked(tmp_path: Path, line: str) -> None:
     assert "server" in str(info.value)
 
 
-def test_the_load_half_life_defaults_to_thirty_seconds(tmp_path: Path) -> None:
-    assert load(write(tmp_path, "[server]\n"), env={}).server.load_half_life == 30.0
+def test_the_load_half_life_defaults_to_twenty_seconds(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "[server]\n"), env={}).server.load_half_life == 20.0

@@ -56,7 +56,7 @@ class DecayingClients:
 
     def __init__(
         self,
-        half_life: float = 30.0,
+        half_life: float = 20.0,
         window: float = 300.0,
         limit: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
