@@ -157,13 +157,14 @@ class Stream:
     rate: float
     threads: int = 1
     headers: Callable[[int], Mapping[str, str]] | None = None
-    answers: list[tuple[float, httpx.Response]] = field(default_factory=list)
+    answers: list[tuple[float, float, httpx.Response]] = field(default_factory=list)
+    """(sent, answered, answer), in seconds from the start of the schedule."""
 
 
 def run_streams(
     d: Deployment, url: str, warm_url: str, streams: list[Stream], seconds: float
 ) -> None:
-    """Send every stream's requests on schedule for ``seconds``; answers keep their send time.
+    """Send every stream's requests on schedule for ``seconds``; answers keep their times.
 
     Each thread opens its connection on ``warm_url`` (a path the limiter exempts)
     first, so the schedule starts with connections ready and a full allowance.
@@ -187,8 +188,9 @@ def run_streams(
                 sent = time.monotonic() - start
                 headers = stream.headers(k) if stream.headers else None
                 answer = client.get(url, headers=headers)
+                answered = time.monotonic() - start
                 with lock:
-                    stream.answers.append((sent, answer))
+                    stream.answers.append((sent, answered, answer))
         except BaseException as exc:  # re-raised in the test's thread
             errors.append(exc)
         finally:
@@ -217,12 +219,20 @@ def test_flood_is_held_to_the_limit_and_a_second_address_is_untouched(
     calm = Stream(OTHER, rate=RATE / 4)
     run_streams(d, url, warm, [flood, calm], window)
 
-    in_window = [r for sent, r in flood.answers if sent < window]
-    assert len(in_window) >= 4 * RATE * window  # it really was a flood
+    sent_in_window = [(sent, answered, r) for sent, answered, r in flood.answers if sent < window]
+    in_window = [r for _, _, r in sent_in_window]
     admitted = sum(r.status_code == 200 for r in in_window)
-    expected = BURST + RATE * window
-    record_property("flood", f"{len(in_window)} sent, {admitted} admitted of {expected:.0f}")
-    assert abs(admitted - expected) <= 0.05 * expected, (admitted, expected)
+    # The limiter decided each request between its sending and its answer: over that span
+    # the bucket held its burst and refilled at RATE, and no more can have been admitted,
+    # however slowly a loaded machine ran the schedule.
+    span = max(answered for _, answered, _ in sent_in_window) - min(s for s, _, _ in sent_in_window)
+    most = BURST + RATE * span
+    record_property("flood", f"{len(in_window)} sent, {admitted} admitted, at most {most:.0f}")
+    assert len(in_window) > most + 1  # it really was a flood: more than could pass
+    assert admitted <= most + 1, (admitted, most)
+    # And it admits what it may: the whole burst, and at least half the refill of the
+    # window (a flood that stalls on a busy machine wastes refill, so not all of it).
+    assert admitted >= BURST + RATE * window / 2, (admitted, most)
     refused = [r for r in in_window if r.status_code != 200]
     assert refused and {r.status_code for r in refused} == {429}
     for r in refused:
@@ -230,7 +240,7 @@ def test_flood_is_held_to_the_limit_and_a_second_address_is_untouched(
         assert r.headers["ratelimit-policy"] == f'"{name}";q=20;w=1'
         assert r.headers["ratelimit"].startswith(f'"{name}";r=0;t=')
         assert r.json()["error"] == "rate_limited"
-    assert [r.status_code for _, r in calm.answers] == [200] * int(calm.rate * window)
+    assert [r.status_code for _, _, r in calm.answers] == [200] * int(calm.rate * window)
     where = d.referral_url + "/metrics" if tier == "referral" else d.server_urls["s1"] + METRICS
     with client_from(d, SCRAPER) as c:
         text = c.get(where).text

@@ -192,10 +192,11 @@ def test_a_consul_outage_leaves_referrals_assigning_and_they_resume(
     went_down = time.monotonic()
     wait_until(lambda: all(cd.status(url)["stale"] for url in (a, b)), 3.0, 0.05, "stale")
     assert "unreachable" in str(cd.status(a)["stale_reason"])
-    served = 0
+    served = asked = 0
     killed = False
     while time.monotonic() - went_down < OUTAGE:
         for url in (a, b):
+            asked += 1
             served += cd.assign(url)["server"]["id"] in ids[:2]  # type: ignore[index]
         if not killed and time.monotonic() - went_down > OUTAGE / 2:
             # Active health checks run on top of the Consul view: a death is still noticed.
@@ -212,7 +213,10 @@ def test_a_consul_outage_leaves_referrals_assigning_and_they_resume(
     assert resumed <= BACKOFF_CAP + 1.0, f"{resumed:.2f}s to notice the agent again"
     d.start_server(ids[2])
     wait_until(lambda: all(ids[2] in d.assignable(url) for url in (a, b)), 10.0, 0.05, "new server")
-    assert served >= 2 * int(OUTAGE / 0.6)
+    # Every request of the outage was assigned a live server; however slowly a busy
+    # machine paced them, there were rounds before and after the kill.
+    assert served == asked, (served, asked)
+    assert asked >= 2 * 4, asked
     print(f"{OUTAGE:.0f}s outage: {served} assignments served; fresh again in {resumed:.3f}s")
 
 
