@@ -72,8 +72,9 @@ def referral_up_to(d: Deployment, moment: str) -> ChildProcess:
     referral = d.start_referral(wait=False)
     out = referral.output
     if moment == "start-up line":
+        # Logged once the main process has bound, before it starts the workers (mostly
+        # still starting when the signal comes; not asserted, a loaded machine may differ).
         wait_until(lambda: "referral serving" in out(), START_WITHIN, what="the start-up line")
-        assert "Worker ready" not in out()  # the workers start after the main process binds
     elif moment == "first worker ready":
         wait_until(lambda: "Worker ready" in out(), START_WITHIN, what="a worker ready")
     elif moment == "every worker ready":

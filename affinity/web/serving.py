@@ -89,13 +89,12 @@ def build(
 ) -> Sanic[Any, Any]:
     """Build the app and its TLS context, in the process that will serve it.
 
-    A module-level function so that ``functools.partial(build, ...)`` pickles
-    into worker processes. A bad certificate or key is a ConfigError here,
-    before anything listens. ``logs`` (the command's logging) is put in force
-    first: a worker process starts without it. SIGTERM and SIGINT are held
-    from here until the app serves (:mod:`affinity.web.shutdown`).
+    Module-level, as :func:`_build_to_serve` that calls it, so that a
+    ``functools.partial`` of it pickles into worker processes. A bad
+    certificate or key is a ConfigError here, before anything listens.
+    ``logs`` (the command's logging) is put in force first: a worker process
+    starts without it.
     """
-    shutdown.hold()
     if logs is not None:
         configure_logging(logs)
     context = ssl_for(settings, section, source)
@@ -103,6 +102,20 @@ def build(
     app.ctx.affinity_tls = context
     app.certloader_class = _AffinityTls
     reload.install(app)
+    return app
+
+
+def _build_to_serve(
+    factory: Callable[[], Sanic[Any, Any]],
+    settings: ListenSettings,
+    section: str,
+    source: str,
+    logs: LogSettings | None,
+) -> Sanic[Any, Any]:
+    """:func:`build`, in a process about to serve (the one process, or a worker): SIGTERM and
+    SIGINT are held from its first step until the app serves (:mod:`affinity.web.shutdown`)."""
+    shutdown.hold()
+    app = build(factory, settings, section, source, logs)
     shutdown.release_once_serving(app)
     return app
 
@@ -167,7 +180,9 @@ def _serve(
     listen_source: str | None,
 ) -> None:
     logs = current()
-    loader = AppLoader(factory=functools.partial(build, factory, settings, section, source, logs))
+    loader = AppLoader(
+        factory=functools.partial(_build_to_serve, factory, settings, section, source, logs)
+    )
     if workers > 1:
         try:
             pickle.dumps(loader.factory)

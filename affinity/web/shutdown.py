@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sanic import Sanic
+from sanic.worker.constants import ProcessState
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 _POLL = 0.05
@@ -109,8 +110,6 @@ class _Deferring:
         It marks a process acknowledged (or failed, or gone) only there; before, every
         process it started is ``STARTED`` at most.
         """
-        from sanic.worker.constants import ProcessState
-
         return any(p.state >= ProcessState.ACKED for p in self.manager.transient_processes)
 
     def on_signal(self, signum: int, frame: Any) -> None:
