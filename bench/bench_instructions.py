@@ -126,7 +126,8 @@ heartbeat_interval = 3600
     finally:
         stop(referral)
     report("AppServer route", app)
-    assign_config = write_config(d / "referral", assign_port, ASSIGN_SERVERS)
+    # A directory of its own per tree: write_config makes a key file and keeps an old one.
+    assign_config = write_config(Path(tempfile.mkdtemp(dir=d)), assign_port, ASSIGN_SERVERS)
     assign = instructions(
         ["-m", "affinity", "referral", "--config", str(assign_config)],
         NO_PLUGINS,
@@ -147,7 +148,6 @@ def main() -> None:
         raise SystemExit("valgrind is needed for this benchmark: apt-get install valgrind")
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        (d / "referral").mkdir()
         generate_keyfile(d / "keys.json", "HS256", False)
         (d / "admin-token").write_text(secrets.token_urlsafe(24))
         issuer = TokenIssuer(KeyRing.load(d / "keys.json"))
