@@ -138,7 +138,7 @@ def prepare(name: str, target: Target) -> Path:
             shutil.rmtree(top)
         shutil.copytree(work / "plugins" / target.plugin / package, top, copy_function=shutil.copy2)
         source = [package]
-        also_copy = [f"plugins/{target.plugin}/tests"]
+        also_copy = [f"plugins/{target.plugin}/tests", f"plugins/{target.plugin}/README.md"]
     else:
         source, also_copy = ["affinity"], []
     table = f"""
