@@ -898,3 +898,86 @@ def test_a_member_given_twice_is_refused(part: str) -> None:
     assert "twice" in str(rejected)
     # Whitespace alone (another library's spelling) is fine.
     assert verifier().verify(forge(hs_header(), b" " + orjson.dumps(claims_dict()))).sid == "s1"
+
+
+# -- exact values that the checks above leave open --------------------------------------
+
+
+def test_the_default_lifetime_is_an_hour() -> None:
+    assert TokenIssuer(hs_ring(), jitter=0, clock=FakeClock()).issue("s1", "c1", "web")[1] == 3600
+
+
+def test_a_lifetime_under_a_second_rounds_up_to_one() -> None:
+    issuer = TokenIssuer(hs_ring(), ttl=0.4, jitter=0, clock=FakeClock())
+    assert issuer.issue("s1", "c1", "web")[1] == 1
+
+
+def test_the_jitter_draws_from_the_given_generator() -> None:
+    def lifetimes() -> list[int]:
+        issuer = TokenIssuer(hs_ring(), clock=FakeClock(), rng=random.Random(7))
+        return [issuer.issue("s1", "c1", "web")[1] for _ in range(20)]
+
+    assert lifetimes() == lifetimes()
+
+
+def test_the_issuer_keeps_its_ring() -> None:
+    ring = hs_ring()
+    assert TokenIssuer(ring).ring is ring
+
+
+@pytest.mark.parametrize(
+    ("ring", "message"),
+    [
+        (
+            KeyRing([Key("k1", "HS256", secret=SECRET)], None, source="keys.json"),
+            "the key ring has no active signing key",
+        ),
+        (
+            KeyRing(
+                [Key("k1", "HS256", secret=SECRET, retire_at=NOW - 1)], "k1", source="keys.json"
+            ),
+            "the active key 'k1' is retired",
+        ),
+    ],
+)
+def test_an_unusable_active_key_names_the_setting_and_the_file(ring: KeyRing, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        TokenIssuer(ring, clock=FakeClock())
+    assert (info.value.message, info.value.key, info.value.source) == (
+        message,
+        "active",
+        "keys.json",
+    )
+
+
+def test_the_expiry_message_says_how_long_ago() -> None:
+    token = issue(hs_ring(), ttl=100, jitter=0)
+    with pytest.raises(ExpiredToken) as info:
+        verifier(clock=FakeClock(NOW + 100 + 45), leeway=30).verify(token)
+    assert str(info.value) == "the token expired 45 s ago"
+
+
+def test_client_ids_are_read_from_the_kernel_a_batch_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads: list[int] = []
+    urandom = os.urandom
+
+    def counted(n: int) -> bytes:
+        reads.append(n)
+        return urandom(n)
+
+    monkeypatch.setattr("affinity.tokens.jws.os.urandom", counted)
+    ids = affinity.tokens.jws.ClientIds(batch=4)
+    made = [ids() for _ in range(9)]
+    assert reads == [72, 72, 72], "one read of 4 x 18 bytes per 4 ids"
+    assert len(set(made)) == 9
+
+
+def test_client_ids_are_canonical_base64_of_16_bytes() -> None:
+    """The 22nd character carries 2 bits of the id and 4 zero bits: one spelling per id."""
+    ids = affinity.tokens.jws.ClientIds(batch=64)
+    for _ in range(64):
+        cid = ids()
+        raw = base64.urlsafe_b64decode(cid + "==")
+        assert len(raw) == 16 and b64(raw) == cid
