@@ -981,3 +981,83 @@ def test_client_ids_are_canonical_base64_of_16_bytes() -> None:
         cid = ids()
         raw = base64.urlsafe_b64decode(cid + "==")
         assert len(raw) == 16 and b64(raw) == cid
+
+
+def _non_canonical_header() -> str:
+    """A valid token whose header's last character has a padding bit set."""
+    head, body, signature = forge(hs_header(), claims_dict()).split(".")
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    last = alphabet[alphabet.index(head[-1]) ^ 1]
+    return f"{head[:-1]}{last}.{body}.{signature}"
+
+
+BOTH = KeyRing([Key("k1", "HS256", secret=SECRET), Key("e1", "EdDSA", private=ED_PRIVATE)], "k1")
+RETIRED = KeyRing([Key("k1", "HS256", secret=SECRET, retire_at=NOW - 1)], None)
+
+
+@pytest.mark.parametrize(
+    ("ring", "token", "message"),
+    [
+        (None, 123, "the token is not a string"),
+        (None, _non_canonical_header(), "the header is not canonical base64url"),
+        (None, forge(b"{", claims_dict()), "the header is not JSON"),
+        (None, forge(hs_header(), b"[]"), "the payload is not a JSON object"),
+        (
+            None,
+            forge(b'{"alg":"HS256","kid":"k1","kid":"k1"}', claims_dict()),
+            "the header names a member twice",
+        ),
+        (None, forge(hs_header(alg="none"), claims_dict()), "algorithm 'none' is not accepted"),
+        (None, forge(hs_header(kid=...), claims_dict()), "the header has no string 'kid'"),
+        (
+            BOTH,
+            forge({"alg": "EdDSA", "kid": "k1"}, claims_dict(), key=BOTH.get("e1")),
+            "key 'k1' is for HS256, not EdDSA",
+        ),
+        (RETIRED, forge(hs_header(), claims_dict(), key=RETIRED.get("k1")), "key 'k1' is retired"),
+        (
+            None,
+            forge(hs_header(crit=["b64"]), claims_dict()),
+            "critical header extensions are not supported",
+        ),
+        (None, forge(hs_header(typ="JOSE"), claims_dict()), "token type 'JOSE' is not JWT"),
+        (
+            None,
+            forge(hs_header(), claims_dict(sid=1)),
+            "claims 'sid', 'cid' and 'svc' must be strings",
+        ),
+        (None, forge(hs_header(), claims_dict(iss="other")), "issuer 'other' is not 'affinity'"),
+        (
+            None,
+            forge(hs_header(), claims_dict(iat="x")),
+            "claims 'iat', 'exp' (and 'nbf') must be integers",
+        ),
+        (
+            None,
+            forge(hs_header(), claims_dict(exp=NOW - 1)),
+            "the token expires before it was issued",
+        ),
+        (
+            None,
+            forge(hs_header(), claims_dict(iat=NOW + 100, exp=NOW + 200)),
+            "the token is not valid yet (issued in the future?)",
+        ),
+    ],
+)
+def test_each_rejection_says_why(ring: KeyRing | None, token: Any, message: str) -> None:
+    """The reason is what an app server logs and answers: it must name the actual fault."""
+    assert str(assert_rejected(verifier(ring), token)) == message
+
+
+def test_the_lifetime_refusal_gives_both_figures() -> None:
+    token = forge(hs_header(), claims_dict(exp=NOW + 200))
+    message = "the token lives 200 s; tokens of this issuer live at most 100 s"
+    assert str(assert_rejected(verifier(max_lifetime=100), token)) == message
+
+
+def test_the_leeway_bounds_are_inclusive_for_a_zero_lifetime_and_nbf() -> None:
+    """exp == iat is a (short) lifetime, not an inversion; nbf exactly leeway ahead is valid."""
+    check = verifier(leeway=30)
+    assert check.verify(forge(hs_header(), claims_dict(exp=NOW))).exp == NOW
+    assert check.verify(forge(hs_header(), claims_dict(nbf=NOW + 30))).sid == "s1"
+    assert_rejected(check, forge(hs_header(), claims_dict(nbf=NOW + 31)))
