@@ -1061,3 +1061,46 @@ def test_the_leeway_bounds_are_inclusive_for_a_zero_lifetime_and_nbf() -> None:
     assert check.verify(forge(hs_header(), claims_dict(exp=NOW))).exp == NOW
     assert check.verify(forge(hs_header(), claims_dict(nbf=NOW + 30))).sid == "s1"
     assert_rejected(check, forge(hs_header(), claims_dict(nbf=NOW + 31)))
+
+
+COMPACT = "not a compact JWS: expected three base64url segments joined by '.'"
+
+
+def test_the_length_limit_is_inclusive_and_its_refusal_counts() -> None:
+    check = verifier()
+    assert str(assert_rejected(check, "a" * MAX_TOKEN_LENGTH)) == COMPACT
+    too_long = "the token has 4097 characters; at most 4096 are accepted"
+    assert str(assert_rejected(check, "a" * (MAX_TOKEN_LENGTH + 1))) == too_long
+
+
+def test_a_non_canonical_signature_is_named() -> None:
+    head, body, signature = forge(hs_header(), claims_dict()).split(".")
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    odd = signature[:-1] + alphabet[alphabet.index(signature[-1]) ^ 1]
+    message = "the signature is not canonical base64url"
+    assert str(assert_rejected(verifier(), f"{head}.{body}.{odd}")) == message
+
+
+def test_a_cached_token_stays_valid_within_the_leeway() -> None:
+    clock = FakeClock()
+    ring = hs_ring()
+    check = verifier(ring, clock, leeway=30)
+    token = issue(ring, ttl=60, jitter=0)
+    first = check.verify(token)
+    clock.now = NOW + 60 + 29
+    assert check.verify(token) is first
+
+
+def test_an_expired_cached_token_leaves_room_in_the_cache() -> None:
+    clock = FakeClock()
+    ring = hs_ring()
+    check = verifier(ring, clock, leeway=0, cache_size=2)
+    long_lived = issue(ring, ttl=3600, jitter=0)
+    short_lived = issue(ring, ttl=60, jitter=0)
+    kept = check.verify(long_lived)
+    check.verify(short_lived)
+    clock.now = NOW + 60
+    with pytest.raises(ExpiredToken):
+        check.verify(short_lived)
+    check.verify(issue(ring, ttl=3600, jitter=0, clock=FakeClock(NOW + 1)))
+    assert check.verify(long_lived) is kept, "the expired entry went, not the older live one"
