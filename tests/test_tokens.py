@@ -1104,3 +1104,64 @@ def test_an_expired_cached_token_leaves_room_in_the_cache() -> None:
         check.verify(short_lived)
     check.verify(issue(ring, ttl=3600, jitter=0, clock=FakeClock(NOW + 1)))
     assert check.verify(long_lived) is kept, "the expired entry went, not the older live one"
+
+
+def test_an_unsupported_algorithm_is_named() -> None:
+    with pytest.raises(ValueError) as info:
+        TokenVerifier(hs_ring(), algorithms=["HS256", "none", "RS256"])
+    assert str(info.value) == (
+        "algorithms: unsupported ['RS256', 'none']; expected 'HS256' and/or 'EdDSA'"
+    )
+
+
+def test_an_empty_ring_names_the_setting_and_the_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        TokenVerifier(KeyRing([], source="keys.json"))
+    assert (info.value.message, info.value.key, info.value.source) == (
+        "no algorithm to accept: the ring is empty",
+        "algorithms",
+        "keys.json",
+    )
+
+
+def test_a_maximum_lifetime_under_a_second_is_allowed() -> None:
+    token = forge(hs_header(), claims_dict(exp=NOW + 1))
+    assert_rejected(verifier(max_lifetime=0.5), token)
+
+
+def test_the_default_leeway_is_thirty_seconds() -> None:
+    token = issue(hs_ring(), ttl=100, jitter=0)
+    exp = NOW + 100
+    assert TokenVerifier(hs_ring(), clock=FakeClock(exp + 29)).verify(token).exp == exp
+    with pytest.raises(ExpiredToken):
+        TokenVerifier(hs_ring(), clock=FakeClock(exp + 30), cache_size=0).verify(token)
+
+
+def test_the_default_cache_holds_ten_thousand_tokens() -> None:
+    ring = hs_ring()
+    issuer = TokenIssuer(ring, clock=FakeClock())
+    tokens = [issuer.issue("s1", f"c{i}", "web")[0] for i in range(10_001)]
+    check = TokenVerifier(ring, clock=FakeClock())
+    first = [check.verify(token) for token in tokens]
+    assert check.verify(tokens[1]) is first[1], "the 2nd of 10 001 is still cached"
+    assert check.verify(tokens[0]) is not first[0], "the 1st was dropped"
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        (forge(hs_header(), claims_dict(), signature=b"\0" * 32), "bad signature"),
+        (forge(hs_header(), b"{"), "the payload is not JSON"),
+    ],
+)
+def test_payload_and_signature_faults_are_named(token: str, message: str) -> None:
+    assert str(assert_rejected(verifier(), token)) == message
+
+
+def test_a_non_canonical_payload_is_named() -> None:
+    head, body, _ = forge(hs_header(), claims_dict()).split(".")
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    odd = body[:-1] + alphabet[alphabet.index(body[-1]) ^ 1]
+    signed = hs_ring().get("k1").sign(f"{head}.{odd}".encode())  # type: ignore[union-attr]
+    message = "the payload is not canonical base64url"
+    assert str(assert_rejected(verifier(), f"{head}.{odd}.{b64(signed)}")) == message
