@@ -501,7 +501,7 @@ async def test_an_answer_still_dripping_after_twice_the_timeout_fails(
 ) -> None:
     """timeout = 0.5 s: the body may take until 1 s after the check began, no longer."""
     clock = Clock()
-    in_time = Dripping([(100.4, b"{"), (100.9, b"}")], clock)
+    in_time = Dripping([(100.4, b"{"), (101.0, b"}")], clock)  # at the deadline: in time
     assert (await check_answer(httpx.Response(200, stream=in_time), monkeypatch, clock)).ok
     clock = Clock()
     late = Dripping([(100.5, b"{"), (101.25, b" "), (101.5, b"}")], clock)
