@@ -514,3 +514,33 @@ def test_giving_up_is_not_logged_at_warning(caplog: pytest.LogCaptureFixture) ->
     rules.log_event(rules.FailedOver(from_server="s1", reason="421"))
     rules.log_event(rules.ReferralFailed(referral="https://r", reason="503"))
     assert caplog.records and all(r.levelno < logging.WARNING for r in caplog.records)
+
+
+def test_assign_gives_up_naming_itself_and_retries_with_the_last_failure() -> None:
+    clock = Clock()
+    driver = Driver(clock, lambda f: answer(503, "no_healthy_server"), lambda f: answer(200))
+    with pytest.raises(AllAttemptsFailed) as caught:
+        driver.run(assign_steps(session(clock, max_attempts=2)))
+    assert str(caught.value).startswith("assign: gave up after 2 attempt(s)")
+    (retried,) = driver.events(rules.Retried)
+    assert retried.reason == caught.value.attempts[0]
+
+
+def test_each_event_has_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    events: list[rules.Event] = [
+        Assigned(server_id="s1", sticky=True, reason="renewed"),
+        rules.FailedOver(from_server="s1", reason="503"),
+        rules.Retried(attempt=2, delay=0.25, reason="refused"),
+        rules.GaveUp(attempts=3, reason="budget spent"),
+        rules.ReferralFailed(referral="https://r1.test", reason="timeout"),
+    ]
+    with caplog.at_level(logging.DEBUG, logger="affinity.client"):
+        for event in events:
+            rules.log_event(event)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "assigned server s1 (sticky=True, renewed)"),
+        ("INFO", "failing over from server s1: 503"),
+        ("INFO", "attempt 2 in 0.250s: refused"),
+        ("DEBUG", "gave up after 3 attempt(s): budget spent"),
+        ("INFO", "referral https://r1.test: timeout"),
+    ]
