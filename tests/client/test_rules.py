@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from affinity.client import rules
 from affinity.client.referrers import (
     MAX_AVOID,
+    TLS_HINT,
     Failure,
     Fetch,
     Instance,
@@ -45,7 +46,7 @@ from affinity.client.rules import (
     judge,
     request_steps,
 )
-from affinity.client.store import Session
+from affinity.client.store import Grant, Session
 from affinity.client.sync import ClientOptions, make_session, make_spec
 from affinity.errors import AllAttemptsFailed, ConfigError, NotRetried, ReferralRefused
 
@@ -544,3 +545,76 @@ def test_each_event_has_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
         ("DEBUG", "gave up after 3 attempt(s): budget spent"),
         ("INFO", "referral https://r1.test: timeout"),
     ]
+
+
+def test_failure_verdicts_are_exact() -> None:
+    spec = make_spec("GET", "/", {})
+    assert rules.judge_failure(_unverified(), spec) == rules.Verdict(
+        f"ConnectError: certificate verify failed; {TLS_HINT}",
+        failover=False,
+        safe=True,
+        final=True,
+    )
+    busy = Failure(httpx.PoolTimeout("busy", request=REQ))
+    assert rules.judge_failure(busy, POST) == rules.Verdict(
+        "PoolTimeout: busy", failover=False, safe=True
+    )
+
+
+def test_the_fetch_carries_the_callers_request_with_our_token_only() -> None:
+    grant = Grant(
+        server_id="s1",
+        server_url="https://s1.test/",
+        token="tok",
+        expires_at=100.0,
+        renew_at=50.0,
+        sticky=False,
+    )
+    spec = Spec(
+        method="POST",
+        path="/orders",
+        params={"q": "1"},
+        headers=(("affinity-token", "forged"), ("IDEMPOTENCY-KEY", "other"), ("X-Trace", "7")),
+        idempotency_key="k1",
+    )
+    fetch = spec.fetch(grant, connect=1.0, read=2.0, stream=True)
+    assert (fetch.method, fetch.url, fetch.params, fetch.stream) == (
+        "POST",
+        "https://s1.test/orders",
+        {"q": "1"},
+        True,
+    )
+    assert fetch.headers == {"X-Trace": "7", "Affinity-Token": "tok", "Idempotency-Key": "k1"}
+
+
+def test_a_retry_after_applies_to_the_next_wait_only() -> None:
+    """The backoff here is at most 0.05 s; only the first 503's Retry-After asks for 1 s."""
+    clock = Clock()
+    replies = iter([answer(503, "no_healthy_server", {"Retry-After": "1"})])
+
+    def referral(fetch: Fetch) -> httpx.Response:
+        return next(replies, answer(500, "internal"))
+
+    driver = Driver(clock, referral, lambda f: answer(200))
+    with pytest.raises(AllAttemptsFailed):
+        driver.run(assign_steps(session(clock, max_attempts=3, backoff_cap=0.05)))
+    delays = [e.delay for e in driver.events(rules.Retried)]
+    assert delays[0] == 1.0 and delays[1] <= 0.05
+
+
+def test_the_final_error_lists_what_was_tried_and_how_long_it_took() -> None:
+    clock = Clock()
+
+    def refused(fetch: Fetch) -> Failure:
+        clock.now += 0.5
+        return Failure(httpx.ConnectError("refused", request=REQ))
+
+    driver = Driver(clock, alternating(), refused)
+    with pytest.raises(AllAttemptsFailed) as caught:
+        driver.run(request_steps(session(clock, max_attempts=2, backoff_cap=0.05), GET))
+    text = str(caught.value)
+    assert text.startswith(f"GET /: gave up after 2 attempt(s) in {clock.now - 50.0:.2f}s: ")
+    assert text.endswith(
+        "tried:\n  server s1 (https://s1.test): ConnectError: refused"
+        "\n  server s2 (https://s2.test): ConnectError: refused"
+    )
