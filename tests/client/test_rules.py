@@ -618,3 +618,51 @@ def test_the_final_error_lists_what_was_tried_and_how_long_it_took() -> None:
         "tried:\n  server s1 (https://s1.test): ConnectError: refused"
         "\n  server s2 (https://s2.test): ConnectError: refused"
     )
+
+
+def test_a_certificate_failure_gives_up_at_once_saying_why() -> None:
+    clock = Clock()
+    driver = Driver(clock, alternating(), lambda f: _unverified())
+    with pytest.raises(AllAttemptsFailed) as caught:
+        driver.run(request_steps(session(clock), GET))
+    reason = f"ConnectError: certificate verify failed; {TLS_HINT}"
+    line = f"server s1 (https://s1.test): {reason}"
+    assert caught.value.attempts == (line,)
+    assert str(caught.value) == (
+        f"GET /: gave up after 1 attempt(s) in 0.00s: {reason}; tried:\n  {line}"
+    )
+    assert driver.events(rules.GaveUp) == [rules.GaveUp(attempts=1, reason=reason)]
+
+
+def test_a_request_that_may_have_arrived_is_not_sent_again() -> None:
+    clock = Clock()
+    reset = Failure(httpx.ReadError("reset", request=REQ))
+    driver = Driver(clock, alternating(), lambda f: reset)
+    with pytest.raises(NotRetried) as caught:
+        driver.run(request_steps(session(clock), POST))
+    reason = (
+        "POST is not idempotent and has no idempotency key, and the request "
+        "may have reached server s1; not sent again"
+    )
+    assert driver.events(rules.GaveUp) == [rules.GaveUp(attempts=1, reason=reason)]
+    assert caught.value.attempts == ("server s1 (https://s1.test): ReadError: reset",)
+    assert str(caught.value).startswith(f"POST /: gave up after 1 attempt(s) in 0.00s: {reason}")
+
+
+def test_a_401_whose_body_cannot_be_read_fails_over() -> None:
+    steps = judge(answer(401, "token_expired"), POST)
+    assert isinstance(next(steps), Read)
+    with pytest.raises(StopIteration) as stop:
+        steps.send(Failure(httpx.ReadError("reset", request=REQ)))
+    assert stop.value.value == rules.Verdict(
+        "401, then ReadError: reset", failover=True, safe=False
+    )
+
+
+def test_requests_are_not_streamed_unless_asked() -> None:
+    for stream in (False, True):
+        clock = Clock()
+        driver = Driver(clock, alternating(), lambda f: answer(200))
+        steps = request_steps(session(clock), GET, stream=True) if stream else None
+        driver.run(steps or request_steps(session(clock), GET))
+        assert [f.stream for f in driver.fetches(referral=False)] == [stream]
