@@ -666,3 +666,39 @@ def test_requests_are_not_streamed_unless_asked() -> None:
         steps = request_steps(session(clock), GET, stream=True) if stream else None
         driver.run(steps or request_steps(session(clock), GET))
         assert [f.stream for f in driver.fetches(referral=False)] == [stream]
+
+
+def test_retries_and_giving_up_are_told_with_their_delay_and_reason() -> None:
+    clock = Clock()
+    refused = Failure(httpx.ConnectError("refused", request=REQ))
+    driver = Driver(clock, alternating(), lambda f: refused)
+    with pytest.raises(AllAttemptsFailed):
+        driver.run(request_steps(session(clock, max_attempts=2), GET))
+    sleeps = [a.seconds for a in driver.actions if isinstance(a, Sleep)]
+    assert driver.events(rules.Retried) == [
+        rules.Retried(attempt=2, delay=sleeps[0], reason="ConnectError: refused")
+    ]
+    assert driver.events(rules.GaveUp) == [rules.GaveUp(attempts=2, reason="all 2 attempts made")]
+
+
+def test_each_assignment_says_why_the_referral_was_asked() -> None:
+    clock = Clock()
+    driver = Driver(clock, lambda f: offer("s1", expires_in=10.0), lambda f: answer(200))
+    s = session(clock)
+    driver.run(assign_steps(s))
+    clock.now += 11.0  # past the token's life
+    driver.run(request_steps(s, GET))
+    assert [e.reason for e in driver.events(Assigned)] == ["forced", "expired"]
+
+
+def test_after_a_call_failed_on_a_server_the_next_referral_avoids_it() -> None:
+    clock = Clock()
+    reset = Failure(httpx.ReadError("reset", request=REQ))
+    replies = iter([reset])
+    driver = Driver(clock, alternating(), lambda f: next(replies, answer(200)))
+    s = session(clock)
+    with pytest.raises(NotRetried):
+        driver.run(request_steps(s, POST))
+    driver.run(request_steps(s, GET))
+    second = driver.fetches(referral=True)[-1]
+    assert ("avoid", "s1") in list(second.params)
