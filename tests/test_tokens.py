@@ -1165,3 +1165,62 @@ def test_a_non_canonical_payload_is_named() -> None:
     signed = hs_ring().get("k1").sign(f"{head}.{odd}".encode())  # type: ignore[union-attr]
     message = "the payload is not canonical base64url"
     assert str(assert_rejected(verifier(), f"{head}.{odd}.{b64(signed)}")) == message
+
+
+# -- where a process gets its keys, and new bearer secrets ------------------------------
+
+
+def test_the_key_ring_comes_from_the_environment_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from affinity.config import Config, TokenSettings
+    from affinity.tokens.keyring import load_keyring
+
+    path = tmp_path / "keys.json"
+    write_keyring(path, ed_ring())
+    config = Config(source="affinity.toml", tokens=TokenSettings(keys_file=path))
+    monkeypatch.setenv("AFFINITY_TOKEN_KEYS", hs_ring().to_json().decode())
+    assert load_keyring(config).kids == ("k1",)
+    monkeypatch.delenv("AFFINITY_TOKEN_KEYS")
+    assert load_keyring(config).kids == ("e1",)
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_missing_token_keys_name_the_setting_and_the_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, configured: bool
+) -> None:
+    from affinity.config import Config, TokenSettings
+    from affinity.tokens.keyring import load_keyring
+
+    monkeypatch.delenv("AFFINITY_TOKEN_KEYS", raising=False)
+    path = tmp_path / "keys.json"
+    tokens = TokenSettings(keys_file=path if configured else None)
+    with pytest.raises(ConfigError) as info:
+        load_keyring(Config(source="affinity.toml", tokens=tokens))
+    message = (
+        f"key file {str(path)!r} does not exist; make one with 'affinity keys generate'"
+        if configured
+        else "no token keys: set tokens.keys_file (make one with 'affinity keys generate') "
+        "or the environment variable AFFINITY_TOKEN_KEYS"
+    )
+    assert (info.value.message, info.value.key, info.value.source) == (
+        message,
+        "tokens.keys_file",
+        "affinity.toml",
+    )
+
+
+def test_a_new_admin_token_is_43_private_characters_and_not_overwritten(tmp_path: Path) -> None:
+    from affinity.tokens.keyring import generate_admin_token
+
+    path = tmp_path / "admin-token"
+    generate_admin_token(path)
+    first = path.read_text()
+    assert len(first) == 44 and first.endswith("\n") and set(first[:-1]) <= set(URLSAFE)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(ConfigError) as info:
+        generate_admin_token(path, what="registration secret")
+    assert info.value.message == "the registration secret file exists; pass force to overwrite it"
+    assert info.value.source == str(path) and path.read_text() == first
+    generate_admin_token(path, force=True)
+    assert path.read_text() != first
