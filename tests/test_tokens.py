@@ -1224,3 +1224,67 @@ def test_a_new_admin_token_is_43_private_characters_and_not_overwritten(tmp_path
     assert info.value.source == str(path) and path.read_text() == first
     generate_admin_token(path, force=True)
     assert path.read_text() != first
+
+
+BAD_FILE_MESSAGES: dict[str, str] = {
+    "not-json": "not valid JSON (unexpected character, expected a string key at line 1 column 2)",
+    "not-object": "expected a JSON object with 'active' and 'keys'",
+    "no-keys": "expected a non-empty list of keys",
+    "keys-not-list": "expected a non-empty list of keys",
+    "unknown-top-field": "unknown field; expected 'active' and 'keys'",
+    "active-int": "expected a key id, got 1",
+    "active-unknown": "no key has kid 'k9'",
+    "key-not-object": "expected a key object",
+    "empty-kid": "expected a non-empty key id",
+    "no-kid": "expected a non-empty key id",
+    "bad-alg": "unknown algorithm 'RS256'; expected 'HS256' or 'EdDSA'",
+    "duplicate-kid": "duplicate key id 'k1'",
+    "short-secret": "expected a secret of at least 32 bytes",
+    "bad-base64": "expected base64url text",
+    "bad-base64-length": "expected base64url text",
+    "no-secret": "expected a secret of at least 32 bytes",
+    "hs-with-private": "HS256 keys do not take this field",
+    "retire-str": "expected a unix time (number) or null",
+    "retire-bool": "expected a unix time (number) or null",
+    "unknown-key-field": (
+        "unknown field; expected one of ['alg', 'kid', 'private', 'public', 'retire_at', 'secret']"
+    ),
+    "ed-no-material": "an EdDSA key needs 'private' or 'public'",
+    "ed-short": "expected 32 bytes, got 31",
+    "ed-with-secret": "EdDSA keys do not take this field",
+    "ed-mismatch": "does not match the private key",
+    "active-public-only": "key 'k1' holds no signing material",
+}
+
+
+@pytest.mark.parametrize(("data", "key"), BAD_FILES)
+def test_bad_key_files_say_what_is_wrong(
+    tmp_path: Path, data: bytes, key: str | None, request: pytest.FixtureRequest
+) -> None:
+    path = tmp_path / "keys.json"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        KeyRing.load(path)
+    case = request.node.callspec.id
+    assert info.value.message == BAD_FILE_MESSAGES[case]
+
+
+def test_a_public_ring_keeps_retirement_and_source_and_refuses_hs256() -> None:
+    ring = KeyRing(
+        [Key("e1", "EdDSA", private=ED_PRIVATE, retire_at=NOW + 5)], "e1", source="keys.json"
+    )
+    public = ring.public()
+    assert public.source == "keys.json" and public.get("e1").retire_at == NOW + 5  # type: ignore[union-attr]
+    assert orjson.loads(public.to_json())["keys"][0]["public"] == b64(
+        ED_PRIVATE.public_key().public_bytes_raw()
+    )
+    with pytest.raises(ConfigError) as info:
+        KeyRing([Key("k1", "HS256", secret=SECRET)], "k1", source="keys.json").public()
+    assert info.value.source == "keys.json"
+    assert info.value.message.startswith("HS256 secrets cannot be made public; sign with EdDSA")
+    assert info.value.message.endswith("hold public keys only")
+
+
+def test_a_key_file_is_indented_json_ending_in_a_newline() -> None:
+    text = hs_ring().to_json().decode()
+    assert text.endswith("}\n") and '\n  "active": "k1"' in text
