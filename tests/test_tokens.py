@@ -1288,3 +1288,33 @@ def test_a_public_ring_keeps_retirement_and_source_and_refuses_hs256() -> None:
 def test_a_key_file_is_indented_json_ending_in_a_newline() -> None:
     text = hs_ring().to_json().decode()
     assert text.endswith("}\n") and '\n  "active": "k1"' in text
+
+
+def test_retiring_an_eddsa_key_keeps_its_signing_and_verifying_halves() -> None:
+    key = ed_ring().get("e1")
+    assert key is not None
+    retired = key.replace(retire_at=NOW + 60)
+    assert retired.retire_at == NOW + 60 and retired.can_sign
+    signature = retired.sign(b"x")
+    assert key.public().verify(b"x", signature) and retired.public().verify(b"x", signature)
+    with pytest.raises(ValueError) as info:
+        hs_ring().get("k1").public()  # type: ignore[union-attr]
+    assert str(info.value) == "key 'k1' is HS256: a shared secret cannot be made public"
+
+
+def test_a_ring_shows_its_active_key_and_keys_but_no_secret() -> None:
+    assert repr(hs_ring()) == (
+        "KeyRing(active='k1', keys=[Key(kid='k1', alg='HS256', can_sign=True, retire_at=None)], "
+        "source='<memory>')"
+    )
+
+
+def test_rotating_a_key_file_uses_the_named_algorithm_and_retires_the_old_key(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "keys.json"
+    write_keyring(path, hs_ring())
+    ring = rotate_keyfile(path, "EdDSA", retire_after=600, clock=FakeClock())
+    assert ring.active is not None and ring.active.alg == "EdDSA"
+    assert ring.get("k1").retire_at == NOW + 600  # type: ignore[union-attr]
+    assert KeyRing.load(path).kids == ring.kids
