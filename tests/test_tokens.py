@@ -1318,3 +1318,35 @@ def test_rotating_a_key_file_uses_the_named_algorithm_and_retires_the_old_key(
     assert ring.active is not None and ring.active.alg == "EdDSA"
     assert ring.get("k1").retire_at == NOW + 600  # type: ignore[union-attr]
     assert KeyRing.load(path).kids == ring.kids
+
+
+@pytest.mark.parametrize(
+    ("alg", "shown"),
+    [("R" * 38, repr("R" * 38)), ("R" * 39, "'" + "R" * 36 + "...")],
+)
+def test_a_long_value_is_shown_cut_to_forty_characters(alg: str, shown: str) -> None:
+    doc = {"active": "k1", "keys": [{"kid": "k1", "alg": alg, "secret": b64(SECRET)}]}
+    with pytest.raises(ConfigError) as info:
+        KeyRing.from_json(orjson.dumps(doc), "keys.json")
+    assert info.value.message == f"unknown algorithm {shown}; expected 'HS256' or 'EdDSA'"
+
+
+def test_an_unknown_algorithm_to_generate_names_alg() -> None:
+    with pytest.raises(ConfigError) as info:
+        Key.generate("RS256")
+    assert info.value.key == "alg"
+
+
+def test_rotating_adds_the_named_key_and_retires_only_the_old_active_one() -> None:
+    ring = KeyRing(
+        [Key("k0", "HS256", secret=SECRET), Key("k1", "HS256", secret=SECRET[::-1])],
+        "k1",
+        source="keys.json",
+    )
+    rotated = ring.rotate(kid="k2", retire_at=NOW + 600)
+    assert rotated.active is not None and rotated.active.kid == "k2"
+    assert rotated.active.alg == "HS256" and rotated.source == "keys.json"
+    retire = {kid: rotated.get(kid).retire_at for kid in rotated.kids}  # type: ignore[union-attr]
+    assert retire == {"k0": None, "k1": NOW + 600, "k2": None}
+    fresh = ring.rotate().active
+    assert fresh is not None and len(fresh.kid) == 8 and fresh.kid not in ring.kids
