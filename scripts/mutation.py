@@ -12,7 +12,8 @@ Code that runs in the referral and app-server processes the tests start
 ``PYTHONPATH`` so that those processes report the functions they run to the
 test that started them (see ``mutation_hits/sitecustomize.py``).
 
-Usage: scripts/mutation [--list] [--jobs N] [--mutant NAME] [TARGET...]   (no target: all)
+Usage: scripts/mutation [--list] [--jobs N] [--mutant NAME] [--survivors] [TARGET...]
+(no target: all)
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "mutation"
 HITS = Path(__file__).resolve().parent / "mutation_hits"
+# A mutant's run is stopped (and counted as caught, "timeout") after
+# (its tests' time in the first run + CONSTANT) * MULTIPLIER seconds. mutmut's
+# defaults (1 s, x15) wait minutes for a mutant that hangs a test; the test times
+# include the set-up (mutation_hits.py), so a smaller factor is enough. The constant
+# covers a referral starting slowly on a busy machine: with 10 s, equivalent mutants
+# of the redirect route "timed out" under a load of 18 on 2 cores.
+TIMEOUT_MULTIPLIER = 4.0
+TIMEOUT_CONSTANT = 30.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,7 @@ def prepare(name: str, target: Target) -> Path:
             shutil.rmtree(top)
         shutil.copytree(work / "plugins" / target.plugin / package, top, copy_function=shutil.copy2)
         source = [package]
-        also_copy = [f"plugins/{target.plugin}/tests"]
+        also_copy = [f"plugins/{target.plugin}/tests", f"plugins/{target.plugin}/README.md"]
     else:
         source, also_copy = ["affinity"], []
     table = f"""
@@ -141,24 +150,48 @@ only_mutate = {_toml_list(list(target.mutate))}
 also_copy = {_toml_list(also_copy)}
 pytest_add_cli_args_test_selection = {_toml_list(list(target.tests))}
 pytest_add_cli_args = ["-p", "mutation_hits"]
+timeout_multiplier = {TIMEOUT_MULTIPLIER}
+timeout_constant = {TIMEOUT_CONSTANT}
 """
     pyproject = work / "pyproject.toml"
     pyproject.write_text(pyproject.read_text() + table)
     return work
 
 
-def run(name: str, target: Target, jobs: int, mutants: list[str]) -> dict[str, int]:
+def left_alive(work: Path) -> list[str]:
+    """The mutants the last run of this target left alive (survived, no tests, suspicious)."""
+    listed = work / "survivors.txt"
+    if not listed.exists():
+        return []
+    found = []
+    for line in listed.read_text().splitlines():
+        mutant, _, status = line.strip().rpartition(": ")
+        if mutant and status in ("survived", "no tests", "suspicious"):
+            found.append(mutant)
+    return found
+
+
+def run(name: str, target: Target, jobs: int, mutants: list[str], again: bool) -> dict[str, int]:
     work = prepare(name, target)
+    if again:
+        mutants = [*mutants, *left_alive(work)]
+        if not mutants:
+            print(f"{name}: no survivors to test again")
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HITS), os.environ.get("PYTHONPATH")])),
         "MUTATION_HITS": str(work / "mutation-hits.txt"),
+        # The property tests run 1000 examples each by default: most of a run's time for
+        # a mutant they do not catch. 100 still find what a mutant breaks.
+        "AFFINITY_HYPOTHESIS_EXAMPLES": os.environ.get("AFFINITY_HYPOTHESIS_EXAMPLES", "100"),
     }
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     started = time.monotonic()
-    done = subprocess.run([mutmut, "run", "--max-children", str(jobs), *mutants], cwd=work, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{name}: mutmut run exited with {done.returncode}")
+    if mutants or not again:
+        command = [mutmut, "run", "--max-children", str(jobs), *mutants]
+        done = subprocess.run(command, cwd=work, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"{name}: mutmut run exited with {done.returncode}")
     subprocess.run([mutmut, "export-cicd-stats"], cwd=work, env=env, check=True)
     stats: dict[str, int] = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
     survivors = subprocess.run(
@@ -188,6 +221,11 @@ def main() -> int:
         metavar="NAME",
         help="test only this mutant again (a name from survivors.txt, '*' allowed); repeatable",
     )
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="test again only the mutants the last run left alive (after adding tests)",
+    )
     args = parser.parse_args()
     if args.list:
         for name, target in TARGETS.items():
@@ -198,7 +236,7 @@ def main() -> int:
         parser.error(f"unknown target(s) {', '.join(unknown)}; see --list")
     results = {}
     for name in args.targets or list(TARGETS):
-        results[name] = run(name, TARGETS[name], args.jobs, args.mutant)
+        results[name] = run(name, TARGETS[name], args.jobs, args.mutant, args.survivors)
     print()
     print(
         f"{'target':14} {'score':>6} {'killed':>7} {'survived':>9} {'no tests':>9} {'timeout':>8}"

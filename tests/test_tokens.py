@@ -898,3 +898,455 @@ def test_a_member_given_twice_is_refused(part: str) -> None:
     assert "twice" in str(rejected)
     # Whitespace alone (another library's spelling) is fine.
     assert verifier().verify(forge(hs_header(), b" " + orjson.dumps(claims_dict()))).sid == "s1"
+
+
+# -- exact values that the checks above leave open --------------------------------------
+
+
+def test_the_default_lifetime_is_an_hour() -> None:
+    assert TokenIssuer(hs_ring(), jitter=0, clock=FakeClock()).issue("s1", "c1", "web")[1] == 3600
+
+
+def test_a_lifetime_under_a_second_rounds_up_to_one() -> None:
+    issuer = TokenIssuer(hs_ring(), ttl=0.4, jitter=0, clock=FakeClock())
+    assert issuer.issue("s1", "c1", "web")[1] == 1
+
+
+def test_the_jitter_draws_from_the_given_generator() -> None:
+    def lifetimes() -> list[int]:
+        issuer = TokenIssuer(hs_ring(), clock=FakeClock(), rng=random.Random(7))
+        return [issuer.issue("s1", "c1", "web")[1] for _ in range(20)]
+
+    assert lifetimes() == lifetimes()
+
+
+def test_the_issuer_keeps_its_ring() -> None:
+    ring = hs_ring()
+    assert TokenIssuer(ring).ring is ring
+
+
+@pytest.mark.parametrize(
+    ("ring", "message"),
+    [
+        (
+            KeyRing([Key("k1", "HS256", secret=SECRET)], None, source="keys.json"),
+            "the key ring has no active signing key",
+        ),
+        (
+            KeyRing(
+                [Key("k1", "HS256", secret=SECRET, retire_at=NOW - 1)], "k1", source="keys.json"
+            ),
+            "the active key 'k1' is retired",
+        ),
+    ],
+)
+def test_an_unusable_active_key_names_the_setting_and_the_file(ring: KeyRing, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        TokenIssuer(ring, clock=FakeClock())
+    assert (info.value.message, info.value.key, info.value.source) == (
+        message,
+        "active",
+        "keys.json",
+    )
+
+
+def test_the_expiry_message_says_how_long_ago() -> None:
+    token = issue(hs_ring(), ttl=100, jitter=0)
+    with pytest.raises(ExpiredToken) as info:
+        verifier(clock=FakeClock(NOW + 100 + 45), leeway=30).verify(token)
+    assert str(info.value) == "the token expired 45 s ago"
+
+
+def test_client_ids_are_read_from_the_kernel_a_batch_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads: list[int] = []
+    urandom = os.urandom
+
+    def counted(n: int) -> bytes:
+        reads.append(n)
+        return urandom(n)
+
+    monkeypatch.setattr("affinity.tokens.jws.os.urandom", counted)
+    ids = affinity.tokens.jws.ClientIds(batch=4)
+    made = [ids() for _ in range(9)]
+    assert reads == [72, 72, 72], "one read of 4 x 18 bytes per 4 ids"
+    assert len(set(made)) == 9
+
+
+def test_client_ids_are_canonical_base64_of_16_bytes() -> None:
+    """The 22nd character carries 2 bits of the id and 4 zero bits: one spelling per id."""
+    ids = affinity.tokens.jws.ClientIds(batch=64)
+    for _ in range(64):
+        cid = ids()
+        raw = base64.urlsafe_b64decode(cid + "==")
+        assert len(raw) == 16 and b64(raw) == cid
+
+
+def _non_canonical_header() -> str:
+    """A valid token whose header's last character has a padding bit set."""
+    head, body, signature = forge(hs_header(), claims_dict()).split(".")
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    last = alphabet[alphabet.index(head[-1]) ^ 1]
+    return f"{head[:-1]}{last}.{body}.{signature}"
+
+
+BOTH = KeyRing([Key("k1", "HS256", secret=SECRET), Key("e1", "EdDSA", private=ED_PRIVATE)], "k1")
+RETIRED = KeyRing([Key("k1", "HS256", secret=SECRET, retire_at=NOW - 1)], None)
+
+
+@pytest.mark.parametrize(
+    ("ring", "token", "message"),
+    [
+        (None, 123, "the token is not a string"),
+        (None, _non_canonical_header(), "the header is not canonical base64url"),
+        (None, forge(b"{", claims_dict()), "the header is not JSON"),
+        (None, forge(hs_header(), b"[]"), "the payload is not a JSON object"),
+        (
+            None,
+            forge(b'{"alg":"HS256","kid":"k1","kid":"k1"}', claims_dict()),
+            "the header names a member twice",
+        ),
+        (None, forge(hs_header(alg="none"), claims_dict()), "algorithm 'none' is not accepted"),
+        (None, forge(hs_header(kid=...), claims_dict()), "the header has no string 'kid'"),
+        (
+            BOTH,
+            forge({"alg": "EdDSA", "kid": "k1"}, claims_dict(), key=BOTH.get("e1")),
+            "key 'k1' is for HS256, not EdDSA",
+        ),
+        (RETIRED, forge(hs_header(), claims_dict(), key=RETIRED.get("k1")), "key 'k1' is retired"),
+        (
+            None,
+            forge(hs_header(crit=["b64"]), claims_dict()),
+            "critical header extensions are not supported",
+        ),
+        (None, forge(hs_header(typ="JOSE"), claims_dict()), "token type 'JOSE' is not JWT"),
+        (
+            None,
+            forge(hs_header(), claims_dict(sid=1)),
+            "claims 'sid', 'cid' and 'svc' must be strings",
+        ),
+        (None, forge(hs_header(), claims_dict(iss="other")), "issuer 'other' is not 'affinity'"),
+        (
+            None,
+            forge(hs_header(), claims_dict(iat="x")),
+            "claims 'iat', 'exp' (and 'nbf') must be integers",
+        ),
+        (
+            None,
+            forge(hs_header(), claims_dict(exp=NOW - 1)),
+            "the token expires before it was issued",
+        ),
+        (
+            None,
+            forge(hs_header(), claims_dict(iat=NOW + 100, exp=NOW + 200)),
+            "the token is not valid yet (issued in the future?)",
+        ),
+    ],
+)
+def test_each_rejection_says_why(ring: KeyRing | None, token: Any, message: str) -> None:
+    """The reason is what an app server logs and answers: it must name the actual fault."""
+    assert str(assert_rejected(verifier(ring), token)) == message
+
+
+def test_the_lifetime_refusal_gives_both_figures() -> None:
+    token = forge(hs_header(), claims_dict(exp=NOW + 200))
+    message = "the token lives 200 s; tokens of this issuer live at most 100 s"
+    assert str(assert_rejected(verifier(max_lifetime=100), token)) == message
+
+
+def test_the_leeway_bounds_are_inclusive_for_a_zero_lifetime_and_nbf() -> None:
+    """exp == iat is a (short) lifetime, not an inversion; nbf exactly leeway ahead is valid."""
+    check = verifier(leeway=30)
+    assert check.verify(forge(hs_header(), claims_dict(exp=NOW))).exp == NOW
+    assert check.verify(forge(hs_header(), claims_dict(nbf=NOW + 30))).sid == "s1"
+    assert_rejected(check, forge(hs_header(), claims_dict(nbf=NOW + 31)))
+
+
+COMPACT = "not a compact JWS: expected three base64url segments joined by '.'"
+
+
+def test_the_length_limit_is_inclusive_and_its_refusal_counts() -> None:
+    check = verifier()
+    assert str(assert_rejected(check, "a" * MAX_TOKEN_LENGTH)) == COMPACT
+    too_long = "the token has 4097 characters; at most 4096 are accepted"
+    assert str(assert_rejected(check, "a" * (MAX_TOKEN_LENGTH + 1))) == too_long
+
+
+def test_a_non_canonical_signature_is_named() -> None:
+    head, body, signature = forge(hs_header(), claims_dict()).split(".")
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    odd = signature[:-1] + alphabet[alphabet.index(signature[-1]) ^ 1]
+    message = "the signature is not canonical base64url"
+    assert str(assert_rejected(verifier(), f"{head}.{body}.{odd}")) == message
+
+
+def test_a_cached_token_stays_valid_within_the_leeway() -> None:
+    clock = FakeClock()
+    ring = hs_ring()
+    check = verifier(ring, clock, leeway=30)
+    token = issue(ring, ttl=60, jitter=0)
+    first = check.verify(token)
+    clock.now = NOW + 60 + 29
+    assert check.verify(token) is first
+
+
+def test_an_expired_cached_token_leaves_room_in_the_cache() -> None:
+    clock = FakeClock()
+    ring = hs_ring()
+    check = verifier(ring, clock, leeway=0, cache_size=2)
+    long_lived = issue(ring, ttl=3600, jitter=0)
+    short_lived = issue(ring, ttl=60, jitter=0)
+    kept = check.verify(long_lived)
+    check.verify(short_lived)
+    clock.now = NOW + 60
+    with pytest.raises(ExpiredToken):
+        check.verify(short_lived)
+    check.verify(issue(ring, ttl=3600, jitter=0, clock=FakeClock(NOW + 1)))
+    assert check.verify(long_lived) is kept, "the expired entry went, not the older live one"
+
+
+def test_an_unsupported_algorithm_is_named() -> None:
+    with pytest.raises(ValueError) as info:
+        TokenVerifier(hs_ring(), algorithms=["HS256", "none", "RS256"])
+    assert str(info.value) == (
+        "algorithms: unsupported ['RS256', 'none']; expected 'HS256' and/or 'EdDSA'"
+    )
+
+
+def test_an_empty_ring_names_the_setting_and_the_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        TokenVerifier(KeyRing([], source="keys.json"))
+    assert (info.value.message, info.value.key, info.value.source) == (
+        "no algorithm to accept: the ring is empty",
+        "algorithms",
+        "keys.json",
+    )
+
+
+def test_a_maximum_lifetime_under_a_second_is_allowed() -> None:
+    token = forge(hs_header(), claims_dict(exp=NOW + 1))
+    assert_rejected(verifier(max_lifetime=0.5), token)
+
+
+def test_the_default_leeway_is_thirty_seconds() -> None:
+    token = issue(hs_ring(), ttl=100, jitter=0)
+    exp = NOW + 100
+    assert TokenVerifier(hs_ring(), clock=FakeClock(exp + 29)).verify(token).exp == exp
+    with pytest.raises(ExpiredToken):
+        TokenVerifier(hs_ring(), clock=FakeClock(exp + 30), cache_size=0).verify(token)
+
+
+def test_the_default_cache_holds_ten_thousand_tokens() -> None:
+    ring = hs_ring()
+    issuer = TokenIssuer(ring, clock=FakeClock())
+    tokens = [issuer.issue("s1", f"c{i}", "web")[0] for i in range(10_001)]
+    check = TokenVerifier(ring, clock=FakeClock())
+    first = [check.verify(token) for token in tokens]
+    assert check.verify(tokens[1]) is first[1], "the 2nd of 10 001 is still cached"
+    assert check.verify(tokens[0]) is not first[0], "the 1st was dropped"
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        (forge(hs_header(), claims_dict(), signature=b"\0" * 32), "bad signature"),
+        (forge(hs_header(), b"{"), "the payload is not JSON"),
+    ],
+)
+def test_payload_and_signature_faults_are_named(token: str, message: str) -> None:
+    assert str(assert_rejected(verifier(), token)) == message
+
+
+def test_a_non_canonical_payload_is_named() -> None:
+    head, body, _ = forge(hs_header(), claims_dict()).split(".")
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    odd = body[:-1] + alphabet[alphabet.index(body[-1]) ^ 1]
+    signed = hs_ring().get("k1").sign(f"{head}.{odd}".encode())  # type: ignore[union-attr]
+    message = "the payload is not canonical base64url"
+    assert str(assert_rejected(verifier(), f"{head}.{odd}.{b64(signed)}")) == message
+
+
+# -- where a process gets its keys, and new bearer secrets ------------------------------
+
+
+def test_the_key_ring_comes_from_the_environment_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from affinity.config import Config, TokenSettings
+    from affinity.tokens.keyring import load_keyring
+
+    path = tmp_path / "keys.json"
+    write_keyring(path, ed_ring())
+    config = Config(source="affinity.toml", tokens=TokenSettings(keys_file=path))
+    monkeypatch.setenv("AFFINITY_TOKEN_KEYS", hs_ring().to_json().decode())
+    assert load_keyring(config).kids == ("k1",)
+    monkeypatch.delenv("AFFINITY_TOKEN_KEYS")
+    assert load_keyring(config).kids == ("e1",)
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_missing_token_keys_name_the_setting_and_the_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, configured: bool
+) -> None:
+    from affinity.config import Config, TokenSettings
+    from affinity.tokens.keyring import load_keyring
+
+    monkeypatch.delenv("AFFINITY_TOKEN_KEYS", raising=False)
+    path = tmp_path / "keys.json"
+    tokens = TokenSettings(keys_file=path if configured else None)
+    with pytest.raises(ConfigError) as info:
+        load_keyring(Config(source="affinity.toml", tokens=tokens))
+    message = (
+        f"key file {str(path)!r} does not exist; make one with 'affinity keys generate'"
+        if configured
+        else "no token keys: set tokens.keys_file (make one with 'affinity keys generate') "
+        "or the environment variable AFFINITY_TOKEN_KEYS"
+    )
+    assert (info.value.message, info.value.key, info.value.source) == (
+        message,
+        "tokens.keys_file",
+        "affinity.toml",
+    )
+
+
+def test_a_new_admin_token_is_43_private_characters_and_not_overwritten(tmp_path: Path) -> None:
+    from affinity.tokens.keyring import generate_admin_token
+
+    path = tmp_path / "admin-token"
+    generate_admin_token(path)
+    first = path.read_text()
+    assert len(first) == 44 and first.endswith("\n") and set(first[:-1]) <= set(URLSAFE)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(ConfigError) as info:
+        generate_admin_token(path, what="registration secret")
+    assert info.value.message == "the registration secret file exists; pass force to overwrite it"
+    assert info.value.source == str(path) and path.read_text() == first
+    generate_admin_token(path, force=True)
+    assert path.read_text() != first
+
+
+BAD_FILE_MESSAGES: dict[str, str] = {
+    "not-json": "not valid JSON (unexpected character, expected a string key at line 1 column 2)",
+    "not-object": "expected a JSON object with 'active' and 'keys'",
+    "no-keys": "expected a non-empty list of keys",
+    "keys-not-list": "expected a non-empty list of keys",
+    "unknown-top-field": "unknown field; expected 'active' and 'keys'",
+    "active-int": "expected a key id, got 1",
+    "active-unknown": "no key has kid 'k9'",
+    "key-not-object": "expected a key object",
+    "empty-kid": "expected a non-empty key id",
+    "no-kid": "expected a non-empty key id",
+    "bad-alg": "unknown algorithm 'RS256'; expected 'HS256' or 'EdDSA'",
+    "duplicate-kid": "duplicate key id 'k1'",
+    "short-secret": "expected a secret of at least 32 bytes",
+    "bad-base64": "expected base64url text",
+    "bad-base64-length": "expected base64url text",
+    "no-secret": "expected a secret of at least 32 bytes",
+    "hs-with-private": "HS256 keys do not take this field",
+    "retire-str": "expected a unix time (number) or null",
+    "retire-bool": "expected a unix time (number) or null",
+    "unknown-key-field": (
+        "unknown field; expected one of ['alg', 'kid', 'private', 'public', 'retire_at', 'secret']"
+    ),
+    "ed-no-material": "an EdDSA key needs 'private' or 'public'",
+    "ed-short": "expected 32 bytes, got 31",
+    "ed-with-secret": "EdDSA keys do not take this field",
+    "ed-mismatch": "does not match the private key",
+    "active-public-only": "key 'k1' holds no signing material",
+}
+
+
+@pytest.mark.parametrize(("data", "key"), BAD_FILES)
+def test_bad_key_files_say_what_is_wrong(
+    tmp_path: Path, data: bytes, key: str | None, request: pytest.FixtureRequest
+) -> None:
+    path = tmp_path / "keys.json"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        KeyRing.load(path)
+    case = request.node.callspec.id
+    assert info.value.message == BAD_FILE_MESSAGES[case]
+
+
+def test_a_public_ring_keeps_retirement_and_source_and_refuses_hs256() -> None:
+    ring = KeyRing(
+        [Key("e1", "EdDSA", private=ED_PRIVATE, retire_at=NOW + 5)], "e1", source="keys.json"
+    )
+    public = ring.public()
+    assert public.source == "keys.json" and public.get("e1").retire_at == NOW + 5  # type: ignore[union-attr]
+    assert orjson.loads(public.to_json())["keys"][0]["public"] == b64(
+        ED_PRIVATE.public_key().public_bytes_raw()
+    )
+    with pytest.raises(ConfigError) as info:
+        KeyRing([Key("k1", "HS256", secret=SECRET)], "k1", source="keys.json").public()
+    assert info.value.source == "keys.json"
+    assert info.value.message.startswith("HS256 secrets cannot be made public; sign with EdDSA")
+    assert info.value.message.endswith("hold public keys only")
+
+
+def test_a_key_file_is_indented_json_ending_in_a_newline() -> None:
+    text = hs_ring().to_json().decode()
+    assert text.endswith("}\n") and '\n  "active": "k1"' in text
+
+
+def test_retiring_an_eddsa_key_keeps_its_signing_and_verifying_halves() -> None:
+    key = ed_ring().get("e1")
+    assert key is not None
+    retired = key.replace(retire_at=NOW + 60)
+    assert retired.retire_at == NOW + 60 and retired.can_sign
+    signature = retired.sign(b"x")
+    assert key.public().verify(b"x", signature) and retired.public().verify(b"x", signature)
+    with pytest.raises(ValueError) as info:
+        hs_ring().get("k1").public()  # type: ignore[union-attr]
+    assert str(info.value) == "key 'k1' is HS256: a shared secret cannot be made public"
+
+
+def test_a_ring_shows_its_active_key_and_keys_but_no_secret() -> None:
+    assert repr(hs_ring()) == (
+        "KeyRing(active='k1', keys=[Key(kid='k1', alg='HS256', can_sign=True, retire_at=None)], "
+        "source='<memory>')"
+    )
+
+
+def test_rotating_a_key_file_uses_the_named_algorithm_and_retires_the_old_key(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "keys.json"
+    write_keyring(path, hs_ring())
+    ring = rotate_keyfile(path, "EdDSA", retire_after=600, clock=FakeClock())
+    assert ring.active is not None and ring.active.alg == "EdDSA"
+    assert ring.get("k1").retire_at == NOW + 600  # type: ignore[union-attr]
+    assert KeyRing.load(path).kids == ring.kids
+
+
+@pytest.mark.parametrize(
+    ("alg", "shown"),
+    [("R" * 38, repr("R" * 38)), ("R" * 39, "'" + "R" * 36 + "...")],
+)
+def test_a_long_value_is_shown_cut_to_forty_characters(alg: str, shown: str) -> None:
+    doc = {"active": "k1", "keys": [{"kid": "k1", "alg": alg, "secret": b64(SECRET)}]}
+    with pytest.raises(ConfigError) as info:
+        KeyRing.from_json(orjson.dumps(doc), "keys.json")
+    assert info.value.message == f"unknown algorithm {shown}; expected 'HS256' or 'EdDSA'"
+
+
+def test_an_unknown_algorithm_to_generate_names_alg() -> None:
+    with pytest.raises(ConfigError) as info:
+        Key.generate("RS256")
+    assert info.value.key == "alg"
+
+
+def test_rotating_adds_the_named_key_and_retires_only_the_old_active_one() -> None:
+    ring = KeyRing(
+        [Key("k0", "HS256", secret=SECRET), Key("k1", "HS256", secret=SECRET[::-1])],
+        "k1",
+        source="keys.json",
+    )
+    rotated = ring.rotate(kid="k2", retire_at=NOW + 600)
+    assert rotated.active is not None and rotated.active.kid == "k2"
+    assert rotated.active.alg == "HS256" and rotated.source == "keys.json"
+    retire = {kid: rotated.get(kid).retire_at for kid in rotated.kids}  # type: ignore[union-attr]
+    assert retire == {"k0": None, "k1": NOW + 600, "k2": None}
+    fresh = ring.rotate().active
+    assert fresh is not None and len(fresh.kid) == 8 and fresh.kid not in ring.kids

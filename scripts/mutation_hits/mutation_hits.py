@@ -6,6 +6,11 @@ other processes: ``sitecustomize.py`` makes them write what they ran to
 ``MUTATION_HITS``, and this moves it into mutmut's record before mutmut files
 the test's calls (``tryfirst``). A process that keeps running across tests
 (a module-scoped fixture) counts for the test during which it ran the function.
+
+mutmut times each test by its call alone, and bounds the time of a mutant's run by
+those times. Here setting up is most of it (a referral and app servers start), so
+the set-up and tear-down times are added to the test's: otherwise a slow start on a
+loaded machine is taken for a mutant that hangs, and counted as caught.
 """
 
 from __future__ import annotations
@@ -30,3 +35,13 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     from mutmut.state import state
 
     state()._stats.update(set(names))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    if call.when == "call" or os.environ.get("MUTANT_UNDER_TEST") != "stats":
+        return
+    from mutmut.state import state
+
+    durations = state().duration_by_test
+    durations[item.nodeid] = durations.get(item.nodeid, 0.0) + call.duration

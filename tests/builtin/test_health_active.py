@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from affinity.builtin import health_active
 from affinity.builtin.health_active import (
     ActiveHealthChecker,
     CheckResult,
@@ -22,6 +24,7 @@ from affinity.builtin.health_active import (
 )
 from affinity.config import Config, HealthSettings
 from affinity.models import HealthStatus, Load, Server
+from affinity.testing import Deployment
 
 OK = CheckResult(ok=True, status=HealthStatus.PASSING)
 FAIL = CheckResult(ok=False, reason="ConnectError: refused")
@@ -392,3 +395,356 @@ async def test_the_hook_provides_the_active_checker_only() -> None:
     assert isinstance(source, ActiveHealthChecker)
     await source.aclose()
     assert affinity_make_health_source(name="consul", config=config) is None
+
+
+# -- exact outcomes -----------------------------------------------------------------------
+
+
+def test_the_first_result_flips_an_unknown_state_only_when_it_disagrees() -> None:
+    assert Hysteresis(rise=2, fall=2, up=True, known=False).feed(True) is False
+    fresh = Hysteresis(rise=2, fall=2, up=True, known=False)
+    assert fresh.feed(False) is True and not fresh.up and fresh.known
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "expected"),
+    [
+        (200, b'{"status": "warning"}', CheckResult(ok=True, status=HealthStatus.PASSING)),
+        (
+            200,
+            b'{"draining": true, "load": {"inflight": 2}}',
+            CheckResult(
+                ok=True,
+                status=HealthStatus.PASSING,
+                draining=True,
+                load=Load(inflight=2),
+                reason="draining",
+            ),
+        ),
+        (
+            429,
+            b'{"draining": true}',
+            CheckResult(ok=True, status=HealthStatus.PASSING, draining=True, reason="draining"),
+        ),
+        (
+            429,
+            b'{"draining": true, "status": "warning"}',
+            CheckResult(ok=True, status=HealthStatus.WARNING, draining=True, reason="draining"),
+        ),
+        (
+            429,
+            b'{"draining": true, "status": "sideways"}',
+            CheckResult(ok=True, status=HealthStatus.PASSING, draining=True, reason="draining"),
+        ),
+        (
+            429,
+            b'{"status": "warning", "load": {"capacity": 4}}',
+            CheckResult(
+                ok=True,
+                status=HealthStatus.WARNING,
+                load=Load(capacity=4),
+                reason="server reports warning",
+            ),
+        ),
+        (503, b'{"draining": true}', CheckResult(ok=False, reason="health answered HTTP 503")),
+        (
+            429,
+            b'{"draining": "yes"}',
+            CheckResult(ok=True, status=HealthStatus.WARNING, reason="server reports warning"),
+        ),
+    ],
+)
+def test_each_answer_maps_to_one_exact_result(
+    code: int, body: bytes, expected: CheckResult
+) -> None:
+    assert parse_answer(code, body) == expected
+
+
+def test_load_figures_left_out_count_as_zero() -> None:
+    assert parse_answer(200, b'{"load": {"active_clients": 3}}').load == Load(active_clients=3)
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (the module's ``time``)."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class Dripping(httpx.AsyncByteStream):
+    """A body in chunks; the clock moves to the given time before each chunk."""
+
+    def __init__(self, chunks: list[tuple[float, bytes]], clock: Clock) -> None:
+        self.chunks, self.clock, self.read = chunks, clock, 0
+
+    async def __aiter__(self) -> Any:
+        for at, chunk in self.chunks:
+            self.clock.now = at
+            self.read += 1
+            yield chunk
+
+
+async def check_answer(
+    response: httpx.Response, monkeypatch: pytest.MonkeyPatch, clock: Clock | None = None
+) -> CheckResult:
+    """One check of s1 whose health endpoint gives ``response``."""
+    if clock is not None:
+        monkeypatch.setattr(health_active, "time", clock)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: response))
+    checker = ActiveHealthChecker(settings(timeout=0.5), client=client)
+    try:
+        return await checker.check(server())
+    finally:
+        await checker.aclose()
+
+
+TOO_LARGE = CheckResult(ok=False, reason="health answer larger than 64 KiB")
+
+
+async def test_a_declared_oversized_answer_is_refused_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    body = Dripping([(100.0, b"{}")], clock)
+    headers = {"content-length": str(health_active.MAX_BODY + 1)}
+    result = await check_answer(
+        httpx.Response(200, headers=headers, stream=body), monkeypatch, clock
+    )
+    assert result == CheckResult(ok=False, reason=TOO_LARGE.reason, latency=0.0)
+    assert body.read == 0
+
+
+async def test_an_answer_growing_past_the_cap_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    half = b" " * (health_active.MAX_BODY // 2)
+    clock = Clock()
+    body = Dripping([(100.0, half), (100.0, half), (100.0, b" ")], clock)
+    result = await check_answer(httpx.Response(200, stream=body), monkeypatch, clock)
+    assert result == CheckResult(ok=False, reason=TOO_LARGE.reason, latency=0.0)
+
+
+async def test_an_answer_of_exactly_the_cap_is_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    document = b'{"load": {"inflight": 7}}'
+    padded = document + b" " * (health_active.MAX_BODY - len(document))
+    clock = Clock()
+    chunks = [(100.0, padded[:1000]), (100.1, padded[1000:])]
+    headers = {"content-length": str(len(padded))}
+    response = httpx.Response(200, headers=headers, stream=Dripping(chunks, clock))
+    result = await check_answer(response, monkeypatch, clock)
+    assert result.ok and result.load == Load(inflight=7), "both chunks were kept"
+    assert result.latency == pytest.approx(0.1)
+
+
+async def test_an_answer_still_dripping_after_twice_the_timeout_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """timeout = 0.5 s: the body may take until 1 s after the check began, no longer."""
+    clock = Clock()
+    in_time = Dripping([(100.4, b"{"), (101.0, b"}")], clock)  # at the deadline: in time
+    assert (await check_answer(httpx.Response(200, stream=in_time), monkeypatch, clock)).ok
+    clock = Clock()
+    late = Dripping([(100.5, b"{"), (101.25, b" "), (101.5, b"}")], clock)
+    result = await check_answer(httpx.Response(200, stream=late), monkeypatch, clock)
+    assert result == CheckResult(
+        ok=False, reason="health answer still arriving after the check's time", latency=1.25
+    )
+    assert late.read == 2, "reading stops at the chunk past the deadline"
+
+
+async def test_a_timeout_and_a_refusal_say_which_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(exc: type[httpx.TransportError], message: str) -> Any:
+        def handler(request: httpx.Request) -> httpx.Response:
+            raise exc(message, request=request)
+
+        return handler
+
+    for handler, reason in [
+        (fail(httpx.ReadTimeout, "slow"), "ReadTimeout: no answer within 0.5s"),
+        (fail(httpx.ConnectError, "refused"), "ConnectError: refused"),
+        (fail(httpx.ConnectError, "x" * 300), "ConnectError: " + "x" * 186),
+    ]:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        checker = ActiveHealthChecker(settings(timeout=0.5), client=client)
+        try:
+            result = await checker.check(server())
+        finally:
+            await checker.aclose()
+        assert (result.ok, result.reason) == (False, reason)
+        assert len(result.reason) <= 200
+
+
+async def test_a_check_asks_for_the_answer_uncompressed() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, stream=httpx.ByteStream(b"{}"))
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    checker = ActiveHealthChecker(settings(), client=client)
+    try:
+        assert (await checker.check(server())).ok
+    finally:
+        await checker.aclose()
+    assert [(r.method, r.headers["accept-encoding"]) for r in seen] == [("GET", "identity")]
+
+
+def test_the_checker_client_times_out_after_the_setting() -> None:
+    checker = ActiveHealthChecker(settings(timeout=0.75))
+    assert checker._client.timeout == httpx.Timeout(0.75)
+
+
+def test_a_flip_is_logged_with_the_server_and_the_reason(caplog: pytest.LogCaptureFixture) -> None:
+    checker = ActiveHealthChecker(settings(rise=1, fall=1))
+    with caplog.at_level("WARNING", logger="affinity.plugin.health"):
+        record(checker, [FAIL, OK, OK])
+    assert [r.getMessage() for r in caplog.records] == [
+        "server s1 is down: ConnectError: refused",
+        "server s1 is up: answering",
+    ]
+
+
+def test_the_sink_gets_the_load_and_latency_of_each_check() -> None:
+    checker = ActiveHealthChecker(settings())
+    measured = CheckResult(ok=True, status=HealthStatus.PASSING, load=Load(inflight=3))
+    measured.latency = 0.125
+    sink = record(checker, [measured])
+    assert sink.calls == [
+        (
+            "s1",
+            HealthStatus.PASSING,
+            {
+                "load": Load(inflight=3),
+                "draining": False,
+                "reason": "",
+                "latency": 0.125,
+                "failed": False,
+            },
+        )
+    ]
+
+
+def test_a_recheck_exactly_recheck_interval_later_wakes_the_checker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(health_active, "time", clock)
+    checker = ActiveHealthChecker(settings(recheck_interval=30.0))
+    state = _State(server=server(), counter=Hysteresis(2, 2))
+    checker._states["s1"] = state
+    checker.recheck("s1")
+    assert state.wake.is_set()
+    state.wake.clear()
+    clock.now = 129.9
+    checker.recheck("s1")
+    assert not state.wake.is_set()
+    clock.now = 130.0
+    checker.recheck("s1")
+    assert state.wake.is_set()
+
+
+def test_delays_spread_on_both_sides_of_the_interval() -> None:
+    checker = ActiveHealthChecker(settings(interval=1.0, jitter=0.1))
+    state = _State(server=server(), counter=Hysteresis(2, 2))
+    delays = [checker._delay(state) for _ in range(200)]
+    assert min(delays) < 1.0 < max(delays)
+
+
+async def test_the_first_checks_start_within_interval_times_jitter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    drawn: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return 0.0
+
+    monkeypatch.setattr("affinity.builtin.health_active.random.uniform", uniform)
+    checker = ScriptedChecker(settings(interval=10.0, jitter=0.2))
+    sink = FakeSink()
+    runner = asyncio.create_task(checker.run(sink))
+    try:
+        await sink.wait_calls(1)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await checker.aclose()
+    assert drawn[0] == (0.0, 2.0)
+
+
+async def test_the_checking_tasks_run_real_checks_and_end_with_the_checker() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=httpx.ByteStream(b'{"load": {"inflight": 1}}'))
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    checker = ActiveHealthChecker(settings(), client=client)
+    sink = FakeSink()
+    runner = asyncio.create_task(checker.run(sink))
+    try:
+        await sink.wait_calls(1)
+        task = checker._states["s1"].task
+        assert task is not None and task.get_name() == "affinity.check.s1"
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await checker.aclose()
+    assert sink.calls[0][1] is HealthStatus.PASSING
+    assert sink.calls[0][2]["load"] == Load(inflight=1)
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled(), "stopping the checker cancels its checking tasks"
+
+
+async def test_a_server_whose_url_changes_gets_a_new_checker() -> None:
+    checker = ScriptedChecker(settings())
+    checker.gate = asyncio.Event()
+    sink = FakeSink()
+    try:
+        checker._sync(sink)
+        first = checker._states["s1"]
+        checker._sync(sink)
+        assert checker._states["s1"] is first, "an unchanged server keeps its checker"
+        sink.listed = [server(url="https://s1-new.example.test")]
+        checker._sync(sink)
+        assert first.stopped and checker._states["s1"] is not first
+        assert checker._states["s1"].server.url == "https://s1-new.example.test"
+    finally:
+        for state in checker._states.values():
+            if state.task is not None:
+                state.task.cancel()
+        first.task and first.task.cancel()
+        await checker.aclose()
+
+
+async def test_rise_by_the_scheduler_needs_rise_good_checks() -> None:
+    checker = ScriptedChecker(settings(interval=0.01, fast_interval=0.01, rise=2), [FAIL, OK, OK])
+    sink = FakeSink()
+    runner = asyncio.create_task(checker.run(sink))
+    try:
+        await sink.wait_calls(3, timeout=2.0)
+        C, P = HealthStatus.CRITICAL, HealthStatus.PASSING
+        assert sink.statuses()[:3] == [C, C, P]
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await checker.aclose()
+
+
+def test_a_check_over_real_tls_trusts_the_configured_ca_only(tmp_path: Path) -> None:
+    """The checker verifies app servers against ``ca_file``, not the system's CAs."""
+    with Deployment(tmp_path, health="sources = []") as d:
+        d.start_server("s1")
+        target = Server(id="s1", service="web", url=d.server_urls["s1"])
+
+        async def check(health: HealthSettings) -> CheckResult:
+            checker = ActiveHealthChecker(health)
+            try:
+                return await checker.check(target)
+            finally:
+                await checker.aclose()
+
+        trusted = asyncio.run(check(settings(ca_file=d.ca)))
+        assert trusted.ok and trusted.status is HealthStatus.PASSING, trusted.reason
+        untrusted = asyncio.run(check(settings()))
+        assert not untrusted.ok and "ConnectError" in untrusted.reason

@@ -8,6 +8,7 @@ change of seed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -284,6 +285,19 @@ def test_round_robin_keeps_its_place_when_the_pool_is_rebuilt() -> None:
         assert chosen is not None
         counts[chosen.id] += 1
     assert counts == {"big": 3000, "small": 1000}
+
+
+def test_round_robin_gives_a_server_in_slow_start_its_ramped_share() -> None:
+    """Weight 2 at a quarter of its ramp is half a slot to the other's two: 1 pick in 5."""
+    ramping = dataclasses.replace(server("new", weight=2), ramp=0.25)
+    p = pool([server("old", weight=2), ramping])
+    assert picks(make("round_robin"), p, 500) == {"old": 400, "new": 100}
+
+
+def test_round_robin_gives_a_barely_started_server_at_least_one_slot() -> None:
+    ramping = dataclasses.replace(server("new"), ramp=0.001)
+    p = pool([server("old"), ramping])
+    assert picks(make("round_robin"), p, 1010) == {"old": 1000, "new": 10}
 
 
 def test_round_robin_follows_membership_changes() -> None:

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from affinity.client import rules
 from affinity.client.referrers import (
     MAX_AVOID,
+    TLS_HINT,
     Failure,
     Fetch,
     Instance,
@@ -45,7 +46,7 @@ from affinity.client.rules import (
     judge,
     request_steps,
 )
-from affinity.client.store import Session
+from affinity.client.store import Grant, Session
 from affinity.client.sync import ClientOptions, make_session, make_spec
 from affinity.errors import AllAttemptsFailed, ConfigError, NotRetried, ReferralRefused
 
@@ -514,3 +515,190 @@ def test_giving_up_is_not_logged_at_warning(caplog: pytest.LogCaptureFixture) ->
     rules.log_event(rules.FailedOver(from_server="s1", reason="421"))
     rules.log_event(rules.ReferralFailed(referral="https://r", reason="503"))
     assert caplog.records and all(r.levelno < logging.WARNING for r in caplog.records)
+
+
+def test_assign_gives_up_naming_itself_and_retries_with_the_last_failure() -> None:
+    clock = Clock()
+    driver = Driver(clock, lambda f: answer(503, "no_healthy_server"), lambda f: answer(200))
+    with pytest.raises(AllAttemptsFailed) as caught:
+        driver.run(assign_steps(session(clock, max_attempts=2)))
+    assert str(caught.value).startswith("assign: gave up after 2 attempt(s)")
+    (retried,) = driver.events(rules.Retried)
+    assert retried.reason == caught.value.attempts[0]
+
+
+def test_each_event_has_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    events: list[rules.Event] = [
+        Assigned(server_id="s1", sticky=True, reason="renewed"),
+        rules.FailedOver(from_server="s1", reason="503"),
+        rules.Retried(attempt=2, delay=0.25, reason="refused"),
+        rules.GaveUp(attempts=3, reason="budget spent"),
+        rules.ReferralFailed(referral="https://r1.test", reason="timeout"),
+    ]
+    with caplog.at_level(logging.DEBUG, logger="affinity.client"):
+        for event in events:
+            rules.log_event(event)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "assigned server s1 (sticky=True, renewed)"),
+        ("INFO", "failing over from server s1: 503"),
+        ("INFO", "attempt 2 in 0.250s: refused"),
+        ("DEBUG", "gave up after 3 attempt(s): budget spent"),
+        ("INFO", "referral https://r1.test: timeout"),
+    ]
+
+
+def test_failure_verdicts_are_exact() -> None:
+    spec = make_spec("GET", "/", {})
+    assert rules.judge_failure(_unverified(), spec) == rules.Verdict(
+        f"ConnectError: certificate verify failed; {TLS_HINT}",
+        failover=False,
+        safe=True,
+        final=True,
+    )
+    busy = Failure(httpx.PoolTimeout("busy", request=REQ))
+    assert rules.judge_failure(busy, POST) == rules.Verdict(
+        "PoolTimeout: busy", failover=False, safe=True
+    )
+
+
+def test_the_fetch_carries_the_callers_request_with_our_token_only() -> None:
+    grant = Grant(
+        server_id="s1",
+        server_url="https://s1.test/",
+        token="tok",
+        expires_at=100.0,
+        renew_at=50.0,
+        sticky=False,
+    )
+    spec = Spec(
+        method="POST",
+        path="/orders",
+        params={"q": "1"},
+        headers=(("affinity-token", "forged"), ("IDEMPOTENCY-KEY", "other"), ("X-Trace", "7")),
+        idempotency_key="k1",
+    )
+    fetch = spec.fetch(grant, connect=1.0, read=2.0, stream=True)
+    assert (fetch.method, fetch.url, fetch.params, fetch.stream) == (
+        "POST",
+        "https://s1.test/orders",
+        {"q": "1"},
+        True,
+    )
+    assert fetch.headers == {"X-Trace": "7", "Affinity-Token": "tok", "Idempotency-Key": "k1"}
+
+
+def test_a_retry_after_applies_to_the_next_wait_only() -> None:
+    """The backoff here is at most 0.05 s; only the first 503's Retry-After asks for 1 s."""
+    clock = Clock()
+    replies = iter([answer(503, "no_healthy_server", {"Retry-After": "1"})])
+
+    def referral(fetch: Fetch) -> httpx.Response:
+        return next(replies, answer(500, "internal"))
+
+    driver = Driver(clock, referral, lambda f: answer(200))
+    with pytest.raises(AllAttemptsFailed):
+        driver.run(assign_steps(session(clock, max_attempts=3, backoff_cap=0.05)))
+    delays = [e.delay for e in driver.events(rules.Retried)]
+    assert delays[0] == 1.0 and delays[1] <= 0.05
+
+
+def test_the_final_error_lists_what_was_tried_and_how_long_it_took() -> None:
+    clock = Clock()
+
+    def refused(fetch: Fetch) -> Failure:
+        clock.now += 0.5
+        return Failure(httpx.ConnectError("refused", request=REQ))
+
+    driver = Driver(clock, alternating(), refused)
+    with pytest.raises(AllAttemptsFailed) as caught:
+        driver.run(request_steps(session(clock, max_attempts=2, backoff_cap=0.05), GET))
+    text = str(caught.value)
+    assert text.startswith(f"GET /: gave up after 2 attempt(s) in {clock.now - 50.0:.2f}s: ")
+    assert text.endswith(
+        "tried:\n  server s1 (https://s1.test): ConnectError: refused"
+        "\n  server s2 (https://s2.test): ConnectError: refused"
+    )
+
+
+def test_a_certificate_failure_gives_up_at_once_saying_why() -> None:
+    clock = Clock()
+    driver = Driver(clock, alternating(), lambda f: _unverified())
+    with pytest.raises(AllAttemptsFailed) as caught:
+        driver.run(request_steps(session(clock), GET))
+    reason = f"ConnectError: certificate verify failed; {TLS_HINT}"
+    line = f"server s1 (https://s1.test): {reason}"
+    assert caught.value.attempts == (line,)
+    assert str(caught.value) == (
+        f"GET /: gave up after 1 attempt(s) in 0.00s: {reason}; tried:\n  {line}"
+    )
+    assert driver.events(rules.GaveUp) == [rules.GaveUp(attempts=1, reason=reason)]
+
+
+def test_a_request_that_may_have_arrived_is_not_sent_again() -> None:
+    clock = Clock()
+    reset = Failure(httpx.ReadError("reset", request=REQ))
+    driver = Driver(clock, alternating(), lambda f: reset)
+    with pytest.raises(NotRetried) as caught:
+        driver.run(request_steps(session(clock), POST))
+    reason = (
+        "POST is not idempotent and has no idempotency key, and the request "
+        "may have reached server s1; not sent again"
+    )
+    assert driver.events(rules.GaveUp) == [rules.GaveUp(attempts=1, reason=reason)]
+    assert caught.value.attempts == ("server s1 (https://s1.test): ReadError: reset",)
+    assert str(caught.value).startswith(f"POST /: gave up after 1 attempt(s) in 0.00s: {reason}")
+
+
+def test_a_401_whose_body_cannot_be_read_fails_over() -> None:
+    steps = judge(answer(401, "token_expired"), POST)
+    assert isinstance(next(steps), Read)
+    with pytest.raises(StopIteration) as stop:
+        steps.send(Failure(httpx.ReadError("reset", request=REQ)))
+    assert stop.value.value == rules.Verdict(
+        "401, then ReadError: reset", failover=True, safe=False
+    )
+
+
+def test_requests_are_not_streamed_unless_asked() -> None:
+    for stream in (False, True):
+        clock = Clock()
+        driver = Driver(clock, alternating(), lambda f: answer(200))
+        steps = request_steps(session(clock), GET, stream=True) if stream else None
+        driver.run(steps or request_steps(session(clock), GET))
+        assert [f.stream for f in driver.fetches(referral=False)] == [stream]
+
+
+def test_retries_and_giving_up_are_told_with_their_delay_and_reason() -> None:
+    clock = Clock()
+    refused = Failure(httpx.ConnectError("refused", request=REQ))
+    driver = Driver(clock, alternating(), lambda f: refused)
+    with pytest.raises(AllAttemptsFailed):
+        driver.run(request_steps(session(clock, max_attempts=2), GET))
+    sleeps = [a.seconds for a in driver.actions if isinstance(a, Sleep)]
+    assert driver.events(rules.Retried) == [
+        rules.Retried(attempt=2, delay=sleeps[0], reason="ConnectError: refused")
+    ]
+    assert driver.events(rules.GaveUp) == [rules.GaveUp(attempts=2, reason="all 2 attempts made")]
+
+
+def test_each_assignment_says_why_the_referral_was_asked() -> None:
+    clock = Clock()
+    driver = Driver(clock, lambda f: offer("s1", expires_in=10.0), lambda f: answer(200))
+    s = session(clock)
+    driver.run(assign_steps(s))
+    clock.now += 11.0  # past the token's life
+    driver.run(request_steps(s, GET))
+    assert [e.reason for e in driver.events(Assigned)] == ["forced", "expired"]
+
+
+def test_after_a_call_failed_on_a_server_the_next_referral_avoids_it() -> None:
+    clock = Clock()
+    reset = Failure(httpx.ReadError("reset", request=REQ))
+    replies = iter([reset])
+    driver = Driver(clock, alternating(), lambda f: next(replies, answer(200)))
+    s = session(clock)
+    with pytest.raises(NotRetried):
+        driver.run(request_steps(s, POST))
+    driver.run(request_steps(s, GET))
+    second = driver.fetches(referral=True)[-1]
+    assert ("avoid", "s1") in list(second.params)

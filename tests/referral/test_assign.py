@@ -9,9 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from affinity.testing import Deployment
+from affinity.testing import Deployment, wait_until
 from affinity.tokens.jws import TokenIssuer
 from affinity.tokens.keyring import KeyRing
+from tests.promtext import parse
 
 SERVICES = """
 [services.web]
@@ -46,6 +47,18 @@ def client(referral: Deployment) -> Iterator[httpx.Client]:
         yield c
 
 
+def rereferrals(c: httpx.Client, service: str = "web") -> dict[str, float]:
+    """The referral's count of re-referrals of ``service`` clients, by reason."""
+    family = parse(c.get("/metrics").text)["affinity_rereferrals_total"]
+    return {ls["reason"]: v for _, ls, v in family.samples if ls["service"] == service}
+
+
+def counted_since(before: dict[str, float], c: httpx.Client) -> dict[str, float]:
+    """The reasons counted since ``before`` was read, and how many times each."""
+    after = rereferrals(c)
+    return {r: n - before.get(r, 0.0) for r, n in after.items() if n != before.get(r, 0.0)}
+
+
 def test_assign_answers_a_server_and_a_token(client: httpx.Client) -> None:
     r = client.get("/v1/assign")
     assert r.status_code == 200
@@ -60,11 +73,13 @@ def test_assign_answers_a_server_and_a_token(client: httpx.Client) -> None:
 
 
 def test_a_valid_token_keeps_the_client_on_its_server(client: httpx.Client) -> None:
+    before = rereferrals(client)
     first = client.get("/v1/assign").json()
     for _ in range(5):
         again = client.get("/v1/assign", headers={"Affinity-Token": first["token"]}).json()
         assert again["server"] == first["server"]
         assert again["sticky"] is True
+    assert counted_since(before, client) == {"new_client": 1}, "a kept client is no re-referral"
 
 
 def test_the_cookie_works_like_the_header(client: httpx.Client) -> None:
@@ -76,11 +91,13 @@ def test_the_cookie_works_like_the_header(client: httpx.Client) -> None:
 def test_avoid_moves_the_client_and_keeps_its_id(client: httpx.Client) -> None:
     first = client.get("/v1/assign").json()
     old = first["server"]["id"]
+    before = rereferrals(client)
     moved = client.get(
         "/v1/assign", params={"avoid": old}, headers={"Affinity-Token": first["token"]}
     ).json()
     assert moved["server"]["id"] != old
     assert moved["sticky"] is False
+    assert counted_since(before, client) == {"avoid": 1}
 
 
 def test_avoiding_every_server_gives_503(client: httpx.Client) -> None:
@@ -99,30 +116,43 @@ def test_empty_service_gives_503(client: httpx.Client) -> None:
     }
 
 
+BAD_SERVICE = "service must be 1-64 letters, digits, '.', '_' or '-'"
+BAD_AVOID = "avoid takes up to 16 server ids of letters, digits, '.', '_' or '-'"
+
+
 @pytest.mark.parametrize(
-    ("params", "status", "error"),
+    ("params", "status", "error", "detail"),
     [
-        ({"service": "nope"}, 404, "unknown_service"),
-        ({"service": "../etc"}, 400, "invalid_service"),
-        ({"service": "x" * 65}, 400, "invalid_service"),
-        ({"avoid": "s 1"}, 400, "invalid_avoid"),
-        ([("avoid", f"s{i}") for i in range(17)], 400, "invalid_avoid"),
+        ({"service": "nope"}, 404, "unknown_service", "no service named 'nope'"),
+        ({"service": "../etc"}, 400, "invalid_service", BAD_SERVICE),
+        ({"service": "x" * 65}, 400, "invalid_service", BAD_SERVICE),
+        ({"avoid": "s 1"}, 400, "invalid_avoid", BAD_AVOID),
+        ([("avoid", f"s{i}") for i in range(17)], 400, "invalid_avoid", BAD_AVOID),
     ],
 )
 def test_bad_queries_get_clear_errors(
-    client: httpx.Client, params: object, status: int, error: str
+    client: httpx.Client, params: object, status: int, error: str, detail: str
 ) -> None:
     r = client.get("/v1/assign", params=params)  # type: ignore[arg-type]
     assert r.status_code == status
-    assert r.json()["error"] == error
-    assert r.json()["detail"]
+    assert r.json() == {"error": error, "detail": detail}
 
 
 @pytest.mark.parametrize("token", ["garbage", "a.b.c", "", "e" * 5000, "eyJhbGciOiJub25lIn0.e30."])
 def test_an_invalid_token_is_a_new_client_not_an_error(client: httpx.Client, token: str) -> None:
+    before = rereferrals(client)
     r = client.get("/v1/assign", headers={"Affinity-Token": token})
     assert r.status_code == 200
     assert r.json()["sticky"] is False
+    assert counted_since(before, client) == {"invalid" if token else "new_client": 1}
+
+
+def test_an_expired_token_is_counted_as_expired(referral: Deployment) -> None:
+    with referral.client(base_url=referral.referral_url) as c:
+        before = rereferrals(c)
+        r = c.get("/v1/assign", headers={"Affinity-Token": referral.token("s1", age=3600)})
+        assert r.status_code == 200 and r.json()["sticky"] is False
+        assert counted_since(before, c) == {"expired": 1}
 
 
 def test_a_token_for_another_service_is_not_sticky(referral: Deployment) -> None:
@@ -131,7 +161,9 @@ def test_a_token_for_another_service_is_not_sticky(referral: Deployment) -> None
         try:
             with referral.client(base_url=referral.referral_url) as c:
                 other = c.get("/v1/assign", params={"service": "other"}).json()
+                before = rereferrals(c)
                 web = c.get("/v1/assign", headers={"Affinity-Token": other["token"]}).json()
+                assert counted_since(before, c) == {"misdirected": 1}
             assert web["sticky"] is False and web["server"]["id"] != "o1"
         finally:
             admin.delete("/v1/servers/o1")
@@ -152,12 +184,52 @@ def test_a_server_moved_to_another_service_loses_the_clients_of_the_first(
             assert kept["server"]["id"] == "m1" and kept["sticky"] is True
             moved = admin.put("/v1/servers/m1", json={"service": "other", "url": url})
             assert moved.status_code == 200 and moved.json()["service"] == "other"
+            before = rereferrals(c)
             for _ in range(4):
                 web = c.get("/v1/assign", headers=headers).json()
                 assert web["server"]["id"] in {"s1", "s2", "s3"}
                 assert web["sticky"] is False
+            assert counted_since(before, c) == {"gone": 4}, "m1 is gone from service web"
         finally:
             admin.delete("/v1/servers/m1")
+
+
+def test_a_draining_server_keeps_its_clients_and_an_avoid_moves_them_as_drain(
+    referral: Deployment,
+) -> None:
+    issuer = TokenIssuer(KeyRing.load(referral.dir / "keys.json"))
+    headers = {"Affinity-Token": issuer.issue("d1", issuer.new_client_id(), "web")[0]}
+    with referral.admin() as admin, referral.client(base_url=referral.referral_url) as c:
+        url = "https://d1.affinity.test:8443"
+        assert admin.put("/v1/servers/d1", json={"service": "web", "url": url}).status_code == 200
+        try:
+            assert admin.post("/v1/servers/d1/drain").status_code == 200
+            before = rereferrals(c)
+            kept = c.get("/v1/assign", headers=headers).json()
+            assert kept["server"]["id"] == "d1" and kept["sticky"] is True
+            moved = c.get("/v1/assign", params={"avoid": "d1"}, headers=headers).json()
+            assert moved["server"]["id"] in {"s1", "s2", "s3"} and moved["sticky"] is False
+            assert counted_since(before, c) == {"drain": 1}
+        finally:
+            admin.delete("/v1/servers/d1")
+
+
+def test_a_client_of_a_failing_server_is_moved_as_unhealthy(tmp_path: Path) -> None:
+    """Nothing listens at dead's address: once its check fails, its clients are not kept."""
+    services = '[services.web]\nservers = [{id = "dead", url = "https://127.0.0.1:9"}]\n'
+    with Deployment(tmp_path, services=services, health="interval = 0.25") as d:
+        d.start_referral()
+
+        def health() -> str:
+            with d.admin() as admin:
+                return str(admin.get("/v1/servers").json()["servers"][0]["health"])
+
+        wait_until(lambda: health() == "critical", 10, 0.05, "dead's check failing")
+        with d.client(base_url=d.referral_url) as c:
+            before = rereferrals(c)
+            r = c.get("/v1/assign", headers={"Affinity-Token": d.token("dead")})
+            assert r.status_code == 503 and r.json()["error"] == "no_healthy_server"
+            assert counted_since(before, c) == {"unhealthy": 1}
 
 
 def test_redirect_preserves_path_and_query_and_sets_the_cookie(client: httpx.Client) -> None:
@@ -181,7 +253,25 @@ def test_redirect_preserves_path_and_query_and_sets_the_cookie(client: httpx.Cli
         "Path=/",
     ):
         assert part.lower() in cookie.lower()
+    max_age = int(cookie.lower().split("max-age=")[1].split(";")[0])
+    assert 3600 * 0.9 - 1 <= max_age <= 3600 * 1.1 + 1, "the cookie lives as long as the token"
     assert r.headers["cache-control"] == "no-store"
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/go/X-files/Xy", "/X-files/Xy"),
+        ("/go/a;b=c,d@e:f!g$h&i'j(k)l*m+n~o", "/a;b=c,d@e:f!g$h&i'j(k)l*m+n~o"),
+        ("/go/a%20b%2Fc", "/a%20b%2Fc"),
+    ],
+)
+def test_redirect_copies_the_path_as_sent(client: httpx.Client, path: str, expected: str) -> None:
+    """Characters that are safe in a path stay as they are; escapes stay escaped."""
+    r = client.get(path)
+    assert r.status_code == 307
+    assert urllib.parse.urlsplit(r.headers["location"]).path == expected
 
 
 def test_redirect_is_sticky_through_the_cookie(client: httpx.Client) -> None:

@@ -227,3 +227,21 @@ def test_decisions_hold_while_remembered_addresses_and_paths_come_and_go() -> No
     long_path = "/admin/" + "a" * CACHE_KEY_LENGTH
     assert rule(f, "10.2.0.1", long_path) == "ipfilter.paths[0].allow"
     assert long_path not in f._forms  # long paths are worked out each time, not kept
+
+
+def test_a_refused_client_stays_refused_on_every_request() -> None:
+    """Decisions are remembered per (role, address, path): the memo must keep the refusal."""
+    f = make(deny=["198.51.100.0/24"])
+    assert [rule(f, "198.51.100.7", "/x") for _ in range(3)] == ["ipfilter.deny[0]"] * 3
+    assert f.counters() == {"ipfilter.deny[0]": 3}
+
+
+def test_an_unconfigured_filter_admits_everything() -> None:
+    assert IPFilter().reject(req("198.51.100.7")) is None
+
+
+def test_a_path_rule_without_networks_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        make(paths=[{"prefix": "/admin", "allow": []}])
+    assert info.value.message == "a path rule needs a non-empty 'allow' or 'deny'"
+    assert info.value.key == "plugins.ipfilter.paths[0]"

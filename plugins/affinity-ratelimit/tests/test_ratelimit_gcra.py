@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from affinity_ratelimit.gcra import NS, Cell, GcraTable
+from affinity_ratelimit.gcra import NS, Cell, Decision, GcraTable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -135,3 +135,21 @@ def test_greedy_count_matches_the_closed_form_for_whole_seconds() -> None:
     assert greedy_count(50, 10, 10) == 510
     assert greedy_count(1, 1, 0) == 1
     assert greedy_count(0.5, 3, 9.99) == 3 + math.floor(0.5 * 9.99)
+
+
+def test_an_admitted_decision_counts_what_is_left() -> None:
+    """Rate 1/s, burst 3: each admission uses one request of the burst and adds 1 s to wait out."""
+    table, cell, now = GcraTable(10), Cell.of(1.0, 3), 5 * NS
+    assert table.admit("k", cell, now) == Decision(True, 2, 0, NS)
+    assert table.admit("k", cell, now) == Decision(True, 1, 0, 2 * NS)
+    assert table.admit("k", cell, now + NS // 2) == Decision(True, 0, 0, 5 * NS // 2)
+
+
+def test_a_table_of_one_key_evicts_without_counting_a_full_allowance() -> None:
+    """A TAT at ``now`` is an allowance already full again: evicting it loses nothing."""
+    table, cell = GcraTable(1), Cell.of(1.0, 1)
+    assert table.take("a", cell, 0) is None  # a's TAT: 1 s
+    assert table.take("b", cell, NS) is None  # at 1 s: a is evicted, its allowance full
+    assert len(table) == 1 and table.evicted_active == 0
+    assert table.take("a", cell, NS) is None  # b's TAT (2 s) is still ahead
+    assert table.evicted_active == 1

@@ -338,3 +338,17 @@ def test_many_addresses_and_paths_keep_the_caches_bounded_and_answers_right() ->
         assert limiter.reject(req(ip, path=f"/p{i}")).rule == "ratelimit.default"  # type: ignore[union-attr]
     in_force = limiter._in_force
     assert len(in_force.limits) <= CACHE_SIZE and len(in_force.addresses) <= CACHE_SIZE
+
+
+def test_an_unconfigured_limiter_admits_everything() -> None:
+    assert admitted(RateLimiter(), req(), 10) == 10
+
+
+def test_without_a_clock_the_limiter_uses_the_monotonic_one() -> None:
+    limiter = RateLimiter()
+    limiter.configure_table({"rate": 0.001, "burst": 1}, source="affinity.toml")
+    assert admitted(limiter, req(), 3) == 1, "one request per 1000 s"
+
+
+def test_the_highest_rate_is_allowed() -> None:
+    assert admitted(make(rate=1e9, burst=1), req(), 3) >= 1

@@ -199,3 +199,39 @@ def test_the_file_may_allow_loosening_and_the_document_may_not_say_so() -> None:
     assert admitted(limiter, 50) == 50
     with pytest.raises(ConfigError, match="allow_loosening"):
         limiter.compile_settings(doc(2, allow_loosening=True))
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "message"),
+    [
+        (
+            {"max_keys": 10},
+            "ratelimit.max_keys",
+            "is per process; set it in the config file's [plugins.ratelimit] table",
+        ),
+        (
+            {"allow_loosening": True},
+            "ratelimit.allow_loosening",
+            "is the operator's; only the config file's [plugins.ratelimit] table sets it",
+        ),
+    ],
+)
+def test_keys_a_document_may_not_set_are_named_with_the_reason(
+    value: dict[str, Any], key: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make().compile_settings(SharedSettings(name="ratelimit", version=2, value=value))
+    assert (info.value.message, info.value.key, info.value.source) == (
+        message,
+        key,
+        "shared settings 'ratelimit' version 2",
+    )
+
+
+def test_a_loosening_document_is_named_by_its_version() -> None:
+    with pytest.raises(ConfigError) as info:
+        strict().compile_settings(doc(3, rate=100.0))
+    assert (info.value.key, info.value.source) == (
+        "ratelimit",
+        "shared settings 'ratelimit' version 3",
+    )
