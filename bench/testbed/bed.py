@@ -1,0 +1,412 @@
+"""The hosts, the processes and the phases of the scale-out test bed.
+
+Hosts (one network namespace each, on 198.18.0.0/24): a client host with no
+cap, a referral host, a proxy host for HAProxy and five app-server hosts, each
+of the last seven capped (``tc tbf``) at the same rate. A real ``affinity
+referral`` and real ``affinity serve`` processes, started through
+:mod:`affinity.process` from inside their host's namespace, with TLS from the
+project's own development CA. The driver itself stays on the client host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import affinity
+from affinity.process import ChildProcess, stop, wait_answering
+from affinity.protocol import HEALTH_PATH
+from affinity.tokens.keyring import generate_admin_token, generate_keyfile
+from affinity.web.auth import registration_token
+from affinity.web.certs import ensure_dev_certs
+from affinity.web.tls import client_context
+
+from . import load, net
+
+APP = Path(__file__).with_name("app.py")
+REFERRAL_PORT = 8400
+SERVER_PORT = 8443
+SERVICE = "web"
+READY_TIMEOUT = 60.0
+CLIENT = net.Host("client", 10)
+CONFIG = """\
+[referral]
+listen = "{referral}:{referral_port}"
+tls_cert = "certs/cert.pem"
+tls_key = "certs/key.pem"
+state_file = "state.json"
+admin_token_file = "admin-token"
+registration_secret_file = "registration-secret"
+default_service = "{service}"
+
+[tokens]
+keys_file = "keys.json"
+ttl = 600
+
+[health]
+interval = 1.0
+timeout = 0.5
+ca_file = "certs/ca.pem"
+
+[services.{service}]
+policy = "load_weighted"
+
+[server]
+service = "{service}"
+tls_cert = "certs/cert.pem"
+tls_key = "certs/key.pem"
+referral_url = "https://{referral}:{referral_port}"
+referral_ca = "certs/ca.pem"
+admin_token_file = "server-admin-token"
+heartbeat_interval = 2.0
+drain_grace = 0.5
+drain_timeout = 2.0
+"""
+HAPROXY = """\
+global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+frontend tls_in
+    bind {address}:{port}
+    default_backend servers
+backend servers
+    balance roundrobin
+{servers}
+"""
+
+
+def hosts(rate_mbit: float) -> tuple[net.Host, ...]:
+    """Every host of the bed; all but the client send at most ``rate_mbit``."""
+    capped = [net.Host("referral", 2, rate_mbit), net.Host("proxy", 3, rate_mbit)]
+    servers = [net.Host(f"s{i}", 10 + i, rate_mbit) for i in range(1, 6)]
+    return (CLIENT, *capped, *servers)
+
+
+@dataclass
+class Bed:
+    """The namespaces, the files and every process of one run; :meth:`close` removes them all."""
+
+    directory: Path
+    rate_mbit: float
+    clients: int
+    children: dict[str, ChildProcess] = field(default_factory=dict)
+    haproxy: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.hosts = {h.name: h for h in hosts(self.rate_mbit)}
+        self.referral_url = f"https://{self.hosts['referral'].address}:{REFERRAL_PORT}"
+        self.proxy_url = f"https://{self.hosts['proxy'].address}:{SERVER_PORT}"
+        self.logs = self.directory / "logs"
+
+    # -- building and tearing down ------------------------------------------------
+
+    def build(self) -> None:
+        """The network, then certificates, keys, tokens and the config file."""
+        net.make_bridge()
+        for host in self.hosts.values():
+            net.add_host(host)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        addresses = [h.address for h in self.hosts.values()]
+        ensure_dev_certs(self.directory / "certs", extra_names=addresses)
+        generate_keyfile(self.directory / "keys.json", "HS256", False)
+        for name in ("admin-token", "registration-secret", "server-admin-token"):
+            generate_admin_token(self.directory / name, what=name.replace("-", " "))
+        self.config = self.directory / "affinity.toml"
+        self.config.write_text(
+            CONFIG.format(
+                referral=self.hosts["referral"].address,
+                referral_port=REFERRAL_PORT,
+                service=SERVICE,
+            ),
+            encoding="utf-8",
+        )
+        self.verify = client_context(self.directory / "certs" / "ca.pem")
+        self.admin = (self.directory / "admin-token").read_text(encoding="utf-8").strip()
+        self.secret = (self.directory / "registration-secret").read_text(encoding="utf-8").strip()
+        self.env = {**os.environ, "AFFINITY_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+    def close(self) -> None:
+        """Stop every process and remove every namespace; safe to call more than once."""
+        try:
+            self.stop_processes()
+        finally:
+            net.remove_leftovers()
+
+    def stop_processes(self) -> None:
+        if self.haproxy is not None:
+            _end(self.haproxy)
+            self.haproxy = None
+        stop(self.children.values(), 2.0)
+        self.children.clear()
+
+    # -- processes ----------------------------------------------------------------
+
+    def start_referral(self) -> None:
+        with net.inside(self.hosts["referral"]):
+            child = ChildProcess(
+                "the referral",
+                ["referral", "--config", str(self.config)],
+                env=self.env,
+                log=self.logs / "referral.log",
+            )
+        self.children["referral"] = child
+        wait_answering(
+            f"{self.referral_url}/healthz", child, verify=self.verify, timeout=READY_TIMEOUT
+        )
+
+    def spawn_server(self, sid: str) -> ChildProcess:
+        """Start app server ``sid`` on its host; it registers itself with the referral."""
+        host = self.hosts[sid]
+        url = f"https://{host.address}:{SERVER_PORT}"
+        env = {
+            **self.env,
+            "AFFINITY_SERVER_ID": sid,
+            "AFFINITY_SERVER_LISTEN": f"{host.address}:{SERVER_PORT}",
+            "AFFINITY_SERVER_URL": url,
+            "AFFINITY_REGISTRATION_TOKEN": registration_token(self.secret, sid),
+        }
+        with net.inside(host):
+            child = ChildProcess(
+                f"server {sid}",
+                ["serve", f"{APP}:Blob", "--config", str(self.config)],
+                env=env,
+                log=self.logs / f"{sid}.log",
+            )
+        self.children[sid] = child
+        return child
+
+    def start_servers(self, sids: Sequence[str]) -> None:
+        """Start ``sids`` and wait until the referral assigns to each of them."""
+        started = [self.spawn_server(sid) for sid in sids]
+        for sid, child in zip(sids, started, strict=True):
+            url = f"https://{self.hosts[sid].address}:{SERVER_PORT}{HEALTH_PATH}"
+            wait_answering(url, child, verify=self.verify, timeout=READY_TIMEOUT)
+        self.wait_assignable(set(sids))
+
+    def kill(self, sid: str) -> None:
+        """``kill -9`` app server ``sid`` (and its process group)."""
+        self.children.pop(sid).kill()
+
+    def servers(self) -> list[dict[str, Any]]:
+        """The referral's view of the servers (``GET /v1/servers``)."""
+        with httpx.Client(verify=self.verify, timeout=2.0) as http:
+            answer = http.get(
+                f"{self.referral_url}/v1/servers",
+                headers={"Authorization": f"Bearer {self.admin}"},
+            )
+            answer.raise_for_status()
+            servers: list[dict[str, Any]] = answer.json()["servers"]
+            return servers
+
+    def wait_assignable(self, sids: set[str]) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            ready = {s["id"] for s in self.servers() if s["assignable"]}
+            if sids <= ready:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the referral did not take {sorted(sids - ready)} in time")
+            time.sleep(0.2)
+
+    def reported_clients(self) -> dict[str, object]:
+        """What each server last reported as its client count, as the referral sees it."""
+        return {
+            s["id"]: s["load"].get("clients", s["load"]["active_clients"]) for s in self.servers()
+        }
+
+    def start_haproxy(self, sids: Sequence[str]) -> None:
+        proxy = self.hosts["proxy"]
+        lines = [f"    server {s} {self.hosts[s].address}:{SERVER_PORT}" for s in sids]
+        config = self.directory / "haproxy.cfg"
+        config.write_text(
+            HAPROXY.format(address=proxy.address, port=SERVER_PORT, servers="\n".join(lines)),
+            encoding="utf-8",
+        )
+        with net.inside(proxy), (self.logs / "haproxy.log").open("ab") as out:
+            self.haproxy = subprocess.Popen(
+                ["haproxy", "-db", "-f", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        with httpx.Client(verify=self.verify, timeout=1.0) as http:
+            while True:
+                if self.haproxy.poll() is not None:
+                    raise RuntimeError(f"haproxy exited; see {self.logs / 'haproxy.log'}")
+                try:
+                    if http.get(self.proxy_url + HEALTH_PATH).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("haproxy did not answer in time")
+                time.sleep(0.1)
+
+    def stop_haproxy(self) -> None:
+        if self.haproxy is not None:
+            _end(self.haproxy)
+            self.haproxy = None
+
+    # -- clients and counters -----------------------------------------------------
+
+    def affinity_clients(self) -> list[Callable[[], load.HttpClient]]:
+        def make() -> load.HttpClient:
+            return affinity.AsyncClient(self.referral_url, verify=self.verify, service=SERVICE)
+
+        return [make] * self.clients
+
+    def proxy_clients(self) -> list[Callable[[], load.HttpClient]]:
+        def make() -> load.HttpClient:
+            return httpx.AsyncClient(base_url=self.proxy_url, verify=self.verify, timeout=10.0)
+
+        return [make] * self.clients
+
+    def snapshot(self) -> Counters:
+        """The referral host's bytes (both ways) and the bytes the server hosts sent."""
+        rx, tx = net.counters(self.hosts["referral"])
+        served = sum(net.counters(h)[1] for h in self.hosts.values() if h.name.startswith("s"))
+        return Counters(referral=rx + tx, served=served)
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    referral: int
+    served: int
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(self.referral - other.referral, self.served - other.served)
+
+    def __add__(self, other: Counters) -> Counters:
+        return Counters(self.referral + other.referral, self.served + other.served)
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A wave and the window its goodput is taken over."""
+
+    wave: load.Wave
+    start: float
+    end: float
+    counters: Counters | None = None
+    before: dict[str, object] = field(default_factory=dict)
+    """What the servers reported just before the wave, where it matters."""
+    events: tuple[str, ...] = ()
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    def goodput(self, servers: set[str] | None = None) -> float:
+        """Bytes per second delivered in the window (by ``servers`` only)."""
+        return self.wave.bytes_between(self.start, self.end, servers) / self.seconds
+
+    def spread(self) -> Counter[str]:
+        return self.wave.first_servers()
+
+
+def measure(
+    bed: Bed,
+    make: list[Callable[[], load.HttpClient]],
+    warmup: float,
+    seconds: float,
+    *,
+    count: bool = True,
+) -> Measured:
+    """A wave over ``warmup + seconds``; goodput over the last ``seconds``."""
+    before = bed.snapshot() if count else None
+    started = time.monotonic()
+    wave = asyncio.run(load.run(make, started + warmup + seconds))
+    used = bed.snapshot() - before if before is not None else None
+    return Measured(wave, started + warmup, started + warmup + seconds, used)
+
+
+def measure_with_kill(bed: Bed, victim: str, added: str, warmup: float, seconds: float) -> Measured:
+    """A wave in which ``victim`` is killed after ``warmup`` and ``added`` is started; goodput
+    over the ``seconds`` after the kill."""
+    events: list[str] = []
+
+    async def run() -> load.Wave:
+        started = time.monotonic()
+        wave_task = asyncio.create_task(
+            load.run(bed.affinity_clients(), started + warmup + seconds)
+        )
+        await asyncio.sleep(warmup)
+        bed.kill(victim)
+        killed = time.monotonic()
+        events.append(f"{victim} killed at {killed - started:.1f}s")
+        bed.spawn_server(added)
+        for _ in range(int(READY_TIMEOUT * 5)):
+            ready = await asyncio.to_thread(_assignable, bed, added)
+            if ready:
+                events.append(f"{added} assignable {time.monotonic() - killed:.1f}s later")
+                break
+            await asyncio.sleep(0.2)
+        return await wave_task
+
+    before = bed.snapshot()
+    started = time.monotonic()
+    wave = asyncio.run(run())
+    used = bed.snapshot() - before
+    return Measured(wave, started + warmup, started + warmup + seconds, used, events=tuple(events))
+
+
+def _assignable(bed: Bed, sid: str) -> bool:
+    try:
+        return any(s["id"] == sid and s["assignable"] for s in bed.servers())
+    except httpx.HTTPError:
+        return False
+
+
+def phases(
+    bed: Bed, warmup: float, seconds: float, say: Callable[[str], None]
+) -> Iterator[tuple[str, Measured]]:
+    """Every phase, in order, each yielded as it ends."""
+    say("referral and s1")
+    bed.start_referral()
+    bed.start_servers(["s1"])
+    say(f"1 server: {bed.clients} clients for {warmup:g}+{seconds:g}s")
+    yield "one", measure(bed, bed.affinity_clients(), warmup, seconds)
+    say("adding s2, s3, s4 after the clients of s1 ended")
+    bed.start_servers(["s2", "s3", "s4"])
+    before = bed.reported_clients()
+    say(f"4 servers after departures (reported clients: {before})")
+    after = measure(bed, bed.affinity_clients(), warmup, seconds)
+    yield "departures", Measured(after.wave, after.start, after.end, after.counters, before)
+    bed.stop_processes()
+
+    say("a fresh referral and s1-s4")
+    bed.start_referral()
+    bed.start_servers(["s1", "s2", "s3", "s4"])
+    say("4 servers, fresh")
+    yield "fresh", measure(bed, bed.affinity_clients(), warmup, seconds)
+    say("HAProxy (mode tcp) in front of s1-s4")
+    bed.start_haproxy(["s1", "s2", "s3", "s4"])
+    yield "haproxy", measure(bed, bed.proxy_clients(), warmup, seconds, count=False)
+    bed.stop_haproxy()
+    say("4 servers, s4 killed (kill -9) mid-run, s5 added")
+    yield "kill", measure_with_kill(bed, "s4", "s5", warmup, seconds)
+    bed.stop_processes()
