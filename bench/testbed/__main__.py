@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     left = net.remove_leftovers()
     if left:
         print(f"removed what an earlier run left: {', '.join(left)}", flush=True)
-    testbed = bed.Bed(directory, args.rate, args.clients)
+    testbed = bed.Bed(directory, args.rate, args.clients, args.procs)
     ok = False
     try:
         testbed.build()
@@ -161,7 +161,10 @@ def details(results: dict[str, bed.Measured]) -> None:
         per = report.spread(
             {k: round(v / 1e6) for k, v in m.wave.per_server(m.start, m.end).items()}
         )
-        print(f"{key}: {m.goodput() / 1e6:.2f} MB/s over {m.seconds:g}s; MB by server: {per}")
+        print(
+            f"{key}: {m.goodput() / 1e6:.2f} MB/s over {m.seconds:g}s; MB by server: {per}; "
+            f"client CPUs busy {m.client_cpu():.2f}; load average {m.loadavg:.1f}"
+        )
         for at, client, problem in m.wave.failures[:10]:
             print(f"  failure at {at - m.wave.started:.1f}s, client {client}: {problem}")
 
@@ -205,6 +208,7 @@ def _raise_on(*signals: signal.Signals) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.testbed", description=__doc__)
     p.add_argument("--clients", type=int, default=16, help="concurrent clients per wave")
+    p.add_argument("--procs", type=int, default=2, help="processes the clients are spread over")
     p.add_argument("--rate", type=float, default=50.0, help="uplink cap of each host, Mbit/s")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before a phase's window")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of a phase's window")

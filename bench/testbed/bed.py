@@ -11,8 +11,11 @@ project's own development CA. The driver itself stays on the client host.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +25,6 @@ from typing import Any
 
 import httpx
 
-import affinity
 from affinity.process import ChildProcess, stop, wait_answering
 from affinity.protocol import HEALTH_PATH
 from affinity.tokens.keyring import generate_admin_token, generate_keyfile
@@ -33,6 +35,7 @@ from affinity.web.tls import client_context
 from . import load, net
 
 APP = Path(__file__).with_name("app.py")
+ROOT = APP.parent.parent.parent
 REFERRAL_PORT = 8400
 SERVER_PORT = 8443
 SERVICE = "web"
@@ -102,6 +105,7 @@ class Bed:
     directory: Path
     rate_mbit: float
     clients: int
+    procs: int
     children: dict[str, ChildProcess] = field(default_factory=dict)
     haproxy: subprocess.Popen[bytes] | None = None
 
@@ -133,7 +137,8 @@ class Bed:
             ),
             encoding="utf-8",
         )
-        self.verify = client_context(self.directory / "certs" / "ca.pem")
+        self.ca = self.directory / "certs" / "ca.pem"
+        self.verify = client_context(self.ca)
         self.admin = (self.directory / "admin-token").read_text(encoding="utf-8").strip()
         self.secret = (self.directory / "registration-secret").read_text(encoding="utf-8").strip()
         self.env = {**os.environ, "AFFINITY_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -263,23 +268,60 @@ class Bed:
 
     # -- clients and counters -----------------------------------------------------
 
-    def affinity_clients(self) -> list[Callable[[], load.HttpClient]]:
-        def make() -> load.HttpClient:
-            return affinity.AsyncClient(self.referral_url, verify=self.verify, service=SERVICE)
-
-        return [make] * self.clients
-
-    def proxy_clients(self) -> list[Callable[[], load.HttpClient]]:
-        def make() -> load.HttpClient:
-            return httpx.AsyncClient(base_url=self.proxy_url, verify=self.verify, timeout=10.0)
-
-        return [make] * self.clients
+    async def wave(self, mode: str, until: float) -> load.Wave:
+        """The bed's clients, through the referral (``affinity``) or HAProxy (``proxy``),
+        spread over ``self.procs`` processes on the client host, until ``until``."""
+        url = self.referral_url if mode == "affinity" else self.proxy_url
+        started = time.monotonic()
+        workers = []
+        with (self.logs / "clients.log").open("ab") as log:
+            for first, count in shares(self.clients, self.procs):
+                spec = {"mode": mode, "url": url, "service": SERVICE, "clients": count}
+                spec |= {"ca": str(self.ca), "until": until, "first": first}
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bench.testbed.worker",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=log,
+                    cwd=ROOT,
+                )
+                workers.append((proc, json.dumps(spec).encode()))
+        try:
+            outputs = await asyncio.wait_for(
+                asyncio.gather(*(p.communicate(data) for p, data in workers)),
+                timeout=until - time.monotonic() + 2 * load.OVERRUN,
+            )
+        finally:
+            for proc, _ in workers:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        wave = load.Wave(started=started)
+        for (proc, _), (out, _) in zip(workers, outputs, strict=True):
+            if proc.returncode != 0:
+                raise RuntimeError(f"a client process failed; see {self.logs / 'clients.log'}")
+            wave.merge(load.Wave.from_json(json.loads(out)))
+        return wave
 
     def snapshot(self) -> Counters:
         """The referral host's bytes (both ways) and the bytes the server hosts sent."""
         rx, tx = net.counters(self.hosts["referral"])
         served = sum(net.counters(h)[1] for h in self.hosts.values() if h.name.startswith("s"))
         return Counters(referral=rx + tx, served=served)
+
+
+def shares(clients: int, procs: int) -> list[tuple[int, int]]:
+    """``clients`` split as evenly as can be over at most ``procs`` processes: (first, count)."""
+    procs = max(1, min(procs, clients))
+    base, extra = divmod(clients, procs)
+    out, first = [], 0
+    for i in range(procs):
+        count = base + (i < extra)
+        out.append((first, count))
+        first += count
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +357,8 @@ class Measured:
     before: dict[str, object] = field(default_factory=dict)
     """What the servers reported just before the wave, where it matters."""
     events: tuple[str, ...] = ()
+    loadavg: float = field(default_factory=lambda: os.getloadavg()[0])
+    """The machine's one-minute load average when the wave ended."""
 
     @property
     def seconds(self) -> float:
@@ -324,13 +368,17 @@ class Measured:
         """Bytes per second delivered in the window (by ``servers`` only)."""
         return self.wave.bytes_between(self.start, self.end, servers) / self.seconds
 
+    def client_cpu(self) -> float:
+        """The CPUs the client processes kept busy, on average over the wave."""
+        return self.wave.cpu / max(1e-9, self.wave.ended - self.wave.started)
+
     def spread(self) -> Counter[str]:
         return self.wave.first_servers()
 
 
 def measure(
     bed: Bed,
-    make: list[Callable[[], load.HttpClient]],
+    mode: str,
     warmup: float,
     seconds: float,
     *,
@@ -339,7 +387,7 @@ def measure(
     """A wave over ``warmup + seconds``; goodput over the last ``seconds``."""
     before = bed.snapshot() if count else None
     started = time.monotonic()
-    wave = asyncio.run(load.run(make, started + warmup + seconds))
+    wave = asyncio.run(bed.wave(mode, started + warmup + seconds))
     used = bed.snapshot() - before if before is not None else None
     return Measured(wave, started + warmup, started + warmup + seconds, used)
 
@@ -351,9 +399,7 @@ def measure_with_kill(bed: Bed, victim: str, added: str, warmup: float, seconds:
 
     async def run() -> load.Wave:
         started = time.monotonic()
-        wave_task = asyncio.create_task(
-            load.run(bed.affinity_clients(), started + warmup + seconds)
-        )
+        wave_task = asyncio.create_task(bed.wave("affinity", started + warmup + seconds))
         await asyncio.sleep(warmup)
         bed.kill(victim)
         killed = time.monotonic()
@@ -389,23 +435,23 @@ def phases(
     bed.start_referral()
     bed.start_servers(["s1"])
     say(f"1 server: {bed.clients} clients for {warmup:g}+{seconds:g}s")
-    yield "one", measure(bed, bed.affinity_clients(), warmup, seconds)
+    yield "one", measure(bed, "affinity", warmup, seconds)
     say("adding s2, s3, s4 after the clients of s1 ended")
     bed.start_servers(["s2", "s3", "s4"])
     before = bed.reported_clients()
     say(f"4 servers after departures (reported clients: {before})")
-    after = measure(bed, bed.affinity_clients(), warmup, seconds)
-    yield "departures", Measured(after.wave, after.start, after.end, after.counters, before)
+    after = measure(bed, "affinity", warmup, seconds)
+    yield "departures", dataclasses.replace(after, before=before)
     bed.stop_processes()
 
     say("a fresh referral and s1-s4")
     bed.start_referral()
     bed.start_servers(["s1", "s2", "s3", "s4"])
     say("4 servers, fresh")
-    yield "fresh", measure(bed, bed.affinity_clients(), warmup, seconds)
+    yield "fresh", measure(bed, "affinity", warmup, seconds)
     say("HAProxy (mode tcp) in front of s1-s4")
     bed.start_haproxy(["s1", "s2", "s3", "s4"])
-    yield "haproxy", measure(bed, bed.proxy_clients(), warmup, seconds, count=False)
+    yield "haproxy", measure(bed, "proxy", warmup, seconds, count=False)
     bed.stop_haproxy()
     say("4 servers, s4 killed (kill -9) mid-run, s5 added")
     yield "kill", measure_with_kill(bed, "s4", "s5", warmup, seconds)

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -46,6 +46,8 @@ class Wave:
     ended: float = 0.0
     downloads: list[Download] = field(default_factory=list)
     failures: list[tuple[float, int, str]] = field(default_factory=list)
+    cpu: float = 0.0
+    """CPU seconds the clients' processes spent."""
 
     def bytes_between(self, t0: float, t1: float, servers: Collection[str] | None = None) -> int:
         """Bytes of the downloads that finished in ``[t0, t1)`` (from ``servers`` only)."""
@@ -62,6 +64,35 @@ class Wave:
             first.setdefault(d.client, d.server)
         return Counter(first.values())
 
+    def merge(self, other: Wave) -> None:
+        """Take in another process's share of the same wave."""
+        self.started = min(self.started, other.started)
+        self.ended = max(self.ended, other.ended)
+        self.downloads.extend(other.downloads)
+        self.failures.extend(other.failures)
+        self.cpu += other.cpu
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "ended": self.ended,
+            "downloads": [[d.at, d.client, d.server, d.nbytes] for d in self.downloads],
+            "failures": [list(f) for f in self.failures],
+            "cpu": self.cpu,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Wave:
+        return cls(
+            started=float(data["started"]),
+            ended=float(data["ended"]),
+            downloads=[
+                Download(float(a), int(c), str(s), int(n)) for a, c, s, n in data["downloads"]
+            ],
+            failures=[(float(a), int(c), str(p)) for a, c, p in data["failures"]],
+            cpu=float(data["cpu"]),
+        )
+
     def per_server(self, t0: float, t1: float) -> Counter[str]:
         """Bytes each server delivered in ``[t0, t1)``."""
         out: Counter[str] = Counter()
@@ -71,8 +102,9 @@ class Wave:
         return out
 
 
-async def run(clients: Sequence[Callable[[], HttpClient]], until: float) -> Wave:
-    """One client from each factory, all at once, downloading until ``until`` (monotonic)."""
+async def run(clients: Sequence[Callable[[], HttpClient]], until: float, *, first: int = 0) -> Wave:
+    """One client from each factory, all at once, downloading until ``until`` (monotonic, the
+    same clock in every process); the clients are numbered from ``first``."""
     wave = Wave(started=time.monotonic())
 
     async def one(index: int, make: Callable[[], HttpClient]) -> None:
@@ -96,7 +128,8 @@ async def run(clients: Sequence[Callable[[], HttpClient]], until: float) -> Wave
         finally:
             await client.aclose()
 
-    tasks = [one(i, make) for i, make in enumerate(clients)]
+    tasks = [one(i, make) for i, make in enumerate(clients, start=first)]
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=until - time.monotonic() + OVERRUN)
     wave.ended = time.monotonic()
+    wave.cpu = time.process_time()
     return wave
