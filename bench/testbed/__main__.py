@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         removed = net.remove_leftovers()
         print("\n".join(removed) if removed else f"nothing named {net.PREFIX}-* was left")
         return 0
+    if args.priority:
+        os.nice(-args.priority)  # inherited by every process of the bed
     _raise_on(signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
     signal.alarm(int(args.budget))
     directory = Path(tempfile.mkdtemp(prefix=f"{net.PREFIX}-"))
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"files and logs of this run: {directory}", file=sys.stderr)
     rows = table(results, args.clients)
     details(results)
-    text = block(rows, args)
+    text = block(rows, results, args)
     print(text)
     if args.write:
         path = Path(args.write)
@@ -163,13 +165,15 @@ def details(results: dict[str, bed.Measured]) -> None:
         )
         print(
             f"{key}: {m.goodput() / 1e6:.2f} MB/s over {m.seconds:g}s; MB by server: {per}; "
-            f"client CPUs busy {m.client_cpu():.2f}; load average {m.loadavg:.1f}"
+            f"CPU busy: clients {m.client_cpu():.2f}, servers "
+            f"{', '.join(f'{k} {v:.2f}' for k, v in sorted(m.server_cpu.items()))}; "
+            f"load average {m.loadavg:.1f}"
         )
         for at, client, problem in m.wave.failures[:10]:
             print(f"  failure at {at - m.wave.started:.1f}s, client {client}: {problem}")
 
 
-def block(rows: list[Row], args: argparse.Namespace) -> str:
+def block(rows: list[Row], results: dict[str, bed.Measured], args: argparse.Namespace) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -183,7 +187,17 @@ def block(rows: list[Row], args: argparse.Namespace) -> str:
         f"#### {title}: {now}, commit {commit or 'unknown'}",
         "",
         f"`{args.clients}` clients, uplinks capped at {args.rate:g} Mbit/s, goodput over "
-        f"{args.seconds:g} s after {args.warmup:g} s of warm-up per phase.",
+        f"{args.seconds:g} s after {args.warmup:g} s of warm-up per phase"
+        + (f", the bed at nice -{args.priority}." if args.priority else "."),
+        "The machine's load average (1 min) at the end of each phase: "
+        + ", ".join(f"{k} {m.loadavg:.1f}" for k, m in results.items())
+        + "; app servers' CPU busy: "
+        + "; ".join(
+            f"{k} " + ", ".join(f"{v:.2f}" for _, v in sorted(m.server_cpu.items()))
+            for k, m in results.items()
+            if m.server_cpu
+        )
+        + ".",
         "",
         report.markdown(rows),
         "",
@@ -212,6 +226,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=50.0, help="uplink cap of each host, Mbit/s")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before a phase's window")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of a phase's window")
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        help="run the bed this much less nice than other work (a shared machine)",
+    )
     p.add_argument("--budget", type=float, default=900.0, help="the whole run stops after this")
     p.add_argument("--write", metavar="FILE", help="put the table in FILE (bench/RESULTS.md)")
     p.add_argument("--key", default="run", help="the markers the table goes between in FILE")

@@ -305,11 +305,28 @@ class Bed:
             wave.merge(load.Wave.from_json(json.loads(out)))
         return wave
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds each app server has spent so far (user + system)."""
+        out = {}
+        for name, child in self.children.items():
+            if name != "referral" and child.alive():
+                out[name] = cpu_seconds(child.pid)
+        return out
+
     def snapshot(self) -> Counters:
         """The referral host's bytes (both ways) and the bytes the server hosts sent."""
         rx, tx = net.counters(self.hosts["referral"])
         served = sum(net.counters(h)[1] for h in self.hosts.values() if h.name.startswith("s"))
         return Counters(referral=rx + tx, served=served)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/<pid>/stat``); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def shares(clients: int, procs: int) -> list[tuple[int, int]]:
@@ -357,6 +374,8 @@ class Measured:
     before: dict[str, object] = field(default_factory=dict)
     """What the servers reported just before the wave, where it matters."""
     events: tuple[str, ...] = ()
+    server_cpu: dict[str, float] = field(default_factory=dict)
+    """The share of a CPU each app server kept busy during the wave."""
     loadavg: float = field(default_factory=lambda: os.getloadavg()[0])
     """The machine's one-minute load average when the wave ended."""
 
@@ -386,10 +405,16 @@ def measure(
 ) -> Measured:
     """A wave over ``warmup + seconds``; goodput over the last ``seconds``."""
     before = bed.snapshot() if count else None
+    cpu = bed.cpu()
     started = time.monotonic()
     wave = asyncio.run(bed.wave(mode, started + warmup + seconds))
     used = bed.snapshot() - before if before is not None else None
-    return Measured(wave, started + warmup, started + warmup + seconds, used)
+    busy = _busy(cpu, bed.cpu(), time.monotonic() - started)
+    return Measured(wave, started + warmup, started + warmup + seconds, used, server_cpu=busy)
+
+
+def _busy(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    return {k: (after[k] - before[k]) / seconds for k in before.keys() & after.keys()}
 
 
 def measure_with_kill(bed: Bed, victim: str, added: str, warmup: float, seconds: float) -> Measured:
