@@ -169,6 +169,11 @@ def details(results: dict[str, bed.Measured]) -> None:
             f"{', '.join(f'{k} {v:.2f}' for k, v in sorted(m.server_cpu.items()))}; "
             f"load average {m.loadavg:.1f}"
         )
+        steps = [
+            m.wave.bytes_between(t, t + 1.0) / 1e6
+            for t in (m.wave.started + i for i in range(int(m.end - m.wave.started)))
+        ]
+        print("  MB per second from the start: " + " ".join(f"{x:.0f}" for x in steps))
         for at, client, problem in m.wave.failures[:10]:
             print(f"  failure at {at - m.wave.started:.1f}s, client {client}: {problem}")
 

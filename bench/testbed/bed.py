@@ -268,41 +268,60 @@ class Bed:
 
     # -- clients and counters -----------------------------------------------------
 
-    async def wave(self, mode: str, until: float) -> load.Wave:
+    async def wave(
+        self, mode: str, duration: float, go: Callable[[float], None] | None = None
+    ) -> load.Wave:
         """The bed's clients, through the referral (``affinity``) or HAProxy (``proxy``),
-        spread over ``self.procs`` processes on the client host, until ``until``."""
+        spread over ``self.procs`` processes on the client host, for ``duration`` seconds.
+
+        The clock starts once every process has started and says it is ready (a
+        busy machine takes seconds to start Python); ``go`` is told when.
+        """
         url = self.referral_url if mode == "affinity" else self.proxy_url
-        started = time.monotonic()
         workers = []
-        with (self.logs / "clients.log").open("ab") as log:
-            for first, count in shares(self.clients, self.procs):
-                spec = {"mode": mode, "url": url, "service": SERVICE, "clients": count}
-                spec |= {"ca": str(self.ca), "until": until, "first": first}
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "bench.testbed.worker",
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=log,
-                    cwd=ROOT,
-                )
-                workers.append((proc, json.dumps(spec).encode()))
         try:
+            with (self.logs / "clients.log").open("ab") as log:
+                for first, count in shares(self.clients, self.procs):
+                    spec = {"mode": mode, "url": url, "service": SERVICE, "clients": count}
+                    spec |= {"ca": str(self.ca), "first": first}
+                    proc = await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "bench.testbed.worker",
+                        stdin=asyncio.subprocess.PIPE,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=log,
+                        cwd=ROOT,
+                    )
+                    workers.append(proc)
+                    assert proc.stdin is not None and proc.stdout is not None
+                    proc.stdin.write(json.dumps(spec).encode() + b"\n")
+            for proc in workers:
+                assert proc.stdout is not None
+                line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
+                if line != b"ready\n":
+                    raise RuntimeError(f"a client process failed; see {self.logs / 'clients.log'}")
+            started = time.monotonic()
+            for proc in workers:
+                assert proc.stdin is not None
+                proc.stdin.write(f"{started + duration!r}\n".encode())
+                proc.stdin.close()
+            if go is not None:
+                go(started)
             outputs = await asyncio.wait_for(
-                asyncio.gather(*(p.communicate(data) for p, data in workers)),
-                timeout=until - time.monotonic() + 2 * load.OVERRUN,
+                asyncio.gather(*(_output(p) for p in workers)), timeout=duration + 2 * load.OVERRUN
             )
         finally:
-            for proc, _ in workers:
+            for proc in workers:
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
         wave = load.Wave(started=started)
-        for (proc, _), (out, _) in zip(workers, outputs, strict=True):
+        for proc, out in zip(workers, outputs, strict=True):
             if proc.returncode != 0:
                 raise RuntimeError(f"a client process failed; see {self.logs / 'clients.log'}")
             wave.merge(load.Wave.from_json(json.loads(out)))
+        wave.started = started
         return wave
 
     def cpu(self) -> dict[str, float]:
@@ -318,6 +337,13 @@ class Bed:
         rx, tx = net.counters(self.hosts["referral"])
         served = sum(net.counters(h)[1] for h in self.hosts.values() if h.name.startswith("s"))
         return Counters(referral=rx + tx, served=served)
+
+
+async def _output(proc: asyncio.subprocess.Process) -> bytes:
+    assert proc.stdout is not None
+    out = await proc.stdout.read()
+    await proc.wait()
+    return out
 
 
 def cpu_seconds(pid: int) -> float:
@@ -406,11 +432,11 @@ def measure(
     """A wave over ``warmup + seconds``; goodput over the last ``seconds``."""
     before = bed.snapshot() if count else None
     cpu = bed.cpu()
-    started = time.monotonic()
-    wave = asyncio.run(bed.wave(mode, started + warmup + seconds))
+    wave = asyncio.run(bed.wave(mode, warmup + seconds))
     used = bed.snapshot() - before if before is not None else None
-    busy = _busy(cpu, bed.cpu(), time.monotonic() - started)
-    return Measured(wave, started + warmup, started + warmup + seconds, used, server_cpu=busy)
+    busy = _busy(cpu, bed.cpu(), time.monotonic() - wave.started)
+    start = wave.started + warmup
+    return Measured(wave, start, start + seconds, used, server_cpu=busy)
 
 
 def _busy(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
@@ -423,8 +449,13 @@ def measure_with_kill(bed: Bed, victim: str, added: str, warmup: float, seconds:
     events: list[str] = []
 
     async def run() -> load.Wave:
-        started = time.monotonic()
-        wave_task = asyncio.create_task(bed.wave("affinity", started + warmup + seconds))
+        go: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        wave_task = asyncio.create_task(bed.wave("affinity", warmup + seconds, go.set_result))
+        either: list[asyncio.Future[Any]] = [go, wave_task]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not go.done():
+            return await wave_task  # it failed before it started: its error
+        started = go.result()
         await asyncio.sleep(warmup)
         bed.kill(victim)
         killed = time.monotonic()
@@ -439,10 +470,12 @@ def measure_with_kill(bed: Bed, victim: str, added: str, warmup: float, seconds:
         return await wave_task
 
     before = bed.snapshot()
-    started = time.monotonic()
+    cpu = bed.cpu()
     wave = asyncio.run(run())
     used = bed.snapshot() - before
-    return Measured(wave, started + warmup, started + warmup + seconds, used, events=tuple(events))
+    busy = _busy(cpu, bed.cpu(), time.monotonic() - wave.started)
+    start = wave.started + warmup
+    return Measured(wave, start, start + seconds, used, events=tuple(events), server_cpu=busy)
 
 
 def _assignable(bed: Bed, sid: str) -> bool:

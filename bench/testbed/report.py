@@ -65,11 +65,13 @@ class Row:
 
     @property
     def verdict(self) -> str:
+        """Met or not, for the figure as shown (a ratio to two decimals)."""
         if self.target is None:
             return ""
         if self.value is None:
             return "**not measured**"
-        return "met" if self.target.met(self.value) else "**not met**"
+        shown = round(self.value, 2) if self.unit == TIMES else self.value
+        return "met" if self.target.met(shown) else "**not met**"
 
 
 def ratio(value: float, baseline: float) -> float | None:

@@ -1,5 +1,5 @@
 """One process of a wave's clients: ``python -m bench.testbed.worker`` reads what to run as
-JSON on stdin and writes the wave it ran as JSON on stdout.
+JSON on stdin, says ``ready``, reads when to stop, and writes the wave it ran as JSON.
 
 A wave is spread over several such processes so that the client host's
 Python, which decrypts every byte served, is not what limits the goodput.
@@ -38,8 +38,12 @@ def clients(spec: dict[str, Any]) -> list[Callable[[], load.HttpClient]]:
 
 
 def main() -> int:
-    spec = json.loads(sys.stdin.read())
-    wave = asyncio.run(load.run(clients(spec), float(spec["until"]), first=int(spec["first"])))
+    """A line of JSON in, ``ready`` out; the wave's end (``time.monotonic()``) in, the wave out."""
+    spec = json.loads(sys.stdin.readline())
+    made = clients(spec)
+    print("ready", flush=True)
+    until = float(sys.stdin.readline())
+    wave = asyncio.run(load.run(made, until, first=int(spec["first"])))
     json.dump(wave.to_json(), sys.stdout)
     return 0
 
