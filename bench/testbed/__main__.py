@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import bed, net, report
@@ -55,19 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.priority:
         os.nice(-args.priority)  # inherited by every process of the bed
     _raise_on(signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
-    signal.alarm(int(args.budget))
+    signal.alarm(int(args.budget or 600 * args.rounds))
     directory = Path(tempfile.mkdtemp(prefix=f"{net.PREFIX}-"))
     left = net.remove_leftovers()
     if left:
         print(f"removed what an earlier run left: {', '.join(left)}", flush=True)
     testbed = bed.Bed(directory, args.rate, args.clients, args.procs)
+    rounds: list[dict[str, bed.Measured]] = []
     ok = False
     try:
         testbed.build()
         with net.inside(bed.CLIENT):
-            results = dict(
-                bed.phases(testbed, args.warmup, args.seconds, lambda s: _say(s, testbed))
-            )
+            for n in range(1, args.rounds + 1):
+                say = _teller(f"round {n}/{args.rounds}: " if args.rounds > 1 else "")
+                rounds.append(dict(bed.phases(testbed, args.warmup, args.seconds, say)))
         ok = True
     except (KeyboardInterrupt, OutOfTime) as exc:
         print(f"bench.testbed: stopped ({type(exc).__name__}); cleaning up", file=sys.stderr)
@@ -79,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(directory, ignore_errors=True)
         else:
             print(f"files and logs of this run: {directory}", file=sys.stderr)
-    rows = table(results, args.clients)
-    details(results)
-    text = block(rows, results, args)
+    for n, results in enumerate(rounds, start=1):
+        print(f"round {n}:")
+        details(results)
+    rows = report.combine([table(results, args.clients) for results in rounds])
+    text = block(rows, rounds, args)
     print(text)
     if args.write:
         path = Path(args.write)
@@ -178,7 +182,7 @@ def details(results: dict[str, bed.Measured]) -> None:
             print(f"  failure at {at - m.wave.started:.1f}s, client {client}: {problem}")
 
 
-def block(rows: list[Row], results: dict[str, bed.Measured], args: argparse.Namespace) -> str:
+def block(rows: list[Row], rounds: list[dict[str, bed.Measured]], args: argparse.Namespace) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -191,16 +195,13 @@ def block(rows: list[Row], results: dict[str, bed.Measured], args: argparse.Name
     lines = [
         f"#### {title}: {now}, commit {commit or 'unknown'}",
         "",
-        f"`{args.clients}` clients, uplinks capped at {args.rate:g} Mbit/s, goodput over "
+        f"{args.rounds} round(s) of every phase; {args.clients} clients over {args.procs} "
+        f"processes; uplinks capped at {args.rate:g} Mbit/s; goodput over "
         f"{args.seconds:g} s after {args.warmup:g} s of warm-up per phase"
         + (f", the bed at nice -{args.priority}." if args.priority else "."),
         "The machine's load average (1 min) at the end of each phase: "
-        + ", ".join(f"{k} {m.loadavg:.1f}" for k, m in results.items())
-        + "; app servers' CPU busy: "
         + "; ".join(
-            f"{k} " + ", ".join(f"{v:.2f}" for _, v in sorted(m.server_cpu.items()))
-            for k, m in results.items()
-            if m.server_cpu
+            ", ".join(f"{k} {m.loadavg:.1f}" for k, m in results.items()) for results in rounds
         )
         + ".",
         "",
@@ -211,8 +212,11 @@ def block(rows: list[Row], results: dict[str, bed.Measured], args: argparse.Name
     return "\n".join(lines)
 
 
-def _say(text: str, testbed: bed.Bed) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+def _teller(prefix: str) -> Callable[[str], None]:
+    def say(text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {prefix}{text}", flush=True)
+
+    return say
 
 
 def _out_of_time(signum: int, frame: object) -> None:
@@ -227,7 +231,7 @@ def _raise_on(*signals: signal.Signals) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.testbed", description=__doc__)
     p.add_argument("--clients", type=int, default=16, help="concurrent clients per wave")
-    p.add_argument("--procs", type=int, default=2, help="processes the clients are spread over")
+    p.add_argument("--procs", type=int, default=4, help="processes the clients are spread over")
     p.add_argument("--rate", type=float, default=50.0, help="uplink cap of each host, Mbit/s")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds before a phase's window")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of a phase's window")
@@ -237,7 +241,10 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="run the bed this much less nice than other work (a shared machine)",
     )
-    p.add_argument("--budget", type=float, default=900.0, help="the whole run stops after this")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every phase; medians shown")
+    p.add_argument(
+        "--budget", type=float, default=0.0, help="the run stops after this (default 600 s a round)"
+    )
     p.add_argument("--write", metavar="FILE", help="put the table in FILE (bench/RESULTS.md)")
     p.add_argument("--key", default="run", help="the markers the table goes between in FILE")
     p.add_argument("--title", default="", help="the heading of the table in FILE")

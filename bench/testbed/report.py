@@ -106,6 +106,26 @@ def markdown(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def combine(rounds: Sequence[Sequence[Row]]) -> list[Row]:
+    """One table from the same table measured in several rounds: per line, the round with the
+    median figure (a count, such as failed requests, takes the worst round instead), its
+    note followed by every round's figure."""
+    if len(rounds) == 1:
+        return list(rounds[0])
+    out = []
+    for lines in zip(*rounds, strict=True):
+        measured = [row for row in lines if row.value is not None]
+        if not measured:
+            out.append(lines[0])
+            continue
+        ordered = sorted(measured, key=lambda row: row.value or 0.0)
+        pick = ordered[-1] if lines[0].unit == "" else ordered[(len(ordered) - 1) // 2]
+        each = ", ".join(row.shown for row in lines)
+        note = f"{pick.note}; rounds: {each}" if pick.note else f"rounds: {each}"
+        out.append(Row(pick.case, pick.measured, pick.value, pick.unit, pick.target, note))
+    return out
+
+
 def unmet(rows: Iterable[Row]) -> list[str]:
     """The cases whose target is not met (or could not be measured)."""
     return [row.case for row in rows if row.verdict.startswith("**")]

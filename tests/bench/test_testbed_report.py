@@ -12,6 +12,7 @@ from bench.testbed.report import (
     TIMES,
     Row,
     Target,
+    combine,
     markdown,
     missing,
     ratio,
@@ -120,3 +121,20 @@ def test_a_wave_counts_bytes_in_its_window_and_survives_a_round_trip() -> None:
     other = Wave(started=-1.0, ended=4.0, cpu=0.5, downloads=[Download(3.0, 2, "s3", 5)])
     back.merge(other)
     assert (back.started, back.ended, back.cpu, len(back.downloads)) == (-1.0, 10.0, 2.0, 4)
+
+
+def test_rounds_combine_to_the_median_ratio_and_the_worst_count() -> None:
+    fresh = Target(3.8, True, TIMES)
+    failed = Target(0, False)
+    rounds = [
+        [
+            Row("fresh", f"{mb} MB/s", ratio, TIMES, fresh, "even"),
+            Row("failed", f"{n}", n, "", failed),
+        ]
+        for mb, ratio, n in [(20, 3.5, 0), (23, 3.9, 2), (22, 3.8, 0)]
+    ]
+    fresh_row, failed_row = combine(rounds)
+    assert (fresh_row.measured, fresh_row.value) == ("22 MB/s", 3.8)
+    assert fresh_row.note == f"even; rounds: 3.50{TIMES}, 3.90{TIMES}, 3.80{TIMES}"
+    assert (failed_row.value, failed_row.verdict) == (2, "**not met**")
+    assert combine(rounds[:1]) == rounds[0]
