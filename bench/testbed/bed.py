@@ -160,6 +160,8 @@ class Bed:
     # -- processes ----------------------------------------------------------------
 
     def start_referral(self) -> None:
+        """A referral that knows no server yet: its state file from before is removed."""
+        (self.directory / "state.json").unlink(missing_ok=True)
         with net.inside(self.hosts["referral"]):
             child = ChildProcess(
                 "the referral",
