@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import bed, net, report
+from . import bed, net, plot, report
 from .report import PERCENT, TIMES, Row, Target
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -86,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         details(results)
     rows = report.combine([table(results, args.clients) for results in rounds])
     text = block(rows, rounds, args)
+    if args.plot:
+        picture = Path(args.plot)
+        if plot.available():
+            title = f"{args.title or 'test bed'}: goodput by server (last round)"
+            plot.timeline(rounds[-1], picture, title)
+            where = Path(args.write).parent if args.write else Path.cwd()
+            link = os.path.relpath(picture.resolve(), where.resolve())
+            text += f"\n\n![goodput by server over time, every phase]({link})"
+        else:
+            print("no plot: matplotlib is not installed (.venv/bin/pip install matplotlib)")
     print(text)
     if args.write:
         path = Path(args.write)
@@ -248,6 +258,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--write", metavar="FILE", help="put the table in FILE (bench/RESULTS.md)")
     p.add_argument("--key", default="run", help="the markers the table goes between in FILE")
     p.add_argument("--title", default="", help="the heading of the table in FILE")
+    p.add_argument("--plot", metavar="PNG", help="draw goodput over time, by server")
     p.add_argument("--keep", action="store_true", help="keep the run's files and logs")
     p.add_argument("--cleanup", action="store_true", help=f"remove {net.PREFIX}-* leftovers")
     return p

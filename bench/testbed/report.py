@@ -85,10 +85,11 @@ def mb_per_s(nbytes: float, seconds: float) -> str:
 
 def spread(counts: Mapping[str, int]) -> str:
     """How many of a wave's clients each server got, in server order: ``s1 0 · s2 6 · ...``."""
-    return " · ".join(f"{sid} {counts[sid]}" for sid in sorted(counts, key=_server_order))
+    return " · ".join(f"{sid} {counts[sid]}" for sid in sorted(counts, key=server_order))
 
 
-def _server_order(sid: str) -> tuple[str, int]:
+def server_order(sid: str) -> tuple[str, int]:
+    """Sorts ``s2`` before ``s10``."""
     head, digits = re.match(r"(.*?)(\d*)\Z", sid).groups()  # type: ignore[union-attr]
     return head, int(digits or 0)
 
