@@ -40,6 +40,8 @@ REFERRAL_PORT = 8400
 SERVER_PORT = 8443
 SERVICE = "web"
 READY_TIMEOUT = 60.0
+IDLE = 5.0
+"""Seconds the referral's traffic is counted with no client, once a round."""
 CLIENT = net.Host("client", 10)
 CONFIG = """\
 [referral]
@@ -334,6 +336,13 @@ class Bed:
                 out[name] = cpu_seconds(child.pid)
         return out
 
+    def idle_referral(self, seconds: float) -> float:
+        """Bytes per second through the referral host over ``seconds`` without a client:
+        its health checks, the servers' heartbeats and registrations."""
+        before = self.snapshot().referral
+        time.sleep(seconds)
+        return (self.snapshot().referral - before) / seconds
+
     def snapshot(self) -> Counters:
         """The referral host's bytes (both ways) and the bytes the server hosts sent."""
         rx, tx = net.counters(self.hosts["referral"])
@@ -402,6 +411,8 @@ class Measured:
     before: dict[str, object] = field(default_factory=dict)
     """What the servers reported just before the wave, where it matters."""
     events: tuple[str, ...] = ()
+    idle: float = 0.0
+    """Bytes per second through the referral host with the servers up and no client."""
     server_cpu: dict[str, float] = field(default_factory=dict)
     """The share of a CPU each app server kept busy during the wave."""
     loadavg: float = field(default_factory=lambda: os.getloadavg()[0])
@@ -507,8 +518,9 @@ def phases(
     say("a fresh referral and s1-s4")
     bed.start_referral()
     bed.start_servers(["s1", "s2", "s3", "s4"])
+    idle = bed.idle_referral(IDLE)
     say("4 servers, fresh")
-    yield "fresh", measure(bed, "affinity", warmup, seconds)
+    yield "fresh", dataclasses.replace(measure(bed, "affinity", warmup, seconds), idle=idle)
     say("HAProxy (mode tcp) in front of s1-s4")
     bed.start_haproxy(["s1", "s2", "s3", "s4"])
     yield "haproxy", measure(bed, "proxy", warmup, seconds, count=False)
