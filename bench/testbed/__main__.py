@@ -130,6 +130,13 @@ def table(results: dict[str, bed.Measured], clients: int) -> list[Row]:
             note=f"{_spread(dep)}; reported clients before: {before}",
         ),
         Row(
+            "the same, against N=4 fresh in the same round",
+            "",
+            report.ratio(dep.goodput(), results["fresh"].goodput()),
+            TIMES,
+            note="1.00: the clients that left cost nothing; 0.75: one server of four idle",
+        ),
+        Row(
             "one server killed mid-run: failed idempotent requests",
             f"{failed} of {len(kill.wave.downloads) + failed}",
             failed,
