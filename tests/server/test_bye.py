@@ -12,7 +12,8 @@ import pytest
 from affinity.client import AsyncClient, Client
 from affinity.protocol import BYE_PATH, HEALTH_PATH, METRICS_PATH
 from affinity.testing import Deployment
-from affinity.tokens.jws import KeyRing, TokenIssuer
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing
 from tests.promtext import parse
 
 APP = str(Path(__file__).with_name("apps.py")) + ":Holding"

@@ -17,7 +17,8 @@ from typing import Any
 from affinity.client import AsyncClient
 from affinity.protocol import BYE_PATH, HEALTH_PATH
 from affinity.testing import Deployment, wait_until
-from affinity.tokens.jws import KeyRing, TokenIssuer
+from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.keyring import KeyRing
 
 HALF_LIFE = 2.0
 INTERVAL = 0.2
