@@ -210,6 +210,8 @@ def _serve(
         title = title or _TITLES.get(section, section)
         _announce(app, title, section, settings, workers)
         url = f"{'http' if app.ctx.affinity_tls is None else 'https'}://{settings.listen}"
+        if workers > 1:
+            shutdown.stop_through_the_monitor(app)  # before systemd wraps the handler
         systemd.install(app, lambda: serving_line(title, url, workers), workers)
         if workers > 1:
             app.register_listener(reload.relay_to_workers, "main_process_ready")

@@ -23,6 +23,13 @@ can act on them: :func:`release_once_serving` when its loop serves (a worker,
 or the one process), :func:`release_once_monitoring` in the main process of
 several workers, which also defers a stop until Sanic's manager watches its
 workers. A signal that came meanwhile is then taken as if it came just then.
+
+Sanic's own stop, run in the signal handler, talks to its state manager
+through a multiprocessing proxy; if the signal lands while the main thread is
+itself in such a call (it makes them every tenth of a second), the two share
+one connection and the stop fails with a TypeError deep in Sanic. So the stop
+is asked of Sanic's monitor loop instead (:func:`stop_through_the_monitor`),
+which does the same shut-down outside any handler.
 Sanic offers no hook for any of this; if it learns to stop cleanly at any
 moment, this module can go.
 """
@@ -30,6 +37,7 @@ moment, this module can go.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 from collections.abc import Callable
@@ -38,6 +46,7 @@ from typing import Any
 from sanic import Sanic
 from sanic.worker.constants import ProcessState
 
+log = logging.getLogger("affinity.serving")
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 _POLL = 0.05
 """How often the main process looks whether Sanic's manager has begun to watch its workers."""
@@ -75,6 +84,28 @@ def _release_when_running(app: Sanic[Any, Any]) -> None:
             loop.call_soon(look)
 
     loop.call_soon(look)
+
+
+def stop_through_the_monitor(app: Sanic[Any, Any]) -> None:
+    """In the main process of several workers: replace Sanic's SIGTERM and SIGINT handler
+    by one that asks its monitor loop to stop. Register it before any listener that wraps
+    the handler in place (those then wrap this one)."""
+    app.register_listener(_ask_the_monitor, "main_process_ready")
+
+
+def _ask_the_monitor(app: Sanic[Any, Any]) -> None:
+    manager = app.manager
+
+    def stop(signum: int, frame: Any) -> None:
+        if manager._shutting_down:  # a second signal while stopping: Sanic's kill
+            manager.shutdown_signal(signum, frame)  # type: ignore[no-untyped-call]
+            return
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        # The loop shuts the workers down (as Sanic's handler would) and leaves.
+        manager.monitor_publisher.send("__TERMINATE__")
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
 
 
 def release_once_monitoring(app: Sanic[Any, Any]) -> None:
