@@ -94,3 +94,10 @@ def test_quick_start_is_two_commands() -> None:
     assert len(commands) == 2
     # CI runs the README's test command once (scripts/test-browser only installs, before it).
     assert len(re.findall(r"scripts/test(?![\w-])", (ROOT / ".ci" / "run").read_text())) == 1
+
+
+def test_quick_start_shows_the_installed_path() -> None:
+    """The pip path beside the clone's; tests/test_install.py runs it from an empty directory."""
+    section = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.strip().splitlines() for b in section.split("```")[1::2]]
+    assert ["pip install affinity-lb", "affinity dev"] in blocks
