@@ -461,7 +461,9 @@ def test_each_answer_maps_to_one_exact_result(
 
 
 def test_load_figures_left_out_count_as_zero() -> None:
-    assert parse_answer(200, b'{"load": {"active_clients": 3}}').load == Load(active_clients=3)
+    assert parse_answer(200, b'{"load": {"active_clients": 3}}').load == Load(clients=3)
+    answer = b'{"load_format": 2, "load": {"clients": 2.5}}'
+    assert parse_answer(200, answer).load == Load(clients=2.5)
 
 
 class Clock:
