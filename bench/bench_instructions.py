@@ -37,7 +37,7 @@ from affinity.testing import free_port
 from affinity.tokens.jws import TokenIssuer
 from affinity.tokens.keyring import KeyRing, generate_keyfile
 from bench.bench_referral import NO_PLUGINS, write_config
-from bench.common import ROOT, compare_argument, spawn, stop, wait_http
+from bench.common import ROOT, compare_argument, plain_http_config, spawn, stop, wait_http
 
 WARM_UP = 300
 ASSIGN_SERVERS = 1_000
@@ -90,27 +90,7 @@ def measure_tree(
     ref_port, app_port, assign_port = free_port(), free_port(), free_port()
     # A referral for the app server to register with (not measured): with none, the
     # server's retries to reach one would be counted with the requests.
-    (d / "server.toml").write_text(f"""
-[referral]
-listen = "127.0.0.1:{ref_port}"
-insecure_http = true
-admin_token_file = "admin-token"
-[registry]
-allow_http = true
-[tokens]
-keys_file = "keys.json"
-[health]
-sources = []
-[server]
-id = "s1"
-service = "web"
-listen = "127.0.0.1:{app_port}"
-insecure_http = true
-insecure_referral = true
-referral_url = "http://127.0.0.1:{ref_port}"
-admin_token_file = "admin-token"
-heartbeat_interval = 3600
-""")
+    (d / "server.toml").write_text(plain_http_config(ref_port, app_port))
     config = str(d / "server.toml")
     referral = spawn(["-m", "affinity", "referral", "--config", config], NO_PLUGINS, tree=tree)
     try:

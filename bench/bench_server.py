@@ -20,7 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from affinity.testing import free_port
 from affinity.tokens.jws import TokenIssuer
 from affinity.tokens.keyring import KeyRing, generate_keyfile
-from bench.common import alternate, compare_argument, measure, report, spawn, stop, wait_http
+from bench.common import (
+    alternate,
+    compare_argument,
+    measure,
+    plain_http_config,
+    report,
+    spawn,
+    stop,
+    wait_http,
+)
 
 
 def main() -> None:
@@ -34,27 +43,7 @@ def main() -> None:
         generate_keyfile(d / "keys.json", "HS256", False)
         (d / "admin-token").write_text(secrets.token_urlsafe(24))
         ref_port, app_port, base_port = free_port(), free_port(), free_port()
-        (d / "affinity.toml").write_text(f"""
-[referral]
-listen = "127.0.0.1:{ref_port}"
-insecure_http = true
-admin_token_file = "admin-token"
-[registry]
-allow_http = true
-[tokens]
-keys_file = "keys.json"
-[health]
-sources = []
-[server]
-id = "s1"
-service = "web"
-listen = "127.0.0.1:{app_port}"
-insecure_http = true
-insecure_referral = true
-referral_url = "http://127.0.0.1:{ref_port}"
-admin_token_file = "admin-token"
-heartbeat_interval = 3600
-""")
+        (d / "affinity.toml").write_text(plain_http_config(ref_port, app_port))
         env = {"AFFINITY_DISABLE_PLUGIN_AUTOLOAD": "1", "AFFINITY_PLUGINS": "bench.noop_filter"}
         config = str(d / "affinity.toml")
         serve = ["-m", "affinity", "serve", "bench/bench_app.py:Bench", "--config", config]

@@ -167,3 +167,30 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM")
+
+
+def plain_http_config(ref_port: int, app_port: int) -> str:
+    """A referral and an app server ``s1`` over plain HTTP on loopback, for benchmarks:
+    keys in ``keys.json``, the admin token in ``admin-token``, no health checks and
+    no heartbeat to count with the requests."""
+    return f"""
+[referral]
+listen = "127.0.0.1:{ref_port}"
+insecure_http = true
+admin_token_file = "admin-token"
+[registry]
+allow_http = true
+[tokens]
+keys_file = "keys.json"
+[health]
+sources = []
+[server]
+id = "s1"
+service = "web"
+listen = "127.0.0.1:{app_port}"
+insecure_http = true
+insecure_referral = true
+referral_url = "http://127.0.0.1:{ref_port}"
+admin_token_file = "admin-token"
+heartbeat_interval = 3600
+"""
