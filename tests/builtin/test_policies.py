@@ -9,6 +9,7 @@ change of seed.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import random
@@ -101,6 +102,20 @@ def chi_square(counts: Mapping[str, int], expected: Mapping[str, float]) -> floa
 
 def even_pool(n: int) -> Pool:
     return pool(server(f"s{i:02d}") for i in range(n))
+
+
+def ids(policy: Policy, p: Pool, n: int, avoid: Iterable[str] = ()) -> list[str]:
+    """The ids of ``n`` picks in order."""
+    chosen = [policy.choose(p, request("c", avoid)) for _ in range(n)]
+    return [s.id for s in chosen if s is not None]
+
+
+def pick_until(policy: Policy, p: Pool, sid: str) -> None:
+    """Pick until ``sid`` comes up (within one cycle of the pool)."""
+    for _ in range(10_000):
+        if ids(policy, p, 1) == [sid]:
+            return
+    raise AssertionError(f"{sid} never came up")
 
 
 # -- the registry and the hook -------------------------------------------------
@@ -237,6 +252,76 @@ def test_nothing_left_gives_none(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_a_pool_that_empties_gives_none_then_answers_again(name: str) -> None:
+    policy = make(name)
+    assert policy.choose(even_pool(3), request("c")) is not None
+    assert policy.choose(pool([server("a", health=HealthStatus.CRITICAL)]), request("c")) is None
+    assert set(picks(policy, even_pool(2), 20)) == {"s00", "s01"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_policy_made_by_the_hook_has_its_own_generator(name: str) -> None:
+    policy = affinity_make_policy(name=name, options={})
+    assert policy is not None
+    assert set(picks(policy, even_pool(3), 300)) == {"s00", "s01", "s02"}
+
+
+@pytest.mark.parametrize(
+    ("name", "structure"),
+    [
+        ("round_robin", "_Rotation"),
+        ("random", "_Sampler"),
+        ("load_weighted", "_Sampler"),
+        ("consistent", "_Table"),
+    ],
+)
+def test_the_per_pool_structure_is_built_once_per_pool(
+    name: str, structure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Picks cost O(1) (``consistent``: one scan) because the structure is kept for its pool."""
+    built: list[object] = []
+    original = getattr(policies, structure)
+
+    def counting(*args: Any) -> Any:
+        built.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(policies, structure, counting)
+    policy = make(name)
+    built.clear()  # an empty one made before any pool
+    picks(policy, even_pool(5), 100)
+    assert len(built) == 1
+    picks(policy, even_pool(5), 10)  # another pool object: built once more
+    assert len(built) == 2
+
+
+@pytest.mark.parametrize("name", ["round_robin", "random", "load_weighted"])
+def test_avoiding_one_of_many_servers_does_not_scan_the_pool(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redraws (or the next places of the rotation) find another server: no O(n) fallback."""
+    scans: list[object] = []
+    original = policies._fallback
+
+    def counting(*args: Any) -> int | None:
+        scans.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(policies, "_fallback", counting)
+    counts = picks(make(name), even_pool(50), 1000, avoid={"s00"})
+    assert "s00" not in counts
+    assert scans == []
+
+
+@pytest.mark.parametrize("name", ["round_robin", "random"])
+def test_the_fallback_after_avoided_draws_keeps_the_weights(name: str) -> None:
+    """An avoided heavy server sends nearly every pick to the fallback: it draws by weight too."""
+    p = pool([server("heavy", weight=1000), server("light"), server("mid", weight=3)])
+    counts = picks(make(name), p, 4000, avoid={"heavy"})
+    assert 2.7 < counts["mid"] / counts["light"] < 3.3, counts
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_distribution_is_even(name: str) -> None:
     counts = picks(make(name), even_pool(20), 20_000)
     expected = {f"s{i:02d}": 1000.0 for i in range(20)}
@@ -311,6 +396,68 @@ def test_round_robin_workers_start_at_different_places() -> None:
     p = even_pool(100)
     firsts = [make("round_robin", seed=seed).choose(p, request("c")) for seed in range(20)]
     assert len({s.id for s in firsts if s is not None}) > 10
+
+
+def test_round_robin_interleaves_rounds_as_the_rotation_says() -> None:
+    """Weights 6:4:2 (3:2:1 once divided by their gcd): round 1 visits all three servers,
+    round 2 the two heaviest, round 3 the heaviest alone, then the cycle starts again."""
+    p = pool([server("a", weight=6), server("b", weight=4), server("c", weight=2)])
+    seq = ids(make("round_robin"), p, 40)
+    start = seq.index("c")  # the workers start somewhere in round 1
+    assert seq[start : start + 30] == ["c", "a", "b", "a", "a", "b"] * 5
+
+
+def test_round_robin_weighs_servers_that_all_ramp_by_their_ramp() -> None:
+    p = pool(
+        [
+            dataclasses.replace(server("a"), ramp=0.5),
+            dataclasses.replace(server("b"), ramp=0.25),
+        ]
+    )
+    assert picks(make("round_robin"), p, 300) == {"a": 200, "b": 100}
+
+
+def test_round_robin_walks_at_most_2k_plus_1_places_past_k_avoided_then_draws() -> None:
+    """The rotation is a b c a a a a; after c comes a run of five places of a's.
+
+    A pick that avoids a walks three of them (2 x 1 + 1) and then draws among
+    the rest; the rotation stays where the walk stopped, so two a's are left.
+    """
+    policy = make("round_robin")
+    p = pool([server("a", weight=5), server("b"), server("c")])
+    pick_until(policy, p, "c")
+    assert ids(policy, p, 1, avoid={"a"}) in (["b"], ["c"])
+    assert ids(policy, p, 3) == ["a", "a", "b"]
+
+
+def test_round_robin_skips_an_avoided_server_in_its_order() -> None:
+    policy = make("round_robin")
+    seq = ids(policy, even_pool(3), 100, avoid={"s00"})
+    assert Counter(seq) == {"s01": 50, "s02": 50}
+    assert all(x != y for x, y in itertools.pairwise(seq))
+
+
+@pytest.mark.parametrize("stop", ["s00", "s01", "s02", "s03", "s04"])
+def test_round_robin_starts_over_when_the_pool_shrinks_under_its_place(stop: str) -> None:
+    policy = make("round_robin")
+    pick_until(policy, even_pool(5), stop)
+    assert picks(policy, even_pool(2), 20) == {"s00": 10, "s01": 10}
+
+
+def test_round_robin_starts_over_when_the_weights_change_under_its_place() -> None:
+    """Weights 3 and 1 rotate big small big big: after small, the place is in big's extra rounds."""
+    policy = make("round_robin")
+    uneven = pool([server("big", weight=3), server("small")])
+    pick_until(policy, uneven, "small")
+    # One level left, and the place was in the second: start again.
+    assert picks(policy, pool([server("big"), server("small")]), 20) == {"big": 10, "small": 10}
+
+    policy = make("round_robin")
+    pick_until(policy, uneven, "small")
+    assert ids(policy, uneven, 1) == ["big"]  # the second of big's extra rounds comes next
+    # Weight 2 has one extra round, and the place is past it: start again.
+    fewer = pool([server("big", weight=2), server("small")])
+    assert picks(policy, fewer, 30) == {"big": 20, "small": 10}
 
 
 # -- random --------------------------------------------------------------------
@@ -459,6 +606,93 @@ def test_load_weighted_keeps_counts_across_pools_of_other_membership() -> None:
     assert picks(policy, back, 35) == {"a": 35}
 
 
+class Scripted(random.Random):
+    """A generator whose ``random()`` gives the numbers listed, in order, and fails past them."""
+
+    def __init__(self, *values: float) -> None:
+        super().__init__(0)
+        self.values = list(values)
+
+    def random(self) -> float:
+        return self.values.pop(0)
+
+
+def scripted(*values: float, choices: int = 2) -> tuple[LoadWeightedPolicy, Scripted]:
+    rng = Scripted(*values)
+    return LoadWeightedPolicy({"choices": choices}, rng=rng), rng
+
+
+@pytest.mark.parametrize(("u", "kept"), [(0.0, "b"), (0.49, "b"), (0.5, "a"), (0.99, "a")])
+def test_load_weighted_breaks_a_tie_of_two_evenly(u: float, kept: str) -> None:
+    """Two draws, 0.1 then 0.6, give a then b, equally loaded: b wins when the next draw < 1/2."""
+    policy, rng = scripted(0.1, 0.6, u)
+    chosen = policy.choose(pool([server("a"), server("b")]), request("c"))
+    assert chosen is not None and chosen.id == kept
+    assert rng.values == []  # two candidates, one tie-break: nothing more drawn
+
+
+@pytest.mark.parametrize(("u", "kept"), [(0.32, "c"), (0.34, "a")])
+def test_load_weighted_breaks_a_tie_of_three_evenly(u: float, kept: str) -> None:
+    """The k-th tied candidate replaces the kept one when the draw after it is below 1/k.
+
+    a (0.1), b (0.5), all empty: b is the second of a tie, and 0.6 is not below
+    1/2, so a is kept; c (0.9) is the third, and replaces a when ``u`` < 1/3.
+    """
+    policy, rng = scripted(0.1, 0.5, 0.6, 0.9, u, choices=3)
+    chosen = policy.choose(pool([server("a"), server("b"), server("c")]), request("x"))
+    assert chosen is not None and chosen.id == kept
+    assert rng.values == []
+
+
+@pytest.mark.parametrize(("u", "kept"), [(0.4, "c"), (0.6, "b")])
+def test_load_weighted_counts_ties_from_the_last_better_candidate(u: float, kept: str) -> None:
+    """a (half full) is beaten by b (empty), which ties with c: one tie of two, not three."""
+    p = pool([server("a", active=50, capacity=100), server("b"), server("c")])
+    policy, rng = scripted(0.1, 0.5, 0.9, u, choices=3)
+    chosen = policy.choose(p, request("x"))
+    assert chosen is not None and chosen.id == kept
+    assert rng.values == []
+
+
+def test_load_weighted_compares_distinct_candidates() -> None:
+    """Three choices: a, b, then b again, which is drawn anew: c, the least loaded, wins."""
+    p = pool(
+        [
+            server("a", active=50, capacity=100),
+            server("b", active=20, capacity=100),
+            server("c", capacity=100),
+        ]
+    )
+    policy, rng = scripted(0.1, 0.5, 0.5, 0.9, choices=3)
+    chosen = policy.choose(p, request("x"))
+    assert chosen is not None and chosen.id == "c"
+    assert rng.values == []
+
+
+def test_load_weighted_tries_for_each_remaining_candidate() -> None:
+    """Eight redraws of a give no second candidate; the third is still drawn: b, less loaded."""
+    p = pool([server("a", active=50, capacity=100), server("b", capacity=100)])
+    policy, rng = scripted(0.1, *[0.2] * 8, 0.7, choices=3)
+    chosen = policy.choose(p, request("x"))
+    assert chosen is not None and chosen.id == "b"
+    assert rng.values == []
+
+
+def test_load_weighted_compares_candidates_when_the_request_avoids_another_server() -> None:
+    p = pool([server("a", active=50, capacity=100), server("b", capacity=100)])
+    policy, rng = scripted(0.1, 0.6)
+    chosen = policy.choose(p, request("x", avoid={"gone"}))
+    assert chosen is not None and chosen.id == "b"
+    assert rng.values == []
+
+
+def test_load_weighted_counts_nothing_yet_for_a_server_new_to_it() -> None:
+    policy = make("load_weighted")
+    assert picks(policy, pool([server("a")]), 5) == {"a": 5}  # a at 5 / 100
+    # b joins: 1 / 10 per client, so one assignment counted would put it past a.
+    assert picks(policy, pool([server("a"), server("b", capacity=10)]), 1) == {"b": 1}
+
+
 # -- consistent -------------------------------------------------------------------
 
 
@@ -580,6 +814,28 @@ def test_consistent_bounded_load_spreads_a_hot_server() -> None:
 def test_consistent_with_every_server_loaded_still_answers() -> None:
     p = pool(server(f"s{i}", active=90, capacity=100) for i in range(5))
     assert len(picks(make("consistent"), p, 500)) == 5
+
+
+def test_consistent_answers_with_an_overloaded_server_when_nothing_else_is_left() -> None:
+    p = pool(
+        [server("hot", active=95, capacity=100)]
+        + [server(f"s{i}", active=20, capacity=100) for i in range(4)]
+    )
+    avoid = {f"s{i}" for i in range(4)}
+    chosen = make("consistent").choose(p, request("alice", avoid=avoid))
+    assert chosen is not None and chosen.id == "hot"
+
+
+@pytest.mark.parametrize(("top_load", "stays"), [(8, True), (9, False)])
+def test_consistent_a_server_exactly_at_the_bound_is_not_over_it(
+    top_load: int, stays: bool
+) -> None:
+    """Two servers of capacity 64 (exact in binary), load factor 1: with 8 clients on the top
+    one, its 8/64 equals the bound 1 x 4/64 (the mean) + 4/64 (the slack)."""
+    top, second = hashing.rank("alice", [("a", 1), ("b", 1)])
+    p = pool(server(sid, active=top_load if sid == top else 0, capacity=64) for sid in "ab")
+    chosen = make("consistent", load_factor=1.0).choose(p, request("alice"))
+    assert chosen is not None and chosen.id == (top if stays else second)
 
 
 # -- the per-pool structures, exactly ---------------------------------------------
