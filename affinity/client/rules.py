@@ -295,7 +295,7 @@ def _plan(session: Session, tries: Tries) -> float | str:
     asked, tries.wait = tries.wait, 0.0
     delay = max(settings.backoff.delay(tries.count - 1, session.rng), asked)
     remaining = tries.deadline - session.clock()
-    if asked >= remaining:
+    if asked and asked >= remaining:
         return f"the referral asked to wait {asked:g}s, past the deadline of {settings.deadline:g}s"
     if delay >= remaining:
         return f"the deadline of {settings.deadline:g}s would pass"

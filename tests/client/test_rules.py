@@ -702,3 +702,187 @@ def test_after_a_call_failed_on_a_server_the_next_referral_avoids_it() -> None:
     driver.run(request_steps(s, GET))
     second = driver.fetches(referral=True)[-1]
     assert ("avoid", "s1") in list(second.params)
+
+
+# -- boundaries of the deadline, the renewal and the back-off ---------------------------------
+
+
+class Drawn(random.Random):
+    """A generator whose ``random()`` is always ``value``: the back-off draws a fixed share."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_a_deadline_spent_asking_the_referral_gives_up_with_nothing_tried() -> None:
+    """The referral answers as the deadline falls: 0 s left is no time to send the request."""
+    clock = Clock()
+
+    def slow_referral(fetch: Fetch) -> httpx.Response:
+        clock.now += 10.0
+        return offer("s1")
+
+    driver = Driver(clock, slow_referral, lambda f: answer(200))
+    with pytest.raises(AllAttemptsFailed) as caught:
+        driver.run(request_steps(session(clock, deadline=10.0), GET))
+    assert str(caught.value) == (
+        "GET /: gave up after 1 attempt(s) in 10.00s: the deadline of 10s would pass; "
+        "tried:\n  nothing could be tried"
+    )
+    assert driver.fetches(False) == []
+
+
+def test_a_retry_after_that_reaches_the_deadline_exactly_ends_the_call() -> None:
+    clock = Clock()
+
+    def busy(fetch: Fetch) -> httpx.Response:
+        clock.now += 5.0  # 5 s of the 10 left
+        return answer(503, "no_healthy_server", {"Retry-After": "5"})
+
+    driver = Driver(clock, busy, lambda f: answer(200))
+    with pytest.raises(AllAttemptsFailed) as caught:
+        driver.run(request_steps(session(clock, deadline=10.0), GET))
+    assert "the referral asked to wait 5s, past the deadline of 10s" in str(caught.value)
+
+
+def test_a_back_off_that_reaches_the_deadline_exactly_ends_the_call() -> None:
+    """The wait drawn is the whole ceiling, 2 s, and 2 s are left."""
+    clock = Clock()
+
+    def refused(fetch: Fetch) -> Failure:
+        clock.now += 8.0
+        return Failure(httpx.ConnectError("refused", request=REQ))
+
+    s = session(clock, deadline=10.0, backoff_base=2.0, backoff_cap=2.0, rng=Drawn(1.0))
+    driver = Driver(clock, alternating(), refused)
+    with pytest.raises(AllAttemptsFailed) as caught:
+        driver.run(request_steps(s, GET))
+    assert "gave up after 1 attempt(s) in 8.00s: the deadline of 10s would pass" in str(
+        caught.value
+    )
+    assert driver.events(rules.Retried) == []
+
+
+def test_a_wait_of_nothing_sleeps_not() -> None:
+    clock = Clock()
+    refused = Failure(httpx.ConnectError("refused", request=REQ))
+    driver = Driver(clock, alternating(), lambda f: refused)
+    with pytest.raises(AllAttemptsFailed):
+        driver.run(request_steps(session(clock, max_attempts=2, rng=Drawn(0.0)), GET))
+    assert [e.delay for e in driver.events(rules.Retried)] == [0.0]
+    assert [a for a in driver.actions if isinstance(a, Sleep)] == []
+
+
+def test_the_back_off_doubles_its_ceiling_per_retry_and_draws_from_the_session() -> None:
+    clock = Clock()
+    refused = Failure(httpx.ConnectError("refused", request=REQ))
+    driver = Driver(clock, alternating(), lambda f: refused)
+    options = {"max_attempts": 4, "backoff_base": 1.0, "backoff_cap": 100.0, "deadline": 1000.0}
+    with pytest.raises(AllAttemptsFailed):
+        driver.run(request_steps(session(clock, rng=Drawn(0.75), **options), GET))
+    assert [a.seconds for a in driver.actions if isinstance(a, Sleep)] == [0.75, 1.5, 3.0]
+
+
+def test_a_referral_failure_is_told_and_is_the_reason_of_the_retry() -> None:
+    clock = Clock()
+    replies = iter([answer(500, "internal")])
+    driver = Driver(clock, lambda f: next(replies, offer("s1")), lambda f: answer(200))
+    driver.run(request_steps(session(clock), GET))
+    assert driver.events(rules.ReferralFailed) == [
+        rules.ReferralFailed(referral=REFERRAL, reason="500 internal: d")
+    ]
+    [retried] = driver.events(rules.Retried)
+    assert retried.reason == f"referral {REFERRAL}: 500 internal: d"
+
+
+def test_a_refusal_is_told_as_giving_up() -> None:
+    clock = Clock()
+    driver = Driver(clock, lambda f: answer(400, "invalid_avoid"), lambda f: answer(200))
+    with pytest.raises(ReferralRefused) as caught:
+        driver.run(request_steps(session(clock), GET))
+    reason = f"referral {REFERRAL}: 400 invalid_avoid: d"
+    assert str(caught.value) == f"GET /: {reason}"
+    assert driver.events(rules.GaveUp) == [rules.GaveUp(attempts=1, reason=reason)]
+
+
+def test_a_referral_may_take_the_whole_deadline_and_a_renewal_half_of_it() -> None:
+    """A renewal is soft: the old token still works, so it leaves half the time to the request."""
+    clock = Clock()
+    s = session(clock, deadline=10.0, connect_timeout=8.0, timeout=8.0)
+    driver = Driver(clock, lambda f: offer("s1", expires_in=100.0), lambda f: answer(200))
+    driver.run(request_steps(s, GET))
+    assert s.grant is not None
+    clock.now = s.grant.renew_at  # due this very moment
+    driver.run(request_steps(s, GET))
+    first, renewal = driver.fetches(True)
+    assert (first.connect, first.read) == (8.0, 8.0)
+    assert (renewal.connect, renewal.read) == (5.0, 5.0)
+    assert [e.reason for e in driver.events(Assigned)] == ["first", "renew"]
+
+
+def test_a_failed_renewal_is_tried_again_once_the_cooldown_has_passed() -> None:
+    clock = Clock()
+    s = session(clock)
+    replies = iter([offer("s1", expires_in=100.0), answer(502)])
+    driver = Driver(clock, lambda f: next(replies, offer("s1")), lambda f: answer(200))
+    driver.run(request_steps(s, GET))
+    clock.now += 85.0
+    driver.run(request_steps(s, GET))  # the renewal fails: not again for 10 s
+    clock.now = s.renew_not_before
+    driver.run(request_steps(s, GET))
+    assert len(driver.fetches(True)) == 3
+
+
+def test_a_token_is_expired_at_its_expiry() -> None:
+    clock = Clock()
+    s = session(clock)
+    driver = Driver(clock, alternating(), lambda f: answer(200))
+    driver.run(request_steps(s, GET))
+    assert s.grant is not None
+    clock.now = s.grant.expires_at
+    assert rules.bye_fetch(s) is None  # nothing to say with an expired token
+    driver.run(request_steps(s, GET))
+    assert [e.reason for e in driver.events(Assigned)] == ["first", "expired"]
+
+
+def test_the_bye_is_a_short_post_with_the_token() -> None:
+    clock = Clock()
+    s = session(clock)
+    Driver(clock, alternating(), lambda f: answer(200)).run(request_steps(s, GET))
+    assert s.grant is not None
+    clock.now = s.grant.expires_at - 0.001
+    assert rules.bye_fetch(s) == Fetch(
+        method="POST",
+        url="https://s1.test/.well-known/affinity/bye",
+        headers={"Affinity-Token": "tok.s1"},
+        connect=rules.BYE_TIMEOUT,
+        read=rules.BYE_TIMEOUT,
+    )
+
+
+def test_a_renewal_avoids_nothing() -> None:
+    """The call left s1 (421) and s2 had no free connection; the renewal of s2 that follows
+    asks to keep s2, avoiding nothing."""
+    clock = Clock()
+    s = session(clock)
+    replies = iter([offer("s1"), offer("s2", expires_in=1.0)])
+    driver = Driver(clock, lambda f: next(replies, offer("s2")), lambda f: answer(200))
+    driver.run(request_steps(s, GET))
+
+    def server(fetch: Fetch) -> httpx.Response | Failure:
+        if fetch.url.startswith("https://s1."):
+            return answer(421, "misdirected")
+        if len(driver.fetches(False)) == 3:  # s2, the first time: no connection, 0.9 s later
+            clock.now += 0.9
+            return Failure(httpx.PoolTimeout("busy", request=REQ))
+        return answer(200)
+
+    driver.server = server
+    assert driver.run(request_steps(s, GET)).status_code == 200
+    renewal = driver.fetches(True)[-1]
+    assert [e.reason for e in driver.events(Assigned)] == ["first", "failover", "renew"]
+    assert [v for k, v in renewal.params if k == "avoid"] == []
