@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from affinity.client import rules
 from affinity.client.referrers import (
-    MAX_AVOID,
     TLS_HINT,
     Failure,
     Fetch,
@@ -49,6 +48,7 @@ from affinity.client.rules import (
 from affinity.client.store import Grant, Session
 from affinity.client.sync import ClientOptions, make_session, make_spec
 from affinity.errors import AllAttemptsFailed, ConfigError, NotRetried, ReferralRefused
+from affinity.protocol import MAX_AVOID
 
 REFERRAL = "https://referral.test"
 
