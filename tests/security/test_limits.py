@@ -154,3 +154,31 @@ def test_an_idle_keep_alive_connection_is_closed(fast: Deployment) -> None:
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             answer = _closed_within(sock, CLOSE_WITHIN)
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+def test_a_head_is_timed_from_its_own_first_byte(tmp_path: object) -> None:
+    """A head sent in two parts after an idle pause longer than ``request_timeout`` is answered:
+    the timeout counts from the head's first byte, not from the answer before it.
+
+    The head's parts are further apart than the timeout check's period (half the timeout), so
+    a check falls between them. This holds only while Sanic notes the time of each chunk
+    received before it reads a head (what :class:`affinity.web.connection.CheckedHttp` takes as
+    the head's start).
+    """
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    limits = "request_timeout = 3\nkeep_alive_timeout = 20\n"
+    with Deployment(tmp_path / "d", health="sources = []", server=limits) as d:
+        d.start_referral()
+        d.start_server("s1")
+        path = "/.well-known/affinity/health"
+        with tls_socket(d, d.server_urls["s1"], timeout=CLOSE_WITHIN) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            time.sleep(4)  # idle: longer than request_timeout, shorter than keep_alive_timeout
+            sock.sendall(f"GET {path} HTTP/1.1\r\n".encode())
+            time.sleep(1.6)  # longer than the check's period, well within request_timeout
+            sock.sendall(b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
