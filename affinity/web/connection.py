@@ -25,7 +25,9 @@ Both checks ride on work Sanic does anyway, as nearly free as they can be
 and Sanic's own timeout check, run every half timeout, reads it; the names
 are checked with one search of the raw head Sanic keeps on the request
 rather than one match per parsed name. Nothing is added to Sanic's
-``data_received``, which runs on every chunk.
+``data_received``, which runs on every chunk. The app's config
+(:class:`AppConfig`) keeps its settings as plain attributes, so that the
+two Sanic reads on every request cost a lookup, not a failed one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import re
 from typing import Any, Protocol
 
 from sanic import Sanic
+from sanic.config import Config
 from sanic.exceptions import BadRequest
 from sanic.http import Http, Stage
 from sanic.server.protocols.http_protocol import HttpProtocol
@@ -57,6 +60,34 @@ class ConnectionSettings(Protocol):
     def handshake_timeout(self) -> float: ...
     @property
     def keep_alive_timeout(self) -> float: ...
+
+
+class AppConfig(Config):
+    """Sanic's config, its settings also plain attributes of the object.
+
+    Sanic's ``Config`` keeps them as items of itself (a dict) and reaches
+    ``config.KEEP_ALIVE`` through ``__getattr__``, after a failed attribute
+    lookup has made and dropped an ``AttributeError``: some 4,000
+    instructions each time, and Sanic reads ``KEEP_ALIVE`` (for every head)
+    and ``REQUEST_BUFFER_SIZE`` (for every chunk received) that way. Every
+    change goes through ``update`` (``config.X = ...`` and ``config["X"] =
+    ...`` do, as of Sanic 25.12), which copies the settings to attributes
+    again.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._as_attributes()
+
+    def update(self, *other: Any, **kwargs: Any) -> None:
+        super().update(*other, **kwargs)
+        self._as_attributes()
+
+    def _as_attributes(self) -> None:
+        attributes = vars(self)
+        for key, value in self.items():
+            if key.isupper():
+                attributes[key] = value
 
 
 def apply_limits(app: Sanic[Any, Any], settings: ConnectionSettings) -> None:
