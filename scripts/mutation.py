@@ -61,7 +61,12 @@ TARGETS: dict[str, Target] = {
     ),
     "guard": Target(
         ("affinity/server/guard.py", "affinity/server/tokens.py"),
-        ("tests/server/test_app_server.py", "tests/server/test_jwks_live.py"),
+        (
+            "tests/server/test_app_server.py",
+            "tests/server/test_jwks_live.py",
+            "tests/server/test_bye.py",
+            "tests/server/test_server_metrics.py",
+        ),
         processes=True,
     ),
     "assign": Target(

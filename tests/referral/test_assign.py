@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from affinity.testing import Deployment, wait_until
-from affinity.tokens.jws import TokenIssuer
+from affinity.tokens.jws import TokenIssuer, TokenVerifier
 from affinity.tokens.keyring import KeyRing
 from tests.promtext import parse
 
@@ -315,3 +315,163 @@ def test_the_default_service_exists_without_a_services_table(tmp_path: Path) -> 
             assert r.status_code == 503, r.text
             assert r.json()["error"] == "no_healthy_server"
             assert client.get("/v1/assign", params={"service": "nope"}).status_code == 404
+
+
+ROOT = Path(__file__).resolve().parents[2]
+OBSERVER = {"AFFINITY_PLUGINS": "tests.referral.observer_plugin", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A referral that loads ``observer_plugin``: its hooks and health source record what
+    the referral tells them, read back (and cleared) at ``GET /test/observed``."""
+    directory: Path = tmp_path_factory.mktemp("observed")
+    with Deployment(
+        directory, services=SERVICES, health='sources = ["recording"]', env=OBSERVER
+    ) as d:
+        d.start_referral()
+        wait_until(lambda: d.assignable() == {"s1", "s2", "s3"}, 10, what="passing")
+        yield d
+
+
+def taken(c: httpx.Client) -> list[dict[str, object]]:
+    """What the observer plugin recorded since it was last asked."""
+    seen: list[dict[str, object]] = c.get("/test/observed").json()
+    return seen
+
+
+def client_id(d: Deployment, token: str) -> str:
+    return TokenVerifier(KeyRing.load(d.dir / "keys.json")).verify(token).cid
+
+
+def test_plugins_see_each_assignment_as_answered(observed: Deployment) -> None:
+    with observed.client(base_url=observed.referral_url) as c:
+        taken(c)
+        first = c.get("/v1/assign").json()
+        cid = client_id(observed, first["token"])
+        sid = first["server"]["id"]
+        assert taken(c) == [
+            {
+                "event": "assigned",
+                "service": "web",
+                "client_id": cid,
+                "avoid": [],
+                "previous": None,
+                "client_ip": "127.0.0.1",
+                "server": sid,
+                "token": first["token"],
+                "expires_in": first["expires_in"],
+                "sticky": False,
+            }
+        ]
+        again = c.get("/v1/assign", headers={"Affinity-Token": first["token"]}).json()
+        assert again["sticky"] is True and again["server"]["id"] == sid
+        assert client_id(observed, again["token"]) == cid, "a kept client keeps its id"
+        assert taken(c) == [
+            {
+                "event": "assigned",
+                "service": "web",
+                "client_id": cid,
+                "avoid": [],
+                "previous": sid,
+                "client_ip": "127.0.0.1",
+                "server": sid,
+                "token": again["token"],
+                "expires_in": again["expires_in"],
+                "sticky": True,
+            }
+        ]
+        other = c.get("/v1/assign").json()
+        assert client_id(observed, other["token"]) != cid, "a new client gets a new id"
+        assert c.get("/v1/assign", params={"service": "empty"}).status_code == 503
+        events = taken(c)
+        assert [e["event"] for e in events] == ["assigned"], "no server, nothing assigned"
+
+
+def test_an_avoid_of_a_known_server_is_reported_once_and_an_unknown_id_is_ignored(
+    observed: Deployment,
+) -> None:
+    with observed.client(base_url=observed.referral_url) as c:
+        first = c.get("/v1/assign").json()
+        sid = first["server"]["id"]
+        before = parse(c.get("/metrics").text)["affinity_avoid_reports_total"]
+        taken(c)
+        moved = c.get(
+            "/v1/assign",
+            params=[("avoid", sid), ("avoid", "nosuch")],
+            headers={"Affinity-Token": first["token"]},
+        ).json()
+        assert moved["server"]["id"] != sid and moved["sticky"] is False
+        events = taken(c)
+        assert events[:2] == [
+            {"event": "recheck", "server": sid},
+            {"event": "avoided", "service": "web", "server": sid, "ip": "127.0.0.1"},
+        ]
+        assert events[2]["event"] == "assigned" and len(events) == 3
+        assert events[2]["avoid"] == sorted([sid, "nosuch"])
+        assert events[2]["previous"] == sid and events[2]["sticky"] is False
+        after = parse(c.get("/metrics").text)["affinity_avoid_reports_total"]
+        old = before.value(service="web", server=sid) or 0.0
+        assert after.value(service="web", server=sid) == old + 1
+        assert after.value(service="web", server="nosuch") is None
+
+
+def test_up_to_sixteen_avoids_are_taken(client: httpx.Client) -> None:
+    """The limit is 16: 16 ids are a valid request (17 are refused, above)."""
+    r = client.get("/v1/assign", params={"avoid": [f"x{i}" for i in range(16)]})
+    assert r.status_code == 200, r.text
+    assert r.json()["server"]["id"] in {"s1", "s2", "s3"}
+
+
+def assignments(c: httpx.Client) -> dict[tuple[str, str, str, str], float]:
+    """``affinity_assignments_total`` by (service, server, policy, outcome)."""
+    family = parse(c.get("/metrics").text)["affinity_assignments_total"]
+    return {
+        (ls["service"], ls["server"], ls["policy"], ls["outcome"]): v for _, ls, v in family.samples
+    }
+
+
+def assigned_to(referral: Deployment) -> dict[str, int]:
+    """The ``assignments`` count of each server, as ``GET /v1/servers`` shows it."""
+    with referral.admin() as admin:
+        servers = admin.get("/v1/servers").json()["servers"]
+    return {s["id"]: s["assignments"] for s in servers}
+
+
+def test_each_decision_is_counted_by_server_policy_and_outcome(
+    referral: Deployment, client: httpx.Client
+) -> None:
+    before, counts = assignments(client), assigned_to(referral)
+    first = client.get("/v1/assign").json()
+    sid = first["server"]["id"]
+    client.get("/v1/assign", headers={"Affinity-Token": first["token"]})
+    assert client.get("/v1/assign", params={"service": "empty"}).status_code == 503
+    after = assignments(client)
+    changed = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+    assert changed == {
+        ("web", sid, "round_robin", "referred"): 1.0,
+        ("web", sid, "round_robin", "sticky"): 1.0,
+        ("empty", "", "random", "no_server"): 1.0,
+    }
+    now = assigned_to(referral)
+    assert now[sid] == counts.get(sid, 0) + 2, "sticky or not, each token issued counts"
+    assert {k: v for k, v in now.items() if k != sid} == {
+        k: v for k, v in counts.items() if k != sid
+    }
+
+
+def test_the_decision_time_is_a_duration(client: httpx.Client) -> None:
+    """The histogram gets the seconds a decision took, not a clock reading."""
+    family = "affinity_assign_duration_seconds"
+
+    def observed_sum() -> tuple[float, float]:
+        f = parse(client.get("/metrics").text)[family]
+        count = f.value(family + "_count", service="web") or 0.0
+        return count, f.value(family + "_sum", service="web") or 0.0
+
+    count, total = observed_sum()
+    for _ in range(3):
+        assert client.get("/v1/assign").status_code == 200
+    count_after, total_after = observed_sum()
+    assert count_after == count + 3
+    assert 0.0 <= total_after - total < 60.0
