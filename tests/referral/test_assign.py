@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -318,7 +319,11 @@ def test_the_default_service_exists_without_a_services_table(tmp_path: Path) -> 
 
 
 ROOT = Path(__file__).resolve().parents[2]
-OBSERVER = {"AFFINITY_PLUGINS": "tests.referral.observer_plugin", "PYTHONPATH": str(ROOT)}
+# Added to PYTHONPATH, not in its place: a mutation run puts its own directory there.
+OBSERVER = {
+    "AFFINITY_PLUGINS": "tests.referral.observer_plugin",
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+}
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -265,3 +266,83 @@ def test_a_server_registers_again_after_the_referral_forgets_it(deployment: Depl
     deployment.referrals[-1].kill()
     deployment.start_referral()
     wait_until(lambda: deployment.registered() == {"s1"}, 10, what="re-registration")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# Added to PYTHONPATH, not in its place: a mutation run puts its own directory there.
+FILTER = {
+    "AFFINITY_PLUGINS": "tests.server.filter_plugin",
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+}
+REFUSE = {"X-Test-Refuse": "1"}
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A referral and app server s1 with ``filter_plugin``, a request filter that records
+    what it is shown and refuses requests with ``X-Test-Refuse``."""
+    with Deployment(tmp_path_factory.mktemp("filtered")) as d:
+        d.start_referral()
+        d.start_server("s1", app=APP, env=FILTER)
+        yield d
+
+
+def shown(d: Deployment) -> list[dict[str, object]]:
+    """What the filter was shown since it was last asked."""
+    with d.client() as c:
+        seen: list[dict[str, object]] = c.get(d.server_urls["s1"] + "/test/filtered").json()
+    return seen
+
+
+def call(
+    d: Deployment, path: str, token: str | None = None, *, refuse: bool = False
+) -> httpx.Response:
+    headers = {"X-Test-Note": "1", **({"Affinity-Token": token} if token else {})}
+    with d.client() as c:
+        return c.get(d.server_urls["s1"] + path, headers={**headers, **(REFUSE if refuse else {})})
+
+
+def test_the_filter_sees_the_client_id_of_a_valid_token_and_the_server(
+    filtered: Deployment,
+) -> None:
+    shown(filtered)
+    mine = issuer(filtered).issue("s1", "client-9", "web")[0]
+    assert call(filtered, "/whoami", mine).json()["client"] == "client-9"
+    assert call(filtered, "/whoami", "junk").status_code == 401
+    assert call(filtered, "/whoami").status_code == 200
+    seen = {"role": "server", "method": "GET", "path": "/whoami", "server_id": "s1"}
+    assert shown(filtered) == [
+        {**seen, "client_id": "client-9"},
+        {**seen, "client_id": None},
+        {**seen, "client_id": None},
+    ]
+
+
+def test_a_refusal_of_the_filter_comes_before_the_tokens_verdict(filtered: Deployment) -> None:
+    """A filter refuses before the token is judged: no 401 or 421 for a refused request,
+    and nothing of the app runs."""
+    for token in (None, "junk", token_for(filtered, "s2"), token_for(filtered, "s1")):
+        r = call(filtered, "/whoami", token, refuse=True)
+        assert r.status_code == 403, (token, r.text)
+        assert r.json() == {"error": "refused_by_test", "detail": "the test filter says no"}
+        assert r.headers["affinity-server"] == "s1"
+
+
+def test_affinitys_own_endpoints_and_unknown_paths_pass_the_filter_too(
+    filtered: Deployment,
+) -> None:
+    shown(filtered)
+    health = "/.well-known/affinity/health"
+    token = issuer(filtered).issue("s1", "client-3", "web")[0]
+    assert call(filtered, health, token).status_code == 200
+    refused = call(filtered, health, token, refuse=True)
+    assert refused.status_code == 403 and refused.headers["affinity-server"] == "s1"
+    refused = call(filtered, "/no/such/path", token, refuse=True)
+    assert refused.status_code == 403 and refused.json()["error"] == "refused_by_test"
+    assert refused.headers["affinity-server"] == "s1"
+    seen = {"role": "server", "method": "GET", "server_id": "s1"}
+    assert shown(filtered) == [
+        {**seen, "path": health, "client_id": None},
+        {**seen, "path": health, "client_id": None},
+        {**seen, "path": "/no/such/path", "client_id": "client-3"},
+    ]

@@ -1,0 +1,50 @@
+"""A request filter the guard tests load into an app server (``AFFINITY_PLUGINS``).
+
+It records what it is shown of each request the test marks with the header ``X-Test-Note``
+(role, method, path, client id, server id: not the referral's health checks), and refuses
+every request that carries the header ``X-Test-Refuse``. ``GET /test/filtered`` returns the
+record and clears it. One worker, so the module-level record is the whole record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sanic import HTTPResponse, Request, Sanic
+from sanic.response import json
+
+from affinity import hookimpl
+from affinity.models import Rejection, RequestInfo
+
+SEEN: list[dict[str, Any]] = []
+RECORD = "/test/filtered"
+
+
+@hookimpl
+def affinity_reject_request(request: RequestInfo) -> Rejection | None:
+    if request.path == RECORD:
+        return None
+    if "x-test-note" in request.headers:
+        SEEN.append(
+            {
+                "role": request.role,
+                "method": request.method,
+                "path": request.path,
+                "client_id": request.client_id,
+                "server_id": request.server_id,
+            }
+        )
+    if "x-test-refuse" in request.headers:
+        return Rejection(status=403, error="refused_by_test", detail="the test filter says no")
+    return None
+
+
+async def _filtered(request: Request) -> HTTPResponse:
+    taken = list(SEEN)
+    SEEN.clear()
+    return json(taken)
+
+
+@hookimpl
+def affinity_register_routes(app: Sanic[Any, Any], role: str) -> None:
+    app.add_route(_filtered, RECORD, methods=["GET"], name="test_filtered")
