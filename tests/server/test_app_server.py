@@ -233,17 +233,23 @@ def test_sigterm_drains_then_deregisters_and_exits_0(running: Deployment) -> Non
 def test_a_draining_server_serves_its_clients_until_the_grace_has_passed(
     deployment: Deployment,
 ) -> None:
-    """Within ``drain_grace`` a valid token is served; only after it comes 503 + Reassign.
+    """Within ``drain_grace`` a valid token is served; only after it comes 503 + Reassign,
+    with a ``Retry-After`` drawn between 1 s and the grace (at least 1 s).
 
     No clock in the test: s1's grace is an hour, so every request falls within it;
-    s2's is zero, so every request falls after it.
+    s2's is zero, so every request falls after it. s3's is 3 s: its clients are told to
+    come back after 2 or 3 s (the ceiling of a draw between 1 and 3), and not all alike.
     """
     deployment.start_referral()
-    for sid, grace in (("s1", "3600"), ("s2", "0")):
-        deployment.start_server(sid, app=APP, env={"AFFINITY_SERVER_DRAIN_GRACE": grace})
+    for sid, grace in (("s1", "3600"), ("s2", "0"), ("s3", "3")):
+        env = {"AFFINITY_SERVER_DRAIN_GRACE": grace}
+        deployment.start_server(sid, app=APP, env=env, wait=False)
+    for sid in ("s1", "s2", "s3"):
+        health = deployment.server_urls[sid] + "/.well-known/affinity/health"
+        deployment.wait_http(health, deployment.servers[sid])
     auth = {"Authorization": f"Bearer {deployment.server_admin_token}"}
     with deployment.client() as c:
-        for sid in ("s1", "s2"):
+        for sid in ("s1", "s2", "s3"):
             url = deployment.server_urls[sid]
             drained = c.post(url + "/.well-known/affinity/drain", headers=auth)
             assert drained.status_code == 200 and drained.json()["draining"] is True
@@ -252,8 +258,20 @@ def test_a_draining_server_serves_its_clients_until_the_grace_has_passed(
     assert within.status_code == 200 and within.json()["server"] == "s1"
     assert "affinity-reassign" not in within.headers
     after = get(deployment, "s2", "/whoami", token_for(deployment, "s2"))
-    assert after.status_code == 503 and after.json()["error"] == "draining"
+    assert after.status_code == 503
+    assert after.json() == {
+        "error": "draining",
+        "detail": "this server is draining; ask the referral for another",
+    }
     assert after.headers["affinity-reassign"] == "1"
+    assert after.headers["retry-after"] == "1", "a grace under 1 s: 1 s"
+    assert after.headers["affinity-server"] == "s2"
+    token = token_for(deployment, "s3")
+    wait_until(
+        lambda: get(deployment, "s3", "/whoami", token).status_code == 503, 15, what="s3 grace"
+    )
+    waits = [get(deployment, "s3", "/whoami", token).headers["retry-after"] for _ in range(30)]
+    assert set(waits) == {"2", "3"}, waits
 
 
 def test_a_server_registers_again_after_the_referral_forgets_it(deployment: Deployment) -> None:
