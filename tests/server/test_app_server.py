@@ -14,7 +14,7 @@ import pytest
 
 from affinity.testing import Deployment, wait_until
 from affinity.tokens.jws import TokenIssuer
-from affinity.tokens.keyring import KeyRing
+from affinity.tokens.keyring import KeyRing, rotate_keyfile
 
 APP = str(Path(__file__).with_name("apps.py")) + ":Holding"
 
@@ -364,3 +364,20 @@ def test_affinitys_own_endpoints_and_unknown_paths_pass_the_filter_too(
         {**seen, "path": health, "client_id": None},
         {**seen, "path": "/no/such/path", "client_id": "client-3"},
     ]
+
+
+def test_sighup_makes_an_app_server_verify_with_the_key_file_as_it_now_is(
+    deployment: Deployment,
+) -> None:
+    deployment.start_referral()
+    proc = deployment.start_server("s1", app=APP)
+    assert get(deployment, "s1", "/whoami", deployment.token("s1")).status_code == 200
+    rotate_keyfile(deployment.dir / "keys.json", None, retire_after=None)
+    newly_signed = deployment.token("s1")  # with the key the rotation added
+    assert get(deployment, "s1", "/whoami", newly_signed).status_code == 401
+    proc.signal(signal.SIGHUP)
+    wait_until(
+        lambda: get(deployment, "s1", "/whoami", newly_signed).status_code == 200,
+        20,
+        what="the new key accepted after SIGHUP",
+    )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+
 from affinity.testing import Deployment, wait_until
 from affinity.tokens.jws import TokenIssuer
-from affinity.tokens.keyring import KeyRing, generate_keyfile
+from affinity.tokens.keyring import KeyRing, generate_keyfile, rotate_keyfile
 
 
 def test_server_verifies_with_the_referrals_jwks(deployment: Deployment) -> None:
@@ -27,3 +29,30 @@ def test_server_verifies_with_the_referrals_jwks(deployment: Deployment) -> None
         refused = c.get(url + "/", headers={"Affinity-Token": stranger})
         assert refused.status_code == 401
         assert refused.json()["error"] == "invalid_token"
+
+
+def test_sighup_makes_an_app_server_fetch_the_referrals_keys_at_once(
+    deployment: Deployment,
+) -> None:
+    """A token signed with a key the server has not seen makes it fetch the JWKS at most once
+    every 30 s; SIGHUP fetches at once."""
+    generate_keyfile(deployment.dir / "keys.json", "EdDSA", True)
+    referral = deployment.start_referral()
+    jwks = f"{deployment.referral_url}/.well-known/jwks.json"
+    server = deployment.start_server(
+        "s1", env={"AFFINITY_TOKENS_KEYS_FILE": "", "AFFINITY_TOKENS_JWKS_URL": jwks}
+    )
+    url = deployment.server_urls["s1"]
+    with deployment.client() as c:
+        assert c.get(url + "/", headers={"Affinity-Token": deployment.token("s1")}).is_success
+        rotate_keyfile(deployment.dir / "keys.json", None, retire_after=None)
+        referral.signal(signal.SIGHUP)
+        wait_until(lambda: len(c.get(jwks).json()["keys"]) == 2, 20, what="the referral's reload")
+        newly_signed = {"Affinity-Token": deployment.token("s1")}
+        assert c.get(url + "/", headers=newly_signed).status_code == 401, "fetched too recently"
+        server.signal(signal.SIGHUP)
+        wait_until(
+            lambda: c.get(url + "/", headers=newly_signed).status_code == 200,
+            20,
+            what="the new key fetched after SIGHUP",
+        )
