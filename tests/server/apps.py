@@ -25,6 +25,7 @@ class Holding(AppServer):
         extra = Blueprint("extra", url_prefix="/bp")
         extra.add_route(self.plain_whoami, "/whoami", name="bp_whoami")
         app.blueprint(extra)
+        app.add_route(self.stream, "/stream", name="stream")
 
     def plain_whoami(self, request: Request) -> HTTPResponse:
         """A plain function (not a coroutine) on a blueprint: guarded like any route."""
@@ -58,6 +59,12 @@ class Holding(AppServer):
     async def count(self, request: Request) -> HTTPResponse:
         self.posts += 1
         return json({"server": self.server_id, "posts": self.posts})
+
+    async def stream(self, request: Request) -> None:
+        """``/stream``, streamed with ``request.respond``: the handler returns nothing."""
+        response = await request.respond(status=202, content_type="text/plain")
+        await response.send("streamed")
+        await response.eof()
 
     @route("/boom")
     async def boom(self, request: Request) -> HTTPResponse:

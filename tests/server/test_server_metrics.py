@@ -109,3 +109,50 @@ def test_health_and_metrics_answers_are_counted_too(servers: Deployment) -> None
     families = scrape(servers, "s1")
     labels = {"route": "/.well-known/affinity/health", "method": "GET"}
     assert count(families, "affinity_app_requests_total", **labels, status="200") >= 1
+
+
+def durations(families: dict[str, Family], route: str, method: str = "GET") -> tuple[float, float]:
+    """The count and the sum of the request durations of ``route``."""
+    seconds = "affinity_app_request_duration_seconds"
+    family = families[seconds]
+    labels = {"route": route, "method": method}
+    return (
+        family.value(f"{seconds}_count", **labels) or 0.0,
+        family.value(f"{seconds}_sum", **labels) or 0.0,
+    )
+
+
+def test_every_answer_is_timed_refused_failed_or_streamed(servers: Deployment) -> None:
+    """Each answer adds its duration to the histogram of its route: a refusal, a handler that
+    fails, a streamed answer, like any other. The sum grows by durations, not clock readings."""
+    before = scrape(servers, "s1")
+    assert call(servers, "s1", "/whoami", "garbage") == 401
+    assert call(servers, "s1", "/boom", servers.token("s1")) == 500
+    assert call(servers, "s1", "/stream") == 202
+    assert call(servers, "s1", "/whoami") == 200
+    after = scrape(servers, "s1")
+    for route, answers in (("/whoami", 2), ("/boom", 1), ("/stream", 1)):
+        timed, total = durations(before, route)
+        timed_after, total_after = durations(after, route)
+        assert timed_after == timed + answers, route
+        assert 0.0 <= total_after - total < 60.0, route
+    requests = "affinity_app_requests_total"
+    for route, status in (("/boom", "500"), ("/stream", "202"), ("/whoami", "401")):
+        labels = {"route": route, "method": "GET", "status": status}
+        assert count(after, requests, **labels) - count(before, requests, **labels) == 1
+
+
+def test_the_bytes_sent_are_those_of_the_answers(tmp_path: Path) -> None:
+    """The load's bytes per second follow the bodies sent: when every answer has the same
+    body, it is that body's length times the requests per second (the same average)."""
+    with Deployment(tmp_path, health="sources = []") as d:
+        d.start_referral()
+        d.start_server("s1", app=APP)
+        with d.client() as c:
+            lengths = {len(c.get(d.server_urls["s1"] + "/whoami").content) for _ in range(5)}
+        (length,) = lengths
+        gauges = scrape(d, "s1")
+        rps = count(gauges, "affinity_app_requests_per_second")
+        sent = count(gauges, "affinity_app_response_bytes_per_second")
+        assert rps > 0
+        assert sent == pytest.approx(length * rps, rel=1e-6)
