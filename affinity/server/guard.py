@@ -230,9 +230,13 @@ async def error_answer(request: Request, exc: Exception) -> HTTPResponse:
         own = _is_own(request.path)
         if not own and state.tokens.jwks is not None:
             await learn_keys(request)
-        response = admit_own(state, request) if own else admit(state, request)
-        if response is None and not own:
-            release(state)  # answered at once, below
+        try:
+            response = admit_own(state, request) if own else admit(state, request)
+        except Exception as failed:  # a request filter failed: a 500 like a failing handler's
+            exc = failed
+        else:
+            if response is None and not own:
+                release(state)  # answered at once, below
     if response is None:
         response = exception_response(request, exc)
     response.headers[SERVER_HEADER] = state.server.id

@@ -1,8 +1,9 @@
 """A request filter the guard tests load into an app server (``AFFINITY_PLUGINS``).
 
 It records what it is shown of each request the test marks with the header ``X-Test-Note``
-(role, method, path, client id, server id: not the referral's health checks), and refuses
-every request that carries the header ``X-Test-Refuse``. ``GET /test/filtered`` returns the
+(role, method, path, client id, server id: not the referral's health checks), refuses
+every request that carries the header ``X-Test-Refuse``, and fails (raises) on every request
+that carries ``X-Test-Fail``. ``GET /test/filtered`` returns the
 record and clears it. One worker, so the module-level record is the whole record.
 """
 
@@ -34,6 +35,8 @@ def affinity_reject_request(request: RequestInfo) -> Rejection | None:
                 "server_id": request.server_id,
             }
         )
+    if "x-test-fail" in request.headers:
+        raise RuntimeError("the test filter failed")
     if "x-test-refuse" in request.headers:
         return Rejection(status=403, error="refused_by_test", detail="the test filter says no")
     return None

@@ -358,12 +358,31 @@ def test_affinitys_own_endpoints_and_unknown_paths_pass_the_filter_too(
     refused = call(filtered, "/no/such/path", token, refuse=True)
     assert refused.status_code == 403 and refused.json()["error"] == "refused_by_test"
     assert refused.headers["affinity-server"] == "s1"
+    assert call(filtered, "/.well-known/affinity/nope", token).status_code == 404
+    assert call(filtered, "/boom", token).status_code == 500
     seen = {"role": "server", "method": "GET", "server_id": "s1"}
     assert shown(filtered) == [
         {**seen, "path": health, "client_id": None},
         {**seen, "path": health, "client_id": None},
         {**seen, "path": "/no/such/path", "client_id": "client-3"},
-    ]
+        {**seen, "path": "/.well-known/affinity/nope", "client_id": None},
+        {**seen, "path": "/boom", "client_id": "client-3"},
+    ], "each request is shown to the filter once, a failing one too"
+    assert call(filtered, health).json()["load"]["inflight"] == 0
+
+
+def test_a_filter_that_fails_is_a_500_not_a_traceback(filtered: Deployment) -> None:
+    with filtered.client() as c:
+        for path in ("/whoami", "/.well-known/affinity/health", "/no/such/path"):
+            r = c.get(filtered.server_urls["s1"] + path, headers={"X-Test-Fail": "1"})
+            assert (r.status_code, r.headers.get("content-type")) == (500, "application/json"), (
+                path,
+                r.text,
+            )
+            assert r.json()["error"] == "internal_error", path
+            assert "the test filter failed" not in r.text
+            assert r.headers["affinity-server"] == "s1"
+    assert call(filtered, "/.well-known/affinity/health").json()["load"]["inflight"] == 0
 
 
 def test_sighup_makes_an_app_server_verify_with_the_key_file_as_it_now_is(
