@@ -400,3 +400,25 @@ def test_sighup_makes_an_app_server_verify_with_the_key_file_as_it_now_is(
         20,
         what="the new key accepted after SIGHUP",
     )
+
+
+def test_the_server_verifies_with_the_token_settings_of_its_config(
+    deployment: Deployment,
+) -> None:
+    """``tokens.issuer`` and ``tokens.leeway`` apply, and so does the longest lifetime they
+    allow (``ttl * (1 + jitter)`` rounded up, plus the leeway: 4560 s here)."""
+    deployment.start_referral()
+    settings = {"AFFINITY_TOKENS_ISSUER": "elsewhere", "AFFINITY_TOKENS_LEEWAY": "600"}
+    deployment.start_server("s1", app=APP, env=settings)
+
+    def status(issuer: str = "elsewhere", ttl: float = 60.0, age: float = 0.0) -> int:
+        clock = lambda: time.time() - age  # noqa: E731
+        token = token_for(deployment, "s1", issuer=issuer, ttl=ttl, jitter=0.0, clock=clock)
+        return get(deployment, "s1", "/whoami", token).status_code
+
+    assert status() == 200
+    assert status(issuer="affinity") == 401, "issued by another issuer"
+    assert status(age=300) == 200, "expired within the leeway"
+    assert status(age=900) == 401, "expired past the leeway"
+    assert status(ttl=4500.0) == 200
+    assert status(ttl=4600.0) == 401, "lives too long"
