@@ -481,3 +481,11 @@ def test_the_decision_time_is_a_duration(client: httpx.Client) -> None:
     count_after, total_after = observed_sum()
     assert count_after == count + 3
     assert 0.0 <= total_after - total < 60.0
+
+
+def test_new_clients_are_placed_by_the_services_own_policy(client: httpx.Client) -> None:
+    """Service web has the round robin (not the default policy): new clients go round the
+    three servers in turn."""
+    placed = [client.get("/v1/assign").json()["server"]["id"] for _ in range(12)]
+    assert len(set(placed[:3])) == 3, placed
+    assert all(placed[i] == placed[i + 3] for i in range(9)), placed
