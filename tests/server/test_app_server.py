@@ -69,7 +69,10 @@ def test_valid_token_is_served_and_the_client_id_is_known(shared: Deployment) ->
 def test_token_for_another_server_is_misdirected(shared: Deployment) -> None:
     r = get(shared, "s1", "/whoami", token_for(shared, "s2"))
     assert r.status_code == 421
-    assert r.json()["error"] == "misdirected"
+    assert r.json() == {
+        "error": "misdirected",
+        "detail": "this token names another server; ask the referral again",
+    }
     assert r.headers["affinity-server"] == "s1"
 
 
@@ -104,7 +107,11 @@ def test_token_required_mode(deployment: Deployment) -> None:
     deployment.start_referral()
     deployment.start_server("s1", app=APP, env={"AFFINITY_SERVER_REQUIRE_TOKEN": "true"})
     r = get(deployment, "s1", "/whoami")
-    assert r.status_code == 401 and r.json()["error"] == "token_required"
+    assert r.status_code == 401
+    assert r.json() == {
+        "error": "token_required",
+        "detail": "this server needs an affinity token from the referral",
+    }
     assert get(deployment, "s1", "/whoami", token_for(deployment, "s1")).status_code == 200
     # Health stays reachable for the referral's checks.
     assert get(deployment, "s1", "/.well-known/affinity/health").status_code == 200

@@ -82,19 +82,31 @@ def test_a_bye_with_a_forged_or_foreign_token_is_refused_and_changes_nothing(
     other_service = iss.issue("s1", "victim", "api")[0]
     past = TokenIssuer(KeyRing.load(servers.dir / "keys.json"), ttl=60.0, clock=lambda: 1e9)
     expired = past.issue("s1", "victim", "web")[0]
+    invalid = "the affinity token is not valid"
+    elsewhere = "this token names another server; say bye to that one"
     cases = [
-        (forged, 401, "invalid_token"),
-        (expired, 401, "token_expired"),
-        (token[:-4] + "AAAA", 401, "invalid_token"),
-        (other_server, 421, "misdirected"),
-        (other_service, 421, "misdirected"),
-        (None, 401, "token_required"),
+        (forged, 401, "invalid_token", "the token's key is not known here"),
+        (expired, 401, "token_expired", "the affinity token has expired; ask the referral again"),
+        (token[:-4] + "AAAA", 401, "invalid_token", invalid),
+        (other_server, 421, "misdirected", elsewhere),
+        (other_service, 421, "misdirected", elsewhere),
+        (None, 401, "token_required", "a bye needs the affinity token of the session it ends"),
     ]
-    for bad, status, error in cases:
+    name = "affinity_app_token_rejections_total"
+    with servers.client() as c:
+        before = parse(c.get(servers.server_urls["s1"] + METRICS_PATH).text)[name]
+    for bad, status, error, detail in cases:
         r = bye(servers, "s1", bad)
-        assert (r.status_code, r.json()["error"]) == (status, error), bad
-        assert r.json()["detail"]
+        assert (r.status_code, r.json()) == (status, {"error": error, "detail": detail}), bad
+        assert r.headers["affinity-server"] == "s1"
     assert clients(servers, "s1") == 1 and held_ids(servers, "s1") == 1
+    with servers.client() as c:
+        after = parse(c.get(servers.server_urls["s1"] + METRICS_PATH).text)[name]
+    added = {
+        reason: (after.value(reason=reason) or 0.0) - (before.value(reason=reason) or 0.0)
+        for reason in ("invalid", "expired", "misdirected", "required")
+    }
+    assert added == {"invalid": 2, "expired": 1, "misdirected": 2, "required": 1}
 
 
 def test_a_bye_flood_leaves_no_state_behind(servers: Deployment) -> None:
