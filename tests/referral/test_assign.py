@@ -467,20 +467,22 @@ def test_each_decision_is_counted_by_server_policy_and_outcome(
 
 
 def test_the_decision_time_is_a_duration(client: httpx.Client) -> None:
-    """The histogram gets the seconds a decision took, not a clock reading."""
+    """The histogram gets the seconds a decision took, not a clock reading: a referral and a
+    503 for a service with no server alike."""
     family = "affinity_assign_duration_seconds"
 
-    def observed_sum() -> tuple[float, float]:
+    def observed(service: str) -> tuple[float, float]:
         f = parse(client.get("/metrics").text)[family]
-        count = f.value(family + "_count", service="web") or 0.0
-        return count, f.value(family + "_sum", service="web") or 0.0
+        count = f.value(family + "_count", service=service) or 0.0
+        return count, f.value(family + "_sum", service=service) or 0.0
 
-    count, total = observed_sum()
-    for _ in range(3):
-        assert client.get("/v1/assign").status_code == 200
-    count_after, total_after = observed_sum()
-    assert count_after == count + 3
-    assert 0.0 <= total_after - total < 60.0
+    for service, status in (("web", 200), ("empty", 503)):
+        count, total = observed(service)
+        for _ in range(3):
+            assert client.get("/v1/assign", params={"service": service}).status_code == status
+        count_after, total_after = observed(service)
+        assert count_after == count + 3, service
+        assert 0.0 <= total_after - total < 60.0, service
 
 
 def test_new_clients_are_placed_by_the_services_own_policy(client: httpx.Client) -> None:
