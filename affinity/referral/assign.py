@@ -17,6 +17,7 @@ from affinity.protocol import COOKIE, MAX_AVOID, ErrorCode
 from affinity.referral.context import ReferralContext
 from affinity.web.http import NO_STORE, client_ip, json_response, request_token
 from affinity.web.names import is_valid_id
+from affinity.web.response import Response
 
 # One of each per assignment: the frozen dataclasses' own __init__ costs three times as much.
 _assign_request = fast_constructor(AssignRequest)
@@ -167,9 +168,7 @@ async def redirect(request: Request, path: str = "") -> HTTPResponse:
     if request.query_string:
         location += "?" + urllib.parse.quote(request.query_string, safe=_QUERY_SAFE)
     # An explicit type: Sanic would otherwise send a literal "content-type: None".
-    response = HTTPResponse(
-        status=307, headers={"Location": location, **NO_STORE}, content_type=TEXT
-    )
+    response = Response(status=307, headers={"Location": location, **NO_STORE}, content_type=TEXT)
     cookie_domain = ctx.config.referral.cookie_domain
     response.add_cookie(
         COOKIE,

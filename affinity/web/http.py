@@ -44,6 +44,7 @@ from affinity.models import HealthStatus, Rejection, RequestInfo, fast_construct
 from affinity.protocol import COOKIE, REASSIGN_HEADER, TOKEN_HEADER, ErrorCode
 from affinity.web.auth import BearerAuth
 from affinity.web.connection import AppConfig, apply_limits
+from affinity.web.response import Response
 
 log = logging.getLogger("affinity.web.http")
 _request_info = fast_constructor(RequestInfo)  # one per filtered request
@@ -71,14 +72,15 @@ _SANIC_CODES = {
 def json_response(
     body: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> HTTPResponse:
-    """A JSON answer serialised with orjson, with ``nosniff``."""
+    """A JSON answer serialised with orjson, with ``nosniff`` (a :class:`Response`: its headers
+    encode cheaply)."""
     if not headers:
         merged = NOSNIFF
     elif isinstance(headers, dict) and "X-Content-Type-Options" in headers:
         merged = headers  # NO_STORE and the like: nothing to add
     else:
         merged = {**NOSNIFF, **headers}
-    return HTTPResponse(orjson.dumps(body), status=status, headers=merged, content_type=JSON)
+    return Response(orjson.dumps(body), status=status, headers=merged, content_type=JSON)
 
 
 def error_response(

@@ -1,0 +1,65 @@
+"""The response class of affinity's own answers: Sanic's, with its headers encoded cheaply.
+
+Sanic encodes a response's headers with ``str.translate`` over a table that
+deletes ``\\r``, ``\\n`` and NUL, once per header name and once per value.
+For a table given as a dict, ``translate`` looks every character up and
+raises and clears a ``KeyError`` for each one it leaves alone, so the
+headers of an ordinary answer cost about as much as the rest of Sanic's
+work on it: an assign answer's five headers were a fifth of its
+instructions (bench/RESULTS.md). :class:`Response` sends the headers that
+affinity sets on most answers as bytes encoded once (:data:`ENCODED`),
+skips the translation for any other string that is printable (no string
+holding one of those three characters is), and translates the rest exactly
+as Sanic does: the bytes sent are the same (``tests/test_response.py``
+holds the two side by side, header injection attempts included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final
+
+from sanic import HTTPResponse
+from sanic.helpers import has_message_body
+from sanic.response.types import HEADER_TRANSLATION_TABLE
+
+ENCODED: Final[dict[tuple[str, str], tuple[bytes, bytes]]] = {
+    (name, value): (name.encode("ascii"), value.encode("ascii"))
+    for name, value in (
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("content-type", "application/json"),
+        ("connection", "keep-alive"),
+    )
+}
+"""Headers affinity sends on most answers (``no-store``, ``nosniff``, JSON, keep-alive), as
+``(name, value)`` and the bytes they encode to; read only."""
+
+
+class Response(HTTPResponse):
+    """:class:`sanic.HTTPResponse` whose headers encode without a translation per string."""
+
+    __slots__ = ()
+
+    @property
+    def processed_headers(self) -> Iterator[tuple[bytes, bytes]]:
+        """The headers as ``(name, value)`` bytes pairs, as Sanic's own property makes them."""
+        headers = self.headers
+        if has_message_body(self.status):  # type: ignore[no-untyped-call]
+            headers.setdefault("content-type", self.content_type)
+        encoded = []
+        known = ENCODED.get
+        for name, value in headers.items():
+            text = f"{value}"
+            pair = known((name, text))
+            if pair is None:
+                if not name.isprintable():
+                    name = name.translate(HEADER_TRANSLATION_TABLE)
+                if not text.isprintable():
+                    text = text.translate(HEADER_TRANSLATION_TABLE)
+                pair = (name.encode("ascii"), text.encode(errors="surrogateescape"))
+            encoded.append(pair)
+        return iter(encoded)
+
+
+__all__ = ["ENCODED", "Response"]
