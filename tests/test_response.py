@@ -76,3 +76,19 @@ def test_json_answers_use_it() -> None:
         (b"X-Content-Type-Options", b"nosniff"),
         (b"content-type", b"application/json"),
     ]
+
+
+@pytest.mark.parametrize("body", [b"{}", b"", None])
+@pytest.mark.parametrize("headers", [None, {}, dict(NO_STORE), {"Location": "/x"}])
+def test_it_is_made_as_sanic_makes_its_own(body: bytes | None, headers: Any) -> None:
+    ours = Response(body, 307, headers, "text/plain")
+    sanic = HTTPResponse(body, 307, headers, "text/plain")
+    assert type(ours.headers) is type(sanic.headers)
+    assert list(ours.headers.items()) == list(sanic.headers.items())
+    assert _state(ours) == _state(sanic)
+
+
+def _state(response: HTTPResponse) -> dict[str, Any]:
+    """Every slot a response's classes declare, but its headers (compared apart)."""
+    names = {n for cls in type(response).__mro__ for n in getattr(cls, "__slots__", ())}
+    return {n: getattr(response, n, "unset") for n in sorted(names - {"headers"})}

@@ -1350,3 +1350,22 @@ def test_rotating_adds_the_named_key_and_retires_only_the_old_active_one() -> No
     assert retire == {"k0": None, "k1": NOW + 600, "k2": None}
     fresh = ring.rotate().active
     assert fresh is not None and len(fresh.kid) == 8 and fresh.kid not in ring.kids
+
+
+@pytest.mark.parametrize("alg", ["HS256", "EdDSA"])
+def test_issued_tokens_are_byte_for_byte_what_pyjwt_writes(alg: str) -> None:
+    """The hand-written issuing path (Key.compact) against PyJWT as the reference."""
+    ring = hs_ring() if alg == "HS256" else ed_ring()
+    key: Any = SECRET if alg == "HS256" else ED_PRIVATE
+    issuer = TokenIssuer(ring, clock=FakeClock(), rng=random.Random(3))
+    for sid, cid, svc in (
+        ("s1", "c1", "web"),
+        ("a.b_c-d", new_client_id(), "x" * 64),
+        ("s" * 64, 'c"\\/', "web"),  # escapes, and lengths that pad base64 differently
+        ("s12", "c", "w"),
+    ):
+        token, life = issuer.issue(sid, cid, svc)
+        claims: dict[str, Any] = {"iss": "affinity", "sid": sid, "cid": cid, "svc": svc}
+        claims |= {"iat": int(NOW), "exp": int(NOW) + life}
+        kid = ring.active.kid  # type: ignore[union-attr]
+        assert token == jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})

@@ -6,13 +6,14 @@ A request that cannot be served raises (:class:`affinity.errors.Refused`);
 
 from __future__ import annotations
 
-import time
 import urllib.parse
+from time import perf_counter
 
 from sanic import HTTPResponse, Request
 
 from affinity.errors import ExpiredToken, InvalidRequest, InvalidToken, NoHealthyServer, NotFound
 from affinity.models import Assignment, AssignRequest, Claims, Server, fast_constructor
+from affinity.plugin.policy import Policy
 from affinity.protocol import COOKIE, MAX_AVOID, ErrorCode
 from affinity.referral.context import ReferralContext
 from affinity.web.http import NO_STORE, client_ip, json_response, request_token
@@ -22,6 +23,8 @@ from affinity.web.response import Response
 # One of each per assignment: the frozen dataclasses' own __init__ costs three times as much.
 _assign_request = fast_constructor(AssignRequest)
 _assignment = fast_constructor(Assignment)
+
+_NO_AVOID: frozenset[str] = frozenset()
 
 TEXT = "text/plain; charset=utf-8"
 # Characters kept as they are when a path or query is copied into a Location header.
@@ -54,18 +57,12 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment:
     as the request filters do: from the proxy headers when a trusted proxy is
     configured, else the socket peer.
     """
-    started = time.perf_counter()
+    started = perf_counter()
     # No query string, nothing to parse: Sanic would still build its parameters.
-    avoid_list = request.args.getlist("avoid", []) if request.query_string else []
-    if len(avoid_list) > MAX_AVOID or not all(is_valid_id(a) for a in avoid_list):
-        raise InvalidRequest(
-            f"avoid takes up to {MAX_AVOID} server ids of letters, digits, '.', '_' or '-'",
-            code=ErrorCode.INVALID_AVOID,
-        )
+    avoid = _avoid(request.args.getlist("avoid", [])) if request.query_string else _NO_AVOID
     if service not in ctx.services and service not in ctx.table.services():
         raise NotFound(f"no service named {service!r}", code=ErrorCode.UNKNOWN_SERVICE)
     claims, why = read_claims(ctx, request)
-    avoid = frozenset(avoid_list)
     address = client_ip(request)
     for server_id in avoid:
         if ctx.table.get(server_id) is not None:
@@ -73,32 +70,47 @@ def refer(ctx: ReferralContext, request: Request, service: str) -> Assignment:
                 source.recheck(server_id)
             ctx.manager.server_avoided(service, server_id, address)
             ctx.metrics.avoided(service, server_id)
-    previous = claims.sid if claims is not None and claims.svc == service else None
+    if claims is None:
+        client_id, previous = ctx.issuer.new_client_id(), None
+    else:
+        client_id, previous = claims.cid, claims.sid if claims.svc == service else None
     areq = _assign_request(
-        service=service,
-        client_id=claims.cid if claims is not None else ctx.issuer.new_client_id(),
-        avoid=avoid,
-        previous=previous,
-        client_ip=address,
+        service=service, client_id=client_id, avoid=avoid, previous=previous, client_ip=address
     )
-    server, sticky = _pick(ctx, areq)
-    policy = ctx.policy_for(service).name
+    policy = ctx.policy_for(service)
+    server, sticky = _pick(ctx, areq, policy)
     reason = None if sticky else why or _moved(ctx, areq)
     if server is None:
         ctx.metrics.referred(
-            service, "", policy, "no_server", reason, time.perf_counter() - started
+            service, "", policy.name, "no_server", reason, perf_counter() - started
         )
         raise NoHealthyServer(service, retry_after=ctx.config.referral.retry_after)
-    token, expires_in = ctx.issuer.issue(server.id, areq.client_id, service)
+    token, expires_in = ctx.issuer.issue(server.id, client_id, service)
     ctx.table.note_assigned(server.id)
     assignment = _assignment(
         request=areq, server=server, token=token, expires_in=expires_in, sticky=sticky
     )
-    outcome = "sticky" if sticky else "referred"
-    ctx.metrics.referred(service, server.id, policy, outcome, reason, time.perf_counter() - started)
+    ctx.metrics.referred(
+        service,
+        server.id,
+        policy.name,
+        "sticky" if sticky else "referred",
+        reason,
+        perf_counter() - started,
+    )
     if ctx.observed:
         ctx.manager.assigned(assignment)
     return assignment
+
+
+def _avoid(ids: list[str]) -> frozenset[str]:
+    """The ``avoid`` server ids of a query, checked."""
+    if len(ids) > MAX_AVOID or not all(is_valid_id(a) for a in ids):
+        raise InvalidRequest(
+            f"avoid takes up to {MAX_AVOID} server ids of letters, digits, '.', '_' or '-'",
+            code=ErrorCode.INVALID_AVOID,
+        )
+    return frozenset(ids)
 
 
 def _moved(ctx: ReferralContext, areq: AssignRequest) -> str:
@@ -115,7 +127,7 @@ def _moved(ctx: ReferralContext, areq: AssignRequest) -> str:
     return "avoid"
 
 
-def _pick(ctx: ReferralContext, areq: AssignRequest) -> tuple[Server | None, bool]:
+def _pick(ctx: ReferralContext, areq: AssignRequest, policy: Policy) -> tuple[Server | None, bool]:
     """The client's own server if it may stay there, else the policy's choice.
 
     A client stays on a server that is passing even when it is draining, full
@@ -127,8 +139,7 @@ def _pick(ctx: ReferralContext, areq: AssignRequest) -> tuple[Server | None, boo
         current = ctx.table.get(areq.previous)
         if current is not None and current.service == areq.service and current.keeps_clients:
             return current, True
-    pool = ctx.table.pool(areq.service)
-    return ctx.policy_for(areq.service).choose(pool, areq), False
+    return policy.choose(ctx.table.pool(areq.service), areq), False
 
 
 async def assign(request: Request) -> HTTPResponse:

@@ -35,7 +35,7 @@ import orjson
 
 from affinity.errors import ConfigError, ExpiredToken, ImmatureToken, InvalidToken, UnknownKey
 from affinity.models import Claims
-from affinity.tokens.keyring import ALGORITHMS, Key, KeyRing, _show, b64url_encode
+from affinity.tokens.keyring import ALGORITHMS, Key, KeyRing, _show
 
 MAX_TOKEN_LENGTH: Final = 4096
 """Longer tokens are refused before any decoding (ours are about 250 characters)."""
@@ -188,7 +188,7 @@ class TokenIssuer:
     def issue(self, sid: str, cid: str, svc: str) -> tuple[str, int]:
         """A token binding client ``cid`` of service ``svc`` to server ``sid``, and its lifetime."""
         now = int(self._clock())
-        life = max(1, round(self._low + self._span * self._random()))
+        life = round(self._low + self._span * self._random()) or 1  # never below 1 s
         claims = {
             "iss": self._issuer,
             "sid": sid,
@@ -197,9 +197,10 @@ class TokenIssuer:
             "iat": now,
             "exp": now + life,
         }
-        signing_input = self._key.header + b64url_encode(orjson.dumps(claims))
-        token = signing_input + b"." + b64url_encode(self._key.sign(signing_input))
-        return token.decode("ascii"), life
+        key = self._key
+        payload = binascii.b2a_base64(orjson.dumps(claims), newline=False)
+        signing_input = key.header + payload.translate(_STD_TO_URL).rstrip(b"=")
+        return key.compact(signing_input).decode("ascii"), life
 
 
 class TokenVerifier:

@@ -16,10 +16,11 @@ holds the two side by side, header injection attempts included).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Final
 
 from sanic import HTTPResponse
+from sanic.compat import Header
 from sanic.helpers import has_message_body
 from sanic.response.types import HEADER_TRANSLATION_TABLE
 
@@ -40,6 +41,23 @@ class Response(HTTPResponse):
     """:class:`sanic.HTTPResponse` whose headers encode without a translation per string."""
 
     __slots__ = ()
+
+    def __init__(
+        self,
+        body: bytes | None = None,
+        status: int = 200,
+        headers: Header | Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        # What HTTPResponse.__init__ and its base set, without the two calls and the empty
+        # Header the base makes only for it to be replaced.
+        self.asgi = False
+        self.body = b"" if body is None else body
+        self.content_type = content_type
+        self.stream = None
+        self.status = status
+        self.headers = Header(headers or {})
+        self._cookies = None
 
     @property
     def processed_headers(self) -> Iterator[tuple[bytes, bytes]]:
