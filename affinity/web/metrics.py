@@ -22,7 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from affinity.version import __version__
-from affinity.web.counting import Counts, Observations
+from affinity.web.counting import Counts, Labels, Observations
 from affinity.web.exposition import BuildInfo, Union, process_collectors, render
 from affinity.web.gauges import gauge, load_gauges, registry_gauges, server_gauges
 
@@ -263,10 +263,17 @@ class ReferralMetrics(Metrics):
         reason: str | None,
         seconds: float,
     ) -> None:
-        """One assign decision: ``outcome`` sticky, referred or no_server (``server`` empty)."""
-        self._assignments.count((service, server, policy, outcome))
+        """One assign decision: ``outcome`` sticky, referred or no_server (``server`` empty).
+
+        Once per assign answer, so the two counts are :meth:`Counts.count` written out.
+        """
+        assignments = self._assignments.pending
+        key: Labels = (service, server, policy, outcome)
+        assignments[key] = assignments.get(key, 0) + 1
         if reason is not None:
-            self._rereferrals.count((service, reason))
+            rereferrals = self._rereferrals.pending
+            key = (service, reason)
+            rereferrals[key] = rereferrals.get(key, 0) + 1
         self._assign_seconds.observe(seconds, (service,))
 
     def avoided(self, service: str, server_id: str) -> None:
