@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from multidict import istr
 from sanic import HTTPResponse, Request, Sanic
 
 from affinity.errors import (
@@ -43,6 +44,10 @@ from affinity.web.http import (
     request_info,
     request_token,
 )
+
+_SERVER = istr(SERVER_HEADER)
+"""The ``Affinity-Server`` header's name as set on every answer: multidict folds the case of
+a plain ``str`` name each time it is set."""
 
 UNMATCHED = "unmatched"
 """The route label of a request no route matched (a 404)."""
@@ -88,21 +93,27 @@ def _is_own(path: str) -> bool:
 
 def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> Callable[..., Any]:
     """``handler`` of ``route`` behind the guard: filters, token, drain, in-flight count,
-    ``Affinity-Server``, and the answer counted in the metrics."""
+    ``Affinity-Server``, and the answer counted in the metrics.
+
+    Everything that does not change between requests (the checks that apply,
+    the header's value, the clock) is looked up here, once per route.
+    """
     call = _awaiting(handler)
     server_id = state.server.id
     own = _is_own(route)
+    check = admit_own if own else admit
     learn = not own and state.tokens.jwks is not None
     answered = state.metrics.answered
+    clock = time.perf_counter
 
     async def guarded_handler(request: Request, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started = clock()
         if learn:
             await learn_keys(request)
-        refused = admit_own(state, request) if own else admit(state, request)
+        refused = check(state, request)
         if refused is not None:
-            refused.headers[SERVER_HEADER] = server_id
-            answered(route, request.method, refused.status, time.perf_counter() - started)
+            refused.headers[_SERVER] = server_id
+            answered(route, request.method, refused.status, clock() - started)
             return refused
         try:
             response = await call(request, *args, **kwargs)
@@ -113,7 +124,7 @@ def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> C
             if not own:
                 release(state)
         if response is not None:
-            response.headers[SERVER_HEADER] = server_id
+            response.headers[_SERVER] = server_id
             status = response.status
             if not own:
                 try:
@@ -124,7 +135,7 @@ def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> C
                     state.sent_bytes += len(body)
         else:  # streamed with request.respond(): the header is the handler's to set
             status = getattr(getattr(request.stream, "response", None), "status", 200)
-        answered(route, request.method, status, time.perf_counter() - started)
+        answered(route, request.method, status, clock() - started)
         return response
 
     functools.update_wrapper(guarded_handler, handler)  # keeps is_stream / is_websocket marks
@@ -239,7 +250,7 @@ async def error_answer(request: Request, exc: Exception) -> HTTPResponse:
                 release(state)  # answered at once, below
     if response is None:
         response = exception_response(request, exc)
-    response.headers[SERVER_HEADER] = state.server.id
+    response.headers[_SERVER] = state.server.id
     state.metrics.answered(
         route,
         request.method,

@@ -251,6 +251,7 @@ class TokenVerifier:
         self._clock = clock
         self._cache_size = cache_size
         self._cache: dict[str, tuple[Claims, float]] = {}
+        """token -> (its claims, the moment it stops being good), oldest first."""
         self._ring = ring
         self._algorithms = self._pick_algorithms(ring)
 
@@ -273,18 +274,23 @@ class TokenVerifier:
         self._cache.clear()
 
     def verify(self, token: str) -> Claims:
-        """The claims of a valid token; raises :class:`InvalidToken` (or a subclass) otherwise."""
+        """The claims of a valid token; raises :class:`InvalidToken` (or a subclass) otherwise.
+
+        A cached token is kept with the moment it stops being good (its expiry
+        plus the leeway, or its key's retirement, whichever comes first), so a
+        hit is one lookup and one comparison with the clock.
+        """
         if token.__class__ is not str:
             raise InvalidToken("the token is not a string")
         now = self._clock()
         hit = self._cache.get(token)
         if hit is not None:
-            claims, retire_at = hit
-            if now >= claims.exp + self._leeway or now >= retire_at:
-                self._cache.pop(token, None)
-                self._check_exp(claims.exp, now)
-                raise InvalidToken(f"key {claims.kid!r} is retired")
-            return claims
+            claims, good_until = hit
+            if now < good_until:
+                return claims
+            self._cache.pop(token, None)
+            self._check_exp(claims.exp, now)
+            raise InvalidToken(f"key {claims.kid!r} is retired")
         claims, retire_at = self._verify(token, now)
         if self._cache_size:
             cache = self._cache
@@ -292,7 +298,7 @@ class TokenVerifier:
                 # StopIteration / RuntimeError: emptied or resized by another thread.
                 with contextlib.suppress(StopIteration, RuntimeError):
                     cache.pop(next(iter(cache)), None)
-            cache[token] = (claims, retire_at)
+            cache[token] = (claims, min(claims.exp + self._leeway, retire_at))
         return claims
 
     def _verify(self, token: str, now: float) -> tuple[Claims, float]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from multidict import istr
 from sanic import HTTPResponse, Request, Sanic
 from sanic.exceptions import SanicException
 
@@ -48,6 +49,10 @@ from affinity.web.response import Response
 
 log = logging.getLogger("affinity.web.http")
 _request_info = fast_constructor(RequestInfo)  # one per filtered request
+_TOKEN = istr(TOKEN_HEADER)
+_COOKIE = istr("cookie")
+"""Header names looked up on every request, as multidict's case-insensitive strings: a plain
+``str`` key is case-folded again on each lookup, which cost about a third of the lookup."""
 
 JSON = "application/json"
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
@@ -305,8 +310,9 @@ def new_app(
 
 def request_token(request: Request) -> str | None:
     """The affinity token a request carries: header ``Affinity-Token``, else cookie ``affinity``."""
-    token = request.headers.get(TOKEN_HEADER)
-    if not token and "cookie" in request.headers:
+    headers = request.headers
+    token = headers.get(_TOKEN)
+    if not token and _COOKIE in headers:
         token = request.cookies.get(COOKIE)
     return token or None
 
