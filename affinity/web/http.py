@@ -240,6 +240,47 @@ def normalise_path(raw: str) -> str:
     return path + "/" if trailing and path != "/" else path
 
 
+PATH_MEMO_SIZE = 4096
+"""At most this many request targets are remembered with their :func:`normalise_path`."""
+
+
+class PathMemo:
+    """The normalised path of each request target seen, remembered: the router's paths repeat.
+
+    Keyed by the request target as it arrived (``request.raw_url``, bytes:
+    the path and the query), so a hit reads neither ``request.path`` (a
+    decode per read) nor walks :func:`normalise_path`. Bounded: once
+    ``size`` targets are held, the memo is emptied and fills again, so a
+    flood of distinct targets costs memory ``size`` at most and every
+    answer stays exact.
+    """
+
+    __slots__ = ("_paths", "size")
+
+    def __init__(self, size: int = PATH_MEMO_SIZE) -> None:
+        if size < 1:
+            raise ValueError(f"size must be at least 1, got {size!r}")
+        self.size = size
+        self._paths: dict[bytes, str] = {}
+
+    def path(self, request: Request) -> str:
+        """``normalise_path(request.path)``."""
+        raw: bytes = request.raw_url
+        path = self._paths.get(raw)
+        if path is None:
+            path = normalise_path(request.path)
+            if len(self._paths) >= self.size:
+                self._paths.clear()
+            self._paths[raw] = path
+        return path
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+_paths = PathMemo()
+
+
 def request_info(
     request: Request, role: str, *, client_id: str | None = None, server_id: str | None = None
 ) -> RequestInfo:
@@ -247,7 +288,7 @@ def request_info(
     return _request_info(
         role=role,
         method=request.method,
-        path=normalise_path(request.path),
+        path=_paths.path(request),
         client_ip=client_ip(request),
         client_id=client_id,
         server_id=server_id,
@@ -327,4 +368,5 @@ def client_ip(request: Request) -> str:
         if forwarded:
             # Sanic brackets an IPv6 "for" ("[2001:db8::1]"); filters parse plain addresses.
             return forwarded[1:-1] if forwarded[:1] == "[" else forwarded
-    return request.ip or ""
+    info = request.conn_info  # what request.ip reads, without the property's call
+    return info.client_ip if info else ""
