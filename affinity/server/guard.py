@@ -103,7 +103,7 @@ def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> C
     own = _is_own(route)
     check = admit_own if own else admit
     learn = not own and state.tokens.jwks is not None
-    answered = state.metrics.answered
+    answered = state.metrics.answering(route)
     clock = time.perf_counter
 
     async def guarded_handler(request: Request, *args: Any, **kwargs: Any) -> Any:
@@ -113,7 +113,7 @@ def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> C
         refused = check(state, request)
         if refused is not None:
             refused.headers[_SERVER] = server_id
-            answered(route, request.method, refused.status, clock() - started)
+            answered(request.method, refused.status, clock() - started)
             return refused
         try:
             response = await call(request, *args, **kwargs)
@@ -135,7 +135,7 @@ def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> C
                     state.sent_bytes += len(body)
         else:  # streamed with request.respond(): the header is the handler's to set
             status = getattr(getattr(request.stream, "response", None), "status", 200)
-        answered(route, request.method, status, clock() - started)
+        answered(request.method, status, clock() - started)
         return response
 
     functools.update_wrapper(guarded_handler, handler)  # keeps is_stream / is_websocket marks

@@ -46,6 +46,7 @@ class Counts(_Children):
     def __init__(self, metric: Counter) -> None:
         super().__init__(metric)
         self.pending: dict[Labels, float] = {}
+        self._slices: list[tuple[Labels, dict[Hashable, float]]] = []
 
     def count(self, labels: Labels, amount: float = 1) -> None:
         pending = self.pending
@@ -54,10 +55,26 @@ class Counts(_Children):
     def inc(self, *labels: Hashable) -> None:
         self.count(labels)
 
+    def slice(self, prefix: Labels) -> dict[Hashable, float]:
+        """A dict to count in directly, by the last label's value, under the labels ``prefix``.
+
+        For a caller that knows all labels but the last one in advance (the
+        guard knows its route and the method): adding to an entry of this dict
+        is a count, with no label tuple made. The dict is kept, emptied by :meth:`fold`.
+        """
+        counts: dict[Hashable, float] = {}
+        self._slices.append((prefix, counts))
+        return counts
+
     def fold(self) -> None:
         pending, self.pending = self.pending, {}
         for labels, amount in pending.items():
             self.child(labels).inc(amount)
+        for prefix, counts in self._slices:
+            if counts:
+                for last, amount in counts.items():
+                    self.child((*prefix, last)).inc(amount)
+                counts.clear()
 
 
 class Observations(_Children):
@@ -74,23 +91,39 @@ class Observations(_Children):
 
     def __init__(self, metric: Histogram, buckets: tuple[float, ...]) -> None:
         super().__init__(metric)
-        self._bounds = tuple(float(b) for b in buckets)
-        self._empty = [0.0] * (len(self._bounds) + 2)
+        self.bounds = tuple(float(b) for b in buckets)
+        """The buckets' upper bounds (``+Inf`` left out)."""
+        self._empty = [0.0] * (len(self.bounds) + 2)
         self.pending: dict[Labels, list[float]] = {}
+        self._slices: list[tuple[Labels, list[float]]] = []
 
     def observe(self, value: float, labels: Labels) -> None:
         cell = self.pending.get(labels)
         if cell is None:
             cell = self.pending[labels] = self._empty.copy()
-        cell[bisect_left(self._bounds, value)] += 1
+        cell[bisect_left(self.bounds, value)] += 1
         cell[-1] += value
+
+    def slice(self, labels: Labels) -> list[float]:
+        """The list of ``labels`` to count in directly, as :meth:`observe` does: for a caller
+        that knows the labels in advance. The list is kept, zeroed by :meth:`fold`."""
+        cell = self._empty.copy()
+        self._slices.append((labels, cell))
+        return cell
 
     def fold(self) -> None:
         pending, self.pending = self.pending, {}
         for labels, cell in pending.items():
-            child = self.child(labels)
-            buckets = child._buckets
-            for i, n in enumerate(cell[:-1]):
-                if n:
-                    buckets[i].inc(n)
-            child._sum.inc(cell[-1])
+            self._add(labels, cell)
+        for labels, cell in self._slices:
+            if cell != self._empty:
+                self._add(labels, cell)
+                cell[:] = self._empty
+
+    def _add(self, labels: Labels, cell: list[float]) -> None:
+        child = self.child(labels)
+        buckets = child._buckets
+        for i, n in enumerate(cell[:-1]):
+            if n:
+                buckets[i].inc(n)
+        child._sum.inc(cell[-1])

@@ -12,6 +12,7 @@ registry, a watch round trip apart.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -326,6 +327,33 @@ class ServerMetrics(Metrics):
         self._requests.count((route, method, status))
         if seconds is not None:
             self._seconds.observe(seconds, (route, method))
+
+    def answering(self, route: str) -> Callable[[str, int, float], None]:
+        """:meth:`answered` for one route, with the time known: what the guard calls per answer.
+
+        The same counts, in one call and with no label tuple made: the route's
+        counts and time cells are looked up once per method here
+        (:meth:`Counts.slice`, :meth:`Observations.slice`). This runs for every
+        request, and :meth:`answered`'s calls and label tuples were most of its
+        cost. ``tests/test_metrics.py`` holds the two side by side.
+        """
+        bounds = self._seconds.bounds
+        by_method = {
+            method: (
+                self._requests.slice((route, method)),
+                self._seconds.slice((route, method)),
+            )
+            for method in (*METHODS, "OTHER")
+        }
+        other = by_method["OTHER"]
+
+        def answered(method: str, status: int, seconds: float) -> None:
+            counts, cell = by_method.get(method, other)
+            counts[status] = counts.get(status, 0) + 1
+            cell[bisect_left(bounds, seconds)] += 1  # as Observations.observe counts
+            cell[-1] += seconds
+
+        return answered
 
     def token_rejected(self, reason: str) -> None:
         self._token_rejections.inc(reason)
