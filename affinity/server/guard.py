@@ -39,6 +39,7 @@ from affinity.protocol import SERVER_HEADER, WELL_KNOWN
 from affinity.server.state import ServerState
 from affinity.web.http import (
     exception_response,
+    quick_header_sanitising,
     refusal_response,
     rejection_response,
     request_info,
@@ -76,6 +77,7 @@ def guard_routes(app: Sanic[Any, Any]) -> None:
     :func:`error_answer` instead, so nothing bypasses the filters.
     """
     state: ServerState = app.ctx.affinity
+    quick_header_sanitising()  # every answer carries one header more: Affinity-Server
     for route in app.router.routes:
         if not getattr(route.handler, "__affinity_guarded__", False):
             route.handler = guarded(state, route.handler, route=_label(route.raw_path))
