@@ -381,7 +381,7 @@ def fast_constructor(cls: type[_V]) -> Callable[..., _V]:
     if cls.__bases__ != (object,):
         raise TypeError(f"{cls.__name__} derives from another class than object")
     names = [f.name for f in dataclasses.fields(cls)]
-    twin = type(f"_{cls.__name__}Fields", (), {"__slots__": cls.__slots__})
+    twin = type(f"_{cls.__name__}Fields", (), {"__slots__": cls.__dict__["__slots__"]})
     scope: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_twin": twin}
     lines = [f"def make(*, {', '.join(names)}):", "    self = _new(_twin)"]
     lines += [f"    self.{name} = {name}" for name in names]

@@ -13,7 +13,7 @@ import pytest
 from affinity import hookimpl
 from affinity.config import Config, load
 from affinity.errors import ConfigError, PluginError
-from affinity.models import AssignRequest, Pool, Server
+from affinity.models import AssignRequest, Pool, Rejection, RequestInfo, Server
 from affinity.plugin.manager import DEFAULT_PLUGINS, PluginManager
 from affinity.plugin.options import option
 from affinity.plugin.policy import Policy
@@ -270,3 +270,87 @@ def test_describe_names_distribution_version_and_hooks() -> None:
     assert ratelimit.options == "plugins.ratelimit"
     greeter = next(info for info in found.values() if info.options == "plugins.greet")
     assert (greeter.distribution, greeter.version) == ("", "")  # not installed: a test object
+
+
+# -- the request filters' call, held against pluggy's ------------------------------------
+
+
+def _filter(name: str, calls: list[str], answer: Rejection | None, **marks: bool) -> object:
+    class Filter:
+        @hookimpl(**marks)
+        def affinity_reject_request(self, request: RequestInfo) -> Rejection | None:
+            calls.append(name)
+            return answer
+
+    return Filter()
+
+
+def _blind(name: str, calls: list[str], answer: Rejection | None) -> object:
+    class Blind:  # names none of the hook's arguments
+        @hookimpl
+        def affinity_reject_request(self) -> Rejection | None:
+            calls.append(name)
+            return answer
+
+    return Blind()
+
+
+def _wrapper(calls: list[str]) -> object:
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def affinity_reject_request(self, request: RequestInfo) -> Any:
+            calls.append("wrapper")
+            return (yield)
+
+    return Wrapper()
+
+
+NO = Rejection(status=403, error="forbidden", detail="no")
+LATER = Rejection(status=429, error="rate_limited", detail="later")
+FILTER_SETS: list[Any] = [
+    [],
+    [("a", None, {})],
+    [("a", NO, {})],
+    [("a", None, {}), ("b", None, {})],
+    [("a", NO, {}), ("b", LATER, {})],
+    [("a", NO, {"trylast": True}), ("b", None, {}), ("c", LATER, {"tryfirst": True})],
+    [("a", None, {"tryfirst": True}), ("blind", NO, {}), ("c", LATER, {})],
+    [("a", LATER, {}), ("wrapper", None, {}), ("b", None, {})],
+]
+
+
+@pytest.mark.parametrize("tracing", [False, True])
+@pytest.mark.parametrize("specs", FILTER_SETS)
+def test_the_request_filters_answer_and_run_as_pluggy_calls_them(
+    specs: list[tuple[str, Rejection | None, dict[str, bool]]], tracing: bool
+) -> None:
+    ours: list[str] = []
+    plugins = []
+    for name, answer, marks in specs:
+        if name == "wrapper":
+            plugins.append(_wrapper(ours))
+        elif name == "blind":
+            plugins.append(_blind(name, ours, answer))
+        else:
+            plugins.append(_filter(name, ours, answer, **marks))
+    env = {"AFFINITY_TRACE_PLUGINS": "1"} if tracing else {}
+    pm = PluginManager(autoload=False, env=env, plugins=plugins)
+    request = RequestInfo(role="server", method="GET", path="/", client_ip="192.0.2.1")
+    expected = pm._pm.hook.affinity_reject_request(request=request)  # pluggy's call
+    theirs = list(ours)
+    ours.clear()
+    assert pm.reject_request(request) is expected
+    assert ours == theirs  # the same implementations, in the same order
+    ours.clear()
+    assert pm.reject_request(request) is expected  # bound now: the same again
+    assert ours == theirs
+
+
+def test_the_request_filters_are_bound_again_after_a_registration() -> None:
+    calls: list[str] = []
+    pm = PluginManager(autoload=False, env={}, plugins=[_filter("a", calls, None)])
+    request = RequestInfo(role="server", method="GET", path="/", client_ip="192.0.2.1")
+    assert pm.reject_request(request) is None
+    pm.register(_filter("b", calls, NO))
+    assert pm.reject_request(request) is NO
+    assert calls == ["a", "b"]

@@ -83,12 +83,22 @@ class PluginManager:
         env: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if env is None else env
-        self._filters: list[Callable[..., Any]] | None = None
+        self._tracing = bool(env.get("AFFINITY_TRACE_PLUGINS"))
+        self.reject_request: Callable[[RequestInfo], Rejection | None] = self._bind_filters
+        """Ask the request filters (``affinity_reject_request``): the first objection, or None.
+
+        Called for every request, so this is bound (on first use, again after
+        each registration) to the cheapest call that does what pluggy's
+        first-result call would: the one implementation itself when there is
+        one, a loop over them in pluggy's order when there are several, and
+        pluggy's own call when one is a wrapper or hook calls are traced.
+        ``tests/test_manager.py`` holds it against pluggy.
+        """
         self._dists: dict[str, tuple[str, str]] = {}
         self._seen: set[str] = set()  # names of the plugins found, loaded or blocked
         self._pm = pluggy.PluginManager("affinity")
         self._pm.add_hookspecs(hookspecs)
-        if env.get("AFFINITY_TRACE_PLUGINS"):
+        if self._tracing:
             self._pm.trace.root.setwriter(log.info)
             self._pm.enable_tracing()
         self.blocked = frozenset(_names(env.get("AFFINITY_DISABLE_PLUGINS", "")))
@@ -161,7 +171,7 @@ class PluginManager:
         """Register one more plugin object or module; configured at once if the rest are."""
         self._register(plugin, name)
         self._check_pending()
-        self._filters = None
+        self.reject_request = self._bind_filters
 
     def names(self) -> list[str]:
         """Names of the registered plugins, in registration order."""
@@ -315,24 +325,11 @@ class PluginManager:
 
     # -- request path --------------------------------------------------------------
 
-    def reject_request(self, request: RequestInfo) -> Rejection | None:
-        """Ask the request filters, first objection wins.
-
-        Called for every request, so the implementations are looked up once
-        (until the next registration) and called directly, as pluggy's own
-        first-result loop would, unless one is a wrapper.
-        """
-        filters = self._filters
-        if filters is None:
-            filters = self._filters = _plain_impls(self._pm.hook.affinity_reject_request)
-        if not filters:
-            rejection: Rejection | None = self._pm.hook.affinity_reject_request(request=request)
-            return rejection
-        for function in filters:
-            result: Rejection | None = function(request=request)
-            if result is not None:
-                return result
-        return None
+    def _bind_filters(self, request: RequestInfo) -> Rejection | None:
+        """Bind :attr:`reject_request` to the hook's implementations now, and ask them."""
+        self.reject_request = first_result(self._pm.hook.affinity_reject_request, self._tracing)
+        rejection: Rejection | None = self.reject_request(request)
+        return rejection
 
     def has_request_filters(self) -> bool:
         """False when no plugin implements ``affinity_reject_request`` (no RequestInfo needed)."""
@@ -388,20 +385,47 @@ class PluginManager:
         return None
 
 
-def _plain_impls(caller: Any) -> list[Callable[..., Any]]:
-    """The functions of a hook in call order, or [] if any is a wrapper (use pluggy then)."""
+def first_result(caller: Any, tracing: bool = False) -> Callable[[Any], Any]:
+    """A call of the first-result hook ``caller`` (one argument, ``request``) as pluggy makes it.
+
+    pluggy's call goes through its hook caller and ``_multicall`` (a loop with
+    wrapper and exception handling) on every call, several times the cost of
+    the implementations themselves. Without wrappers, its call is: each
+    implementation in turn, last registered first (``tryfirst`` / ``trylast``
+    as sorted), given the arguments it names, until one returns something
+    other than None. That is what this returns; with a wrapper, or with
+    hook calls traced, pluggy's own call.
+    """
     impls = caller.get_hookimpls()
-    if any(impl.hookwrapper or impl.wrapper for impl in impls):
-        return []
-    return [_bind(impl) for impl in reversed(impls)]
+    if tracing or any(impl.hookwrapper or impl.wrapper for impl in impls):
+        return lambda request: caller(request=request)
+    functions = [_bind(impl) for impl in reversed(impls)]
+    if not functions:
+        return _no_result
+    if len(functions) == 1:
+        return functions[0]
+
+    def first(request: Any) -> Any:
+        for function in functions:
+            result = function(request)
+            if result is not None:
+                return result
+        return None
+
+    return first
 
 
-def _bind(impl: Any) -> Callable[..., Any]:
-    """A call taking ``request=``, whatever subset of the arguments the implementation takes."""
-    if "request" in impl.argnames:
-        return impl.function  # type: ignore[no-any-return]
+def _bind(impl: Any) -> Callable[[Any], Any]:
+    """The implementation as a call of one argument, passed as pluggy passes it (by position,
+    when the implementation names it)."""
     function = impl.function
+    if impl.argnames:
+        return function  # type: ignore[no-any-return]
     return lambda request: function()
+
+
+def _no_result(request: Any) -> None:
+    return None
 
 
 def _names(text: str) -> list[str]:
