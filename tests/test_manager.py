@@ -275,9 +275,15 @@ def test_describe_names_distribution_version_and_hooks() -> None:
 # -- the request filters' call, held against pluggy's ------------------------------------
 
 
-def _filter(name: str, calls: list[str], answer: Rejection | None, **marks: bool) -> object:
+def _filter(
+    name: str,
+    calls: list[str],
+    answer: Rejection | None,
+    tryfirst: bool = False,
+    trylast: bool = False,
+) -> object:
     class Filter:
-        @hookimpl(**marks)
+        @hookimpl(tryfirst=tryfirst, trylast=trylast)
         def affinity_reject_request(self, request: RequestInfo) -> Rejection | None:
             calls.append(name)
             return answer
