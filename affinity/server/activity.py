@@ -81,9 +81,13 @@ class DecayingClients:
         self._sum = 0.0
         """The sum of the masses."""
 
-    def touch(self, client_id: str) -> None:
-        """Note that a client was seen now: its weight becomes 1."""
-        age = (self._clock() - self._anchor) * self._inverse
+    def touch(self, client_id: str, now: float | None = None) -> None:
+        """Note that a client was seen now: its weight becomes 1.
+
+        ``now`` is this object's clock read already (the guard's, which reads
+        the same clock once per request); None reads it.
+        """
+        age = ((self._clock() if now is None else now) - self._anchor) * self._inverse
         if age > REBASE_AFTER:
             age = self._rebase(age)
         mass = exp2(age)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import inspect
 import random
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,7 +35,7 @@ from affinity.errors import (
 )
 from affinity.models import Claims
 from affinity.protocol import SERVER_HEADER, WELL_KNOWN
-from affinity.server.state import ServerState
+from affinity.server.state import CLOCK, ServerState
 from affinity.web.http import (
     exception_response,
     quick_header_sanitising,
@@ -106,13 +105,13 @@ def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> C
     check = admit_own if own else admit
     learn = not own and state.tokens.jwks is not None
     answered = state.metrics.answering(route)
-    clock = time.perf_counter
+    clock = CLOCK
 
     async def guarded_handler(request: Request, *args: Any, **kwargs: Any) -> Any:
         started = clock()
         if learn:
             await learn_keys(request)
-        refused = check(state, request)
+        refused = check(state, request, started)
         if refused is not None:
             refused.headers[_SERVER] = server_id
             answered(request.method, refused.status, clock() - started)
@@ -123,8 +122,10 @@ def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> C
             request.ctx.started = started  # error_answer counts the answer it makes
             raise
         finally:
-            if not own:
-                release(state)
+            if not own:  # release(state), written out: a call per request saved
+                state.inflight -= 1
+                if not state.inflight and state.draining:
+                    state.idle.set()
         if response is not None:
             response.headers[_SERVER] = server_id
             status = response.status
@@ -157,7 +158,7 @@ def _awaiting(handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return call
 
 
-def admit_own(state: ServerState, request: Request) -> HTTPResponse | None:
+def admit_own(state: ServerState, request: Request, now: float) -> HTTPResponse | None:
     """affinity's own endpoints: only the filters (an address the firewall refuses may not
     probe health, drain or read metrics)."""
     ctx = request.ctx
@@ -166,8 +167,10 @@ def admit_own(state: ServerState, request: Request) -> HTTPResponse | None:
     return _filter(state, request, None) if state.filtered else None
 
 
-def admit(state: ServerState, request: Request) -> HTTPResponse | None:
+def admit(state: ServerState, request: Request, now: float) -> HTTPResponse | None:
     """Let a request in (counted in flight until :func:`release`), or the answer refusing it.
+
+    ``now`` is the request's start on :data:`~affinity.server.state.CLOCK`.
 
     Synchronous on purpose: nothing here waits. Written out in one function:
     it runs for every request, and each call it saves is a measurable share.
@@ -203,7 +206,7 @@ def admit(state: ServerState, request: Request) -> HTTPResponse | None:
     if claims is not None:
         ctx.claims = claims
         ctx.client_id = claims.cid
-        state.active.touch(claims.cid)
+        state.active.touch(claims.cid, now)
     if state.draining and state.reassigning():
         return refusal_response(_reassign(state))
     state.inflight += 1
@@ -239,12 +242,12 @@ async def error_answer(request: Request, exc: Exception) -> HTTPResponse:
     response: HTTPResponse | None = None
     started: float | None = getattr(request.ctx, "started", None)
     if not hasattr(request.ctx, "client_id"):  # set by admit / admit_own: not guarded yet
-        started = time.perf_counter()
+        started = CLOCK()
         own = _is_own(request.path)
         if not own and state.tokens.jwks is not None:
             await learn_keys(request)
         try:
-            response = admit_own(state, request) if own else admit(state, request)
+            response = admit_own(state, request, started) if own else admit(state, request, started)
         except Exception as failed:  # a request filter failed: a 500 like a failing handler's
             exc = failed
         else:
@@ -257,7 +260,7 @@ async def error_answer(request: Request, exc: Exception) -> HTTPResponse:
         route,
         request.method,
         response.status,
-        None if started is None else time.perf_counter() - started,
+        None if started is None else CLOCK() - started,
     )
     return response
 

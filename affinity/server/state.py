@@ -21,6 +21,10 @@ from affinity.server.activity import DecayingClients, Rates
 from affinity.server.tokens import TokenCheck
 from affinity.web.metrics import ServerMetrics
 
+CLOCK = time.perf_counter
+"""The clock of the request path: the guard reads it once per request, for the time the answer
+took and for the active clients' count."""
+
 
 class ServerState:
     """This server, its parts, and its drain and load state."""
@@ -42,7 +46,7 @@ class ServerState:
         """Set when no request is in flight, kept up to date while draining only."""
         self.idle.set()
         self.active = DecayingClients(
-            settings.load_half_life, settings.active_window, settings.active_max
+            settings.load_half_life, settings.active_window, settings.active_max, CLOCK
         )
         """The clients with a valid token, each weighing less with the time since it was seen."""
         self.requests = 0

@@ -245,38 +245,36 @@ PATH_MEMO_SIZE = 4096
 """At most this many request targets are remembered with their :func:`normalise_path`."""
 
 
-class PathMemo:
+class PathMemo(dict[bytes, str]):
     """The normalised path of each request target seen, remembered: the router's paths repeat.
 
     Keyed by the request target as it arrived (``request.raw_url``, bytes:
-    the path and the query), so a hit reads neither ``request.path`` (a
-    decode per read) nor walks :func:`normalise_path`. Bounded: once
-    ``size`` targets are held, the memo is emptied and fills again, so a
-    flood of distinct targets costs memory ``size`` at most and every
-    answer stays exact.
+    the path and the query), so a hit (``memo.get(request.raw_url)``, one
+    lookup) reads neither ``request.path`` (a decode per read) nor walks
+    :func:`normalise_path`; a miss is :meth:`path`. Bounded: once ``size``
+    targets are held, the memo is emptied and fills again, so a flood of
+    distinct targets costs memory ``size`` at most and every answer stays
+    exact.
     """
 
-    __slots__ = ("_paths", "size")
+    __slots__ = ("size",)
 
     def __init__(self, size: int = PATH_MEMO_SIZE) -> None:
         if size < 1:
             raise ValueError(f"size must be at least 1, got {size!r}")
+        super().__init__()
         self.size = size
-        self._paths: dict[bytes, str] = {}
 
     def path(self, request: Request) -> str:
-        """``normalise_path(request.path)``."""
+        """``normalise_path(request.path)``, remembered."""
         raw: bytes = request.raw_url
-        path = self._paths.get(raw)
+        path = self.get(raw)
         if path is None:
             path = normalise_path(request.path)
-            if len(self._paths) >= self.size:
-                self._paths.clear()
-            self._paths[raw] = path
+            if len(self) >= self.size:
+                self.clear()
+            self[raw] = path
         return path
-
-    def __len__(self) -> int:
-        return len(self._paths)
 
 
 _paths = PathMemo()
@@ -289,7 +287,7 @@ def request_info(
     return _request_info(
         role=role,
         method=request.method,
-        path=_paths.path(request),
+        path=_paths.get(request.raw_url) or _paths.path(request),
         client_ip=client_ip(request),
         client_id=client_id,
         server_id=server_id,

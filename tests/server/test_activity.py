@@ -202,3 +202,16 @@ def test_rates_follow_the_counters_with_an_exponential_average() -> None:
 def test_rates_refuse_a_time_constant_of_zero() -> None:
     with pytest.raises(ValueError, match="time_constant"):
         Rates(0.0)
+
+
+def test_a_touch_given_the_time_counts_as_one_that_reads_the_clock() -> None:
+    read, read_clock = clients()
+    given, given_clock = clients()
+    for step, client in enumerate(["a", "b", "a", "c", "b"] * 20):
+        read_clock.now = given_clock.now = 1000.0 + 7.5 * step
+        read.touch(client)
+        given_clock.now += 1e6  # a clock read now would be far off: the time given is used
+        given.touch(client, read_clock.now)
+        given_clock.now -= 1e6
+        assert given.weight() == read.weight()
+        assert list(given._seen) == list(read._seen)
