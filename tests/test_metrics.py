@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as prometheus_text_families
 
 from affinity.referral.metrics import fold_periodically
 from affinity.web import exposition
@@ -189,3 +190,32 @@ def test_a_directory_the_operator_named_is_used_and_kept(
     with exposition.shared_metrics_dir() as used:
         assert used == named and named.is_dir()
     assert named.is_dir() and os.environ[exposition.MULTIPROC_ENV] == str(named)
+
+
+def test_a_routes_answering_counts_as_answered_does() -> None:
+    """The guard's per-route call, side by side with answered (which the library checks)."""
+    ours, reference = ServerMetrics(dict), ServerMetrics(dict)
+    routes = {route: ours.answering(route) for route in ("/a", "/items/<id>")}
+    for n, value in enumerate(VALUES):
+        route = "/a" if n % 3 else "/items/<id>"
+        method = ("GET", "POST", "BREW")[n % 3]
+        status = (200, 404)[n % 2]
+        routes[route](method, status, value)
+        reference.answered(route, method, status, value)
+        if n == 5:  # two folds: the second adds to the first, from the same kept cells
+            ours.fold()
+            reference.fold()
+    ours.fold()
+    reference.fold()
+    ours_text, reference_text = generate_latest(ours.registry), generate_latest(reference.registry)
+    assert _samples(ours_text) == _samples(reference_text)  # the order of the series aside
+    assert b'method="OTHER"' in ours_text
+    assert b'method="PUT"' not in ours_text  # no series for the cells never counted in
+
+
+def _samples(text: bytes) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+    return sorted(
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for family in prometheus_text_families(text.decode())
+        for s in family.samples
+    )

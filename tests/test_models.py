@@ -87,3 +87,14 @@ def test_fast_constructor_refuses_what_it_cannot_copy() -> None:
         fast_constructor(NoSlots)
     with pytest.raises(TypeError, match="__post_init__"):
         fast_constructor(Checked)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Base:
+        x: int
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Derived(Base):
+        y: int
+
+    with pytest.raises(TypeError, match="derives from another class than object"):
+        fast_constructor(Derived)

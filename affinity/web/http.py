@@ -277,17 +277,18 @@ class PathMemo(dict[bytes, str]):
         return path
 
 
-_paths = PathMemo()
-
-
 def request_info(
     request: Request, role: str, *, client_id: str | None = None, server_id: str | None = None
 ) -> RequestInfo:
-    """What the request filters see of a request (the same on the referral and app servers)."""
+    """What the request filters see of a request (the same on the referral and app servers).
+
+    The app is one :func:`new_app` made (its ``ctx.paths`` is the :class:`PathMemo`).
+    """
+    paths: PathMemo = request.app.ctx.paths
     return _request_info(
         role=role,
         method=request.method,
-        path=_paths.get(request.raw_url) or _paths.path(request),
+        path=paths.get(request.raw_url) or paths.path(request),
         client_ip=client_ip(request),
         client_id=client_id,
         server_id=server_id,
@@ -346,7 +347,8 @@ def new_app(
     (:func:`exception_response`, or a role's handler that ends with it), and
     the body size and timeouts (:func:`affinity.web.connection.apply_limits`),
     the proxy settings and the admin token (``app.ctx.admin_auth``, read once)
-    of the ``[referral]`` or ``[server]`` section.
+    of the ``[referral]`` or ``[server]`` section, and the memo of normalised
+    paths :func:`request_info` reads (``app.ctx.paths``).
     """
     app: Sanic[Any, Any] = Sanic(name, config=AppConfig(), configure_logging=False)
     app.config.ACCESS_LOG = False
@@ -364,6 +366,7 @@ def new_app(
         ),
     )
     app.ctx.admin_auth = BearerAuth.from_config(config, section)
+    app.ctx.paths = PathMemo()
     app.error_handler.add(Exception, on_error)
     return app
 
