@@ -11,6 +11,11 @@ says; the guard changes only the :class:`ServerState`. It runs as a wrapper
 around every route handler (:func:`guard_routes`), and in the error handler for
 requests no handler took (:func:`error_answer`); both count the answer in the
 server's metrics (route, method, status and time taken).
+
+Everything here runs for every request, so what does not change between
+requests is looked up once per route (:func:`guarded`), and the steps are
+written out rather than split into calls where a call was a measured share
+(``bench/bench_instructions.py``).
 """
 
 from __future__ import annotations
