@@ -84,16 +84,6 @@ class PluginManager:
     ) -> None:
         env = os.environ if env is None else env
         self._tracing = bool(env.get("AFFINITY_TRACE_PLUGINS"))
-        self.reject_request: Callable[[RequestInfo], Rejection | None] = self._bind_filters
-        """Ask the request filters (``affinity_reject_request``): the first objection, or None.
-
-        Called for every request, so this is bound (on first use, again after
-        each registration) to the cheapest call that does what pluggy's
-        first-result call would: the one implementation itself when there is
-        one, a loop over them in pluggy's order when there are several, and
-        pluggy's own call when one is a wrapper or hook calls are traced.
-        ``tests/test_manager.py`` holds it against pluggy.
-        """
         self._dists: dict[str, tuple[str, str]] = {}
         self._seen: set[str] = set()  # names of the plugins found, loaded or blocked
         self._pm = pluggy.PluginManager("affinity")
@@ -171,7 +161,7 @@ class PluginManager:
         """Register one more plugin object or module; configured at once if the rest are."""
         self._register(plugin, name)
         self._check_pending()
-        self.reject_request = self._bind_filters
+        self.__dict__.pop("reject_request", None)  # bound again on its next call
 
     def names(self) -> list[str]:
         """Names of the registered plugins, in registration order."""
@@ -325,10 +315,20 @@ class PluginManager:
 
     # -- request path --------------------------------------------------------------
 
-    def _bind_filters(self, request: RequestInfo) -> Rejection | None:
-        """Bind :attr:`reject_request` to the hook's implementations now, and ask them."""
-        self.reject_request = first_result(self._pm.hook.affinity_reject_request, self._tracing)
-        rejection: Rejection | None = self.reject_request(request)
+    def reject_request(self, request: RequestInfo) -> Rejection | None:
+        """Ask the request filters (``affinity_reject_request``): the first objection, or None.
+
+        Called for every request, so the first call binds this name, on the
+        instance, to the cheapest call that does what pluggy's first-result
+        call would (:func:`first_result`): the one implementation itself when
+        there is one, a loop over them in pluggy's order when there are
+        several, and pluggy's own call when one is a wrapper or hook calls are
+        traced. A registration drops that binding. ``tests/test_manager.py``
+        holds it against pluggy.
+        """
+        bound = first_result(self._pm.hook.affinity_reject_request, self._tracing)
+        self.__dict__["reject_request"] = bound
+        rejection: Rejection | None = bound(request)
         return rejection
 
     def has_request_filters(self) -> bool:
