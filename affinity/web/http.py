@@ -347,8 +347,9 @@ def new_app(
     (:func:`exception_response`, or a role's handler that ends with it), and
     the body size and timeouts (:func:`affinity.web.connection.apply_limits`),
     the proxy settings and the admin token (``app.ctx.admin_auth``, read once)
-    of the ``[referral]`` or ``[server]`` section, and the memo of normalised
-    paths :func:`request_info` reads (``app.ctx.paths``).
+    of the ``[referral]`` or ``[server]`` section, the memo of normalised
+    paths :func:`request_info` reads (``app.ctx.paths``), and Sanic's header
+    sanitising without an exception per character (:func:`quick_header_sanitising`).
     """
     app: Sanic[Any, Any] = Sanic(name, config=AppConfig(), configure_logging=False)
     app.config.ACCESS_LOG = False
@@ -367,6 +368,7 @@ def new_app(
     )
     app.ctx.admin_auth = BearerAuth.from_config(config, section)
     app.ctx.paths = PathMemo()
+    quick_header_sanitising()  # process-wide; the app server's workers do it again
     app.error_handler.add(Exception, on_error)
     return app
 
