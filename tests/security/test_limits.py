@@ -7,6 +7,7 @@ hello at all, was held for a minute or more.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -20,6 +21,8 @@ from tests.security.conftest import read_until_closed, tls_socket
 FAST = "request_timeout = 0.5\nhandshake_timeout = 0.5\nkeep_alive_timeout = 0.5\n"
 CLOSE_WITHIN = 8.0
 """How long a test waits for the server to close (far above the 0.5 s configured)."""
+HEAD_TIMEOUT = 2.0
+"""``request_timeout`` of the test that times a head after an idle pause."""
 
 
 @pytest.fixture
@@ -110,6 +113,24 @@ def _closed_within(sock: socket.socket | ssl.SSLSocket, seconds: float) -> bytes
         pytest.fail(f"the connection was still open after {seconds}s")
 
 
+def _one_answer(sock: ssl.SSLSocket) -> bytes:
+    """One whole answer (head and ``Content-Length`` body) of a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the answer was whole: {data[:200]!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+    assert length is not None, head
+    while len(body) < int(length[1]):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the answer was whole: {data[:200]!r}"
+        body += chunk
+    assert len(body) == int(length[1]), "more than one answer"
+    return head + b"\r\n\r\n" + body
+
+
 def test_a_connection_without_a_tls_hello_is_closed(fast: Deployment) -> None:
     for url in _urls(fast):
         host, port = url.removeprefix("https://").rsplit(":", 1)
@@ -157,28 +178,41 @@ def test_an_idle_keep_alive_connection_is_closed(fast: Deployment) -> None:
 
 
 def test_a_head_is_timed_from_its_own_first_byte(tmp_path: object) -> None:
-    """A head sent in two parts after an idle pause longer than ``request_timeout`` is answered:
-    the timeout counts from the head's first byte, not from the answer before it.
+    """A head begun after an idle pause longer than ``request_timeout`` gets the whole timeout,
+    counted from its first byte, not from the connection's start nor the answer before it.
 
-    The head's parts are further apart than the timeout check's period (half the timeout), so
-    a check falls between them. This holds only while Sanic notes the time of each chunk
-    received before it reads a head (what :class:`affinity.web.connection.CheckedHttp` takes as
-    the head's start).
+    The connection stays open until ``request_timeout`` has passed since the head's first byte
+    (by then more than twice that has passed since the connection opened), then is answered
+    ``408`` and closed. Sanic's timeout check runs every half timeout, so checks fall within
+    the head's own timeout: were the head timed from any earlier moment, the first of them
+    would close the connection at once.
     """
     from pathlib import Path
 
     assert isinstance(tmp_path, Path)
-    limits = "request_timeout = 3\nkeep_alive_timeout = 20\n"
+    timeout = HEAD_TIMEOUT
+    # keep_alive_timeout: far beyond the idle pause, however slowly a loaded machine runs it.
+    limits = f"request_timeout = {timeout}\nkeep_alive_timeout = {timeout * 30}\n"
     with Deployment(tmp_path / "d", health="sources = []", server=limits) as d:
         d.start_referral()
         d.start_server("s1")
         path = "/.well-known/affinity/health"
         with tls_socket(d, d.server_urls["s1"], timeout=CLOSE_WITHIN) as sock:
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
-            time.sleep(4)  # idle: longer than request_timeout, shorter than keep_alive_timeout
-            sock.sendall(f"GET {path} HTTP/1.1\r\n".encode())
-            time.sleep(1.6)  # longer than the check's period, well within request_timeout
-            sock.sendall(b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            answer = read_until_closed(sock)
-        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+            assert _one_answer(sock).startswith(b"HTTP/1.1 200 ")
+            answered = time.monotonic()  # after the connection opened and the server answered
+            time.sleep(timeout * 1.5)  # idle: the time must pass (time.sleep never ends early)
+            first_byte = time.monotonic()
+            sock.sendall(f"GET {path} HTTP/1.1\r\n".encode())  # the head's first part only
+            answer = _closed_within(sock, timeout + CLOSE_WITHIN)
+            closed = time.monotonic()
+    assert first_byte - answered > timeout
+    # Not a timed assertion: both processes read the same monotonic clock, and the server
+    # cannot take the head's first byte in before ``first_byte``, so the correct server cannot
+    # close before this however loaded the machine. A server timing the head from an earlier
+    # moment closes at its first check after ``first_byte``, half a timeout later (more only if
+    # its event loop stalls for as long: then this run could miss that bug, never fail wrongly).
+    open_for = closed - first_byte
+    assert open_for > timeout, f"closed {open_for:.2f}s after the head's first byte"
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b'"error":"request_timeout"' in answer, answer[:400]
