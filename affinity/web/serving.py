@@ -18,7 +18,8 @@ import pickle
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -105,19 +106,42 @@ def build(
     return app
 
 
-def _build_to_serve(
-    factory: Callable[[], Sanic[Any, Any]],
-    settings: ListenSettings,
-    section: str,
-    source: str,
-    logs: LogSettings | None,
-) -> Sanic[Any, Any]:
-    """:func:`build`, in a process about to serve (the one process, or a worker): SIGTERM and
-    SIGINT are held from its first step until the app serves (:mod:`affinity.web.shutdown`)."""
+def _build_to_serve(build_app: Callable[[], Sanic[Any, Any]]) -> Sanic[Any, Any]:
+    """``build_app`` (a ``functools.partial`` of :func:`build`), in a process about to serve (the
+    one process, or a worker): SIGTERM and SIGINT are held from its first step until the app
+    serves (:mod:`affinity.web.shutdown`)."""
     shutdown.hold()
-    app = build(factory, settings, section, source, logs)
+    app = build_app()
     shutdown.release_once_serving(app)
     return app
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT held in this thread for the block; its signal mask restored after."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, shutdown.STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _loader(
+    build_app: Callable[[], Sanic[Any, Any]], workers: int, section: str, source: str
+) -> AppLoader:
+    """Sanic's loader of the app, for each process that serves it; with several workers, a
+    ConfigError now if ``build_app`` cannot be sent to a worker process."""
+    loader = AppLoader(factory=functools.partial(_build_to_serve, build_app))
+    if workers > 1:
+        try:
+            pickle.dumps(loader.factory)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            msg = (
+                f"{workers} workers need an app factory that can be sent to a worker process "
+                f"(a module-level function, or functools.partial of one): {exc}"
+            )
+            raise ConfigError(msg, key=f"{section}.workers", source=source) from exc
+    return loader
 
 
 def serve(
@@ -154,74 +178,37 @@ def serve(
     workers, Sanic's manager of them) can stop cleanly, then taken: the
     command exits 0 and leaves no worker behind (:mod:`affinity.web.shutdown`).
     """
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, shutdown.STOP_SIGNALS)
-    try:
-        _serve(
-            factory,
-            settings,
-            section=section,
-            source=source,
-            workers=workers,
-            title=title,
-            listen_source=listen_source,
-        )
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-def _serve(
-    factory: Callable[[], Sanic[Any, Any]],
-    settings: ListenSettings,
-    *,
-    section: str,
-    source: str,
-    workers: int,
-    title: str | None,
-    listen_source: str | None,
-) -> None:
-    logs = current()
-    loader = AppLoader(
-        factory=functools.partial(_build_to_serve, factory, settings, section, source, logs)
-    )
-    if workers > 1:
-        try:
-            pickle.dumps(loader.factory)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            msg = (
-                f"{workers} workers need an app factory that can be sent to a worker process "
-                f"(a module-level function, or functools.partial of one): {exc}"
+    with _stop_signals_held():
+        logs = current()
+        build_app = functools.partial(build, factory, settings, section, source, logs)
+        loader = _loader(build_app, workers, section, source)
+        with listen_socket(settings.listen, f"{section}.listen", listen_source or source) as sock:
+            app = loader.load()
+            app.prepare(
+                host=settings.listen.host,
+                port=settings.listen.port,
+                sock=sock,
+                workers=workers,
+                single_process=workers == 1,
+                access_log=logs is not None and logs.access_log,
+                motd=False,
+                protocol=BoundedHttpProtocol,
             )
-            raise ConfigError(msg, key=f"{section}.workers", source=source) from exc
-    sock = listen_socket(settings.listen, f"{section}.listen", listen_source or source)
-    try:
-        app = loader.load()
-        app.prepare(
-            host=settings.listen.host,
-            port=settings.listen.port,
-            sock=sock,
-            workers=workers,
-            single_process=workers == 1,
-            access_log=logs is not None and logs.access_log,
-            motd=False,
-            protocol=BoundedHttpProtocol,
-        )
-        if app.ctx.affinity_tls is not None:
-            handshake_limit(app, settings)
-        title = title or _TITLES.get(section, section)
-        _announce(app, title, section, settings, workers)
-        url = f"{'http' if app.ctx.affinity_tls is None else 'https'}://{settings.listen}"
-        if workers > 1:
-            shutdown.stop_through_the_monitor(app)  # before systemd wraps the handler
-        systemd.install(app, lambda: serving_line(title, url, workers), workers)
-        if workers > 1:
-            app.register_listener(reload.relay_to_workers, "main_process_ready")
-            # Registered last of the main process's listeners: its handler wraps any other's.
-            shutdown.release_once_monitoring(app)
-            Sanic.serve(primary=app, app_loader=loader)
-        else:
-            Sanic.serve_single(primary=app)
-    finally:
-        sock.close()
+            if app.ctx.affinity_tls is not None:
+                handshake_limit(app, settings)
+            title = title or _TITLES.get(section, section)
+            _announce(app, title, section, settings, workers)
+            url = f"{'http' if app.ctx.affinity_tls is None else 'https'}://{settings.listen}"
+            if workers > 1:
+                shutdown.stop_through_the_monitor(app)  # before systemd wraps the handler
+            systemd.install(app, lambda: serving_line(title, url, workers), workers)
+            if workers > 1:
+                app.register_listener(reload.relay_to_workers, "main_process_ready")
+                # Registered last of the main process's listeners: its handler wraps any other's.
+                shutdown.release_once_monitoring(app)
+                Sanic.serve(primary=app, app_loader=loader)
+            else:
+                Sanic.serve_single(primary=app)
 
 
 def _announce(
