@@ -1,20 +1,20 @@
 """A plugin the trusted-proxy test loads into a referral: it records the client addresses
 that the policy and the ``affinity_server_avoided`` hook are given, and serves the record at
-``GET /test/seen``. One referral worker, so the module-level record is the whole record."""
+``GET /test/seen`` (:class:`tests.record.Record`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from sanic import HTTPResponse, Request, Sanic
-from sanic.response import json
+from sanic import Sanic
 
 from affinity import hookimpl
 from affinity.models import AssignRequest, Pool, Server
 from affinity.plugin.policy import Policy
+from tests.record import Record
 
-SEEN: list[tuple[str, str]] = []
+SEEN = Record("/test/seen")
 
 
 class Recording(Policy):
@@ -37,12 +37,6 @@ def affinity_server_avoided(service: str, server_id: str, client_ip: str) -> Non
     SEEN.append(("avoided", client_ip))
 
 
-async def _seen(request: Request) -> HTTPResponse:
-    taken = list(SEEN)
-    SEEN.clear()
-    return json(taken)
-
-
 @hookimpl
 def affinity_register_routes(app: Sanic[Any, Any], role: str) -> None:
-    app.add_route(_seen, "/test/seen", methods=["GET"], name="test_seen")
+    SEEN.serve(app)

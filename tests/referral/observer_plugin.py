@@ -1,13 +1,12 @@
 """A plugin the assign tests load into a referral: it records what the referral tells plugins
-about each ``/v1/assign`` call and serves the record at ``GET /test/observed``.
+about each ``/v1/assign`` call and serves the record at ``GET /test/observed``
+(:class:`tests.record.Record`).
 
 - ``affinity_assigned``: every assignment made (service, client id, avoid, previous server,
   client address, chosen server, token, lifetime, sticky);
 - ``affinity_server_avoided``: every server a client reported (service, server, address);
 - a health source named ``recording``: every re-check asked of it. It marks the servers
   known at start passing once and never checks anything itself.
-
-One referral worker, so the module-level record is the whole record.
 """
 
 from __future__ import annotations
@@ -15,15 +14,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sanic import HTTPResponse, Request, Sanic
-from sanic.response import json
+from sanic import Sanic
 
 from affinity import hookimpl
 from affinity.config import Config
 from affinity.models import Assignment, HealthStatus
 from affinity.plugin.health import HealthSink, HealthSource
+from tests.record import Record
 
-SEEN: list[dict[str, Any]] = []
+SEEN = Record("/test/observed")
 
 
 class RecordingSource(HealthSource):
@@ -69,12 +68,6 @@ def affinity_server_avoided(service: str, server_id: str, client_ip: str) -> Non
     SEEN.append({"event": "avoided", "service": service, "server": server_id, "ip": client_ip})
 
 
-async def _observed(request: Request) -> HTTPResponse:
-    taken = list(SEEN)
-    SEEN.clear()
-    return json(taken)
-
-
 @hookimpl
 def affinity_register_routes(app: Sanic[Any, Any], role: str) -> None:
-    app.add_route(_observed, "/test/observed", methods=["GET"], name="test_observed")
+    SEEN.serve(app)

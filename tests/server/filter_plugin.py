@@ -4,26 +4,25 @@ It records what it is shown of each request the test marks with the header ``X-T
 (role, method, path, client id, server id: not the referral's health checks), refuses
 every request that carries the header ``X-Test-Refuse``, and fails (raises) on every request
 that carries ``X-Test-Fail``. ``GET /test/filtered`` returns the
-record and clears it. One worker, so the module-level record is the whole record.
+record and clears it (:class:`tests.record.Record`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sanic import HTTPResponse, Request, Sanic
-from sanic.response import json
+from sanic import Sanic
 
 from affinity import hookimpl
 from affinity.models import Rejection, RequestInfo
+from tests.record import Record
 
-SEEN: list[dict[str, Any]] = []
-RECORD = "/test/filtered"
+SEEN = Record("/test/filtered")
 
 
 @hookimpl
 def affinity_reject_request(request: RequestInfo) -> Rejection | None:
-    if request.path == RECORD:
+    if request.path == SEEN.path:
         return None
     if "x-test-note" in request.headers:
         SEEN.append(
@@ -42,12 +41,6 @@ def affinity_reject_request(request: RequestInfo) -> Rejection | None:
     return None
 
 
-async def _filtered(request: Request) -> HTTPResponse:
-    taken = list(SEEN)
-    SEEN.clear()
-    return json(taken)
-
-
 @hookimpl
 def affinity_register_routes(app: Sanic[Any, Any], role: str) -> None:
-    app.add_route(_filtered, RECORD, methods=["GET"], name="test_filtered")
+    SEEN.serve(app)
