@@ -15,6 +15,7 @@ import pytest
 from affinity.testing import Deployment, wait_until
 from affinity.tokens.jws import TokenIssuer
 from affinity.tokens.keyring import KeyRing, rotate_keyfile
+from tests.server import token_settings
 
 APP = str(Path(__file__).with_name("apps.py")) + ":Holding"
 
@@ -415,17 +416,7 @@ def test_the_server_verifies_with_the_token_settings_of_its_config(
     """``tokens.issuer`` and ``tokens.leeway`` apply, and so does the longest lifetime they
     allow (``ttl * (1 + jitter)`` rounded up, plus the leeway: 4560 s here)."""
     deployment.start_referral()
-    settings = {"AFFINITY_TOKENS_ISSUER": "elsewhere", "AFFINITY_TOKENS_LEEWAY": "600"}
-    deployment.start_server("s1", app=APP, env=settings)
-
-    def status(issuer: str = "elsewhere", ttl: float = 60.0, age: float = 0.0) -> int:
-        clock = lambda: time.time() - age  # noqa: E731
-        token = token_for(deployment, "s1", issuer=issuer, ttl=ttl, jitter=0.0, clock=clock)
-        return get(deployment, "s1", "/whoami", token).status_code
-
-    assert status() == 200
-    assert status(issuer="affinity") == 401, "issued by another issuer"
-    assert status(age=300) == 200, "expired within the leeway"
-    assert status(age=900) == 401, "expired past the leeway"
-    assert status(ttl=4500.0) == 200
-    assert status(ttl=4600.0) == 401, "lives too long"
+    deployment.start_server("s1", app=APP, env=token_settings.SETTINGS)
+    token_settings.assert_the_token_settings_apply(
+        deployment, deployment.server_urls["s1"] + "/whoami"
+    )

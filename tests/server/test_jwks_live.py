@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import signal
-import time
 
 from affinity.testing import Deployment, wait_until
 from affinity.tokens.jws import TokenIssuer
 from affinity.tokens.keyring import KeyRing, generate_keyfile, rotate_keyfile
+from tests.server import token_settings
 
 
 def test_server_verifies_with_the_referrals_jwks(deployment: Deployment) -> None:
@@ -67,26 +67,6 @@ def test_with_jwks_the_server_verifies_with_the_token_settings_of_its_config(
     generate_keyfile(deployment.dir / "keys.json", "EdDSA", True)
     deployment.start_referral()
     jwks = f"{deployment.referral_url}/.well-known/jwks.json"
-    settings = {
-        "AFFINITY_TOKENS_KEYS_FILE": "",
-        "AFFINITY_TOKENS_JWKS_URL": jwks,
-        "AFFINITY_TOKENS_ISSUER": "elsewhere",
-        "AFFINITY_TOKENS_LEEWAY": "600",
-    }
-    deployment.start_server("s1", env=settings)
-    ring = KeyRing.load(deployment.dir / "keys.json")
-    url = deployment.server_urls["s1"] + "/"
-
-    def status(issuer: str = "elsewhere", ttl: float = 60.0, age: float = 0.0) -> int:
-        clock = lambda: time.time() - age  # noqa: E731
-        iss = TokenIssuer(ring, issuer=issuer, ttl=ttl, jitter=0.0, clock=clock)
-        token = iss.issue("s1", iss.new_client_id(), "web")[0]
-        with deployment.client() as c:
-            return c.get(url, headers={"Affinity-Token": token}).status_code
-
-    assert status() == 200
-    assert status(issuer="affinity") == 401, "issued by another issuer"
-    assert status(age=300) == 200, "expired within the leeway"
-    assert status(age=900) == 401, "expired past the leeway"
-    assert status(ttl=4500.0) == 200
-    assert status(ttl=4600.0) == 401, "lives too long"
+    keys = {"AFFINITY_TOKENS_KEYS_FILE": "", "AFFINITY_TOKENS_JWKS_URL": jwks}
+    deployment.start_server("s1", env={**keys, **token_settings.SETTINGS})
+    token_settings.assert_the_token_settings_apply(deployment, deployment.server_urls["s1"] + "/")
