@@ -46,7 +46,7 @@ from affinity.models import HealthStatus, Rejection, RequestInfo, fast_construct
 from affinity.protocol import COOKIE, REASSIGN_HEADER, TOKEN_HEADER, ErrorCode
 from affinity.web.auth import BearerAuth
 from affinity.web.connection import AppConfig, apply_limits
-from affinity.web.response import Response
+from affinity.web.response import Response, exact, sanitised
 
 log = logging.getLogger("affinity.web.http")
 _request_info = fast_constructor(RequestInfo)  # one per filtered request
@@ -311,23 +311,24 @@ def trust_proxies(
 
 
 def quick_header_sanitising() -> None:
-    """Let Sanic sanitise response headers without an exception per character; the same text.
+    """Let Sanic sanitise response headers without a translation per header; the same text.
 
     Sanic strips CR, LF and NUL from every response header's name and value,
     each time it sends it, with ``str.translate`` and a table that lists only
-    those three characters. ``translate`` looks each other character up,
-    fails with a ``KeyError`` and keeps it: a dozen exceptions raised and
-    caught per header, about a tenth of a plain Sanic answer's instructions
-    (``bench/bench_instructions.py``). Adding every other ASCII character to the table as
-    itself changes no result (a character missing from the table is kept,
-    one mapped to itself too); ``tests/test_http_headers.py`` compares the
-    two tables on every character. Process-wide and idempotent; without the
-    table (another Sanic), nothing is done.
+    those three characters. ``translate`` looks every other character up in
+    that dict, fails and keeps it: thousands of instructions per header, on
+    every answer, the user's handlers' included (``bench/bench_instructions.py``).
+    This puts :func:`affinity.web.response.sanitised` in place of Sanic's
+    ``_sanitize_header_value``: a printable string, which holds none of the
+    three, is kept as it is, and any other is translated as Sanic does.
+    ``tests/test_http_headers.py`` holds the two side by side on every
+    character and on injection attempts. Process-wide and idempotent; with
+    another Sanic (no such method, or a table that changes a printable
+    character), nothing is done.
     """
-    table = getattr(sanic_response_types, "HEADER_TRANSLATION_TABLE", None)
-    if isinstance(table, dict):
-        for code in range(128):
-            table.setdefault(code, code)
+    base = sanic_response_types.BaseHTTPResponse
+    if isinstance(vars(base).get("_sanitize_header_value"), staticmethod) and exact():
+        base._sanitize_header_value = staticmethod(sanitised)  # type: ignore[method-assign,assignment]
 
 
 def new_app(

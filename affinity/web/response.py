@@ -38,6 +38,25 @@ ENCODED: Final[dict[tuple[str, str], tuple[bytes, bytes]]] = {
 ``(name, value)`` and the bytes they encode to; read only."""
 
 
+def sanitised(text: str) -> str:
+    """A header name or value as Sanic sends it: ``\\r``, ``\\n`` and NUL removed.
+
+    A printable string holds none of them and is returned as it is, without
+    the translation (:func:`exact`: no character the table changes is printable).
+    """
+    return text if text.isprintable() else text.translate(HEADER_TRANSLATION_TABLE)
+
+
+def exact() -> bool:
+    """Whether :func:`sanitised` gives what Sanic's table gives for every string: every
+    character the table changes is one ``str.isprintable`` refuses."""
+    return all(
+        not chr(code).isprintable()
+        for code, to in HEADER_TRANSLATION_TABLE.items()
+        if to != code
+    )
+
+
 class Response(HTTPResponse):
     """:class:`sanic.HTTPResponse` whose headers encode without a translation per string."""
 
@@ -72,13 +91,12 @@ class Response(HTTPResponse):
             text = f"{value}"
             pair = known((name, text))
             if pair is None:
-                if not name.isprintable():
-                    name = name.translate(HEADER_TRANSLATION_TABLE)
-                if not text.isprintable():
-                    text = text.translate(HEADER_TRANSLATION_TABLE)
-                pair = (name.encode("ascii"), text.encode(errors="surrogateescape"))
+                pair = (
+                    sanitised(name).encode("ascii"),
+                    sanitised(text).encode(errors="surrogateescape"),
+                )
             encoded.append(pair)
         return iter(encoded)
 
 
-__all__ = ["ENCODED", "Response"]
+__all__ = ["ENCODED", "Response", "exact", "sanitised"]
