@@ -51,9 +51,7 @@ def exact() -> bool:
     """Whether :func:`sanitised` gives what Sanic's table gives for every string: every
     character the table changes is one ``str.isprintable`` refuses."""
     return all(
-        not chr(code).isprintable()
-        for code, to in HEADER_TRANSLATION_TABLE.items()
-        if to != code
+        not chr(code).isprintable() for code, to in HEADER_TRANSLATION_TABLE.items() if to != code
     )
 
 
