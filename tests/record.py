@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from sanic import HTTPResponse, Request, Sanic
 from sanic.response import json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def loading(module: str) -> dict[str, str]:
+    """The environment that loads the test plugin ``module`` into a process a test starts.
+
+    The repository is added to ``PYTHONPATH``, not put in its place: tooling (a
+    mutation run, a coverage run) puts its own directories there.
+    """
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {"AFFINITY_PLUGINS": module, "PYTHONPATH": path}
 
 
 class Record:

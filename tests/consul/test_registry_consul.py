@@ -789,17 +789,16 @@ def test_the_reset_grace_is_derived_from_heartbeat_and_check(tmp_path: Path) -> 
 async def test_a_drain_flag_reaches_every_registry(
     consul: Consul, health_target: HealthTarget
 ) -> None:
-    one, two = await consul.registry(), await consul.registry()
+    # Blocking reads that wait 30 s: a flag seen within 10 s was answered by the write.
+    one, two = await consul.registry(wait=30.0), await consul.registry(wait=30.0)
     server = await consul.register(consul.registrar(), health_target)
     for registry in (one, two):
         await view_until(registry, passing(server.id), 5.0)
     assert not await one.set_draining("unknown", True)
-    started = time.monotonic()
     assert await one.set_draining(server.id, True)
     for registry in (one, two):
-        view = await view_until(registry, lambda v: any(s.draining for s in v.servers), 1.0)
+        view = await view_until(registry, lambda v: any(s.draining for s in v.servers), 10.0)
         assert not next(s for s in view.servers if s.id == server.id).assignable
-    assert time.monotonic() - started < 1.0
     assert await two.set_draining(server.id, False)
     await view_until(one, lambda v: not any(s.draining for s in v.servers), 1.0)
 
@@ -811,15 +810,12 @@ async def test_settings_are_versioned_with_cas_and_reach_servers(
     registrar = consul.registrar()
     index, documents = await registrar.watch_settings(0, 1.0)
     assert documents == {}
-    waiting = asyncio.create_task(registrar.watch_settings(index, 5.0))
+    waiting = asyncio.create_task(registrar.watch_settings(index, 30.0))
     # Whether the read is already blocking or not, a write after ``index`` answers it at once.
     await asyncio.sleep(0)
-    started = time.monotonic()
     assert (await one.put_settings("ipfilter", {"deny": ["10.0.0.0/8"]})).version == 1
-    _, seen = await asyncio.wait_for(waiting, 2.0)
-    took = time.monotonic() - started
-    logging.getLogger(__name__).info("settings reached the registrar in %.1f ms", took * 1000)
-    assert took < 1.0
+    # Answered by the write, not by the end of the read's 30 s wait.
+    _, seen = await asyncio.wait_for(waiting, 10.0)
     assert seen["ipfilter"].value == {"deny": ["10.0.0.0/8"]}
     assert (await two.put_settings("ipfilter", {"deny": []})).version == 2
     racing = await asyncio.gather(

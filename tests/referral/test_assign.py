@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from affinity.testing import Deployment, wait_until
 from affinity.tokens.jws import TokenIssuer, TokenVerifier
 from affinity.tokens.keyring import KeyRing
 from tests.promtext import parse
+from tests.record import loading
 
 SERVICES = """
 [services.web]
@@ -319,12 +319,7 @@ def test_the_default_service_exists_without_a_services_table(tmp_path: Path) -> 
             assert client.get("/v1/assign", params={"service": "nope"}).status_code == 404
 
 
-ROOT = Path(__file__).resolve().parents[2]
-# Added to PYTHONPATH, not in its place: a mutation run puts its own directory there.
-OBSERVER = {
-    "AFFINITY_PLUGINS": "tests.referral.observer_plugin",
-    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-}
+OBSERVER = loading("tests.referral.observer_plugin")
 
 
 @pytest.fixture(scope="module")

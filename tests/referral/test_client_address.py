@@ -7,15 +7,14 @@ Loopback has a whole /8, so a socket bound to 127.0.0.2 is another peer.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
 
 from affinity.testing import Deployment, free_port
 from affinity.web.tls import client_context
+from tests.record import loading
 
-ROOT = Path(__file__).resolve().parents[2]
 SERVICES = """
 [services.web]
 policy = "recording"
@@ -24,12 +23,7 @@ servers = [
   {id = "s2", url = "https://s2.affinity.test:8443"},
 ]
 """
-# Added to PYTHONPATH, not in its place: tooling (a mutation run, a coverage run) puts its own
-# directories there.
-PLUGIN = {
-    "AFFINITY_PLUGINS": "tests.referral.address_plugin",
-    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-}
+PLUGIN = loading("tests.referral.address_plugin")
 
 
 def seen_after(c: httpx.Client, base: str, xff: str, avoid: str | None = None) -> list[list[str]]:

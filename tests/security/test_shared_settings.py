@@ -9,16 +9,15 @@ never appeared.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import orjson
 import pytest
 
 from affinity.files import write_private
 from affinity.testing import Deployment, wait_until
+from tests.record import loading
 
-ROOT = Path(__file__).resolve().parents[2]
-CRASHING = {"AFFINITY_PLUGINS": "tests.security.crashing_plugin", "PYTHONPATH": str(ROOT)}
+CRASHING = loading("tests.security.crashing_plugin")
 BAD = {"roles": [["referral"]]}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -15,6 +14,7 @@ import pytest
 from affinity.testing import Deployment, wait_until
 from affinity.tokens.jws import TokenIssuer
 from affinity.tokens.keyring import KeyRing, rotate_keyfile
+from tests.record import loading
 from tests.server import token_settings
 
 APP = str(Path(__file__).with_name("apps.py")) + ":Holding"
@@ -294,12 +294,7 @@ def test_a_server_registers_again_after_the_referral_forgets_it(deployment: Depl
     wait_until(lambda: deployment.registered() == {"s1"}, 10, what="re-registration")
 
 
-ROOT = Path(__file__).resolve().parents[2]
-# Added to PYTHONPATH, not in its place: a mutation run puts its own directory there.
-FILTER = {
-    "AFFINITY_PLUGINS": "tests.server.filter_plugin",
-    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-}
+FILTER = loading("tests.server.filter_plugin")
 REFUSE = {"X-Test-Refuse": "1"}
 
 
