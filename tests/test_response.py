@@ -1,4 +1,5 @@
-"""Response encodes its headers to the very bytes Sanic's own HTTPResponse sends."""
+"""affinity's header encoding makes the very bytes Sanic's own property makes, for Response and
+for any Sanic answer once it is in place."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from sanic import HTTPResponse
 from sanic.headers import format_http1_response
 
 from affinity.web.http import NO_STORE, json_response
-from affinity.web.response import ENCODED, Response
+from affinity.web.response import (
+    ENCODED,
+    SANICS_OWN,
+    Response,
+    encoded_headers,
+    quick_header_encoding,
+)
 
 HEADER_SETS: list[dict[str, Any]] = [
     {},
@@ -28,11 +35,16 @@ HEADER_SETS: list[dict[str, Any]] = [
 ]
 
 
-def _wire(response: HTTPResponse) -> bytes:
+def sanics_own(response: HTTPResponse) -> list[tuple[bytes, bytes]]:
+    """The pairs Sanic's own ``processed_headers`` makes, whatever is in place now."""
+    return list(SANICS_OWN.fget(response))
+
+
+def _wire(response: HTTPResponse, encode: Any = encoded_headers) -> bytes:
     # What Sanic's HTTP/1.1 writer adds before it encodes (http1_response_header).
     response.headers["content-length"] = len(response.body or b"")
     response.headers["connection"] = "keep-alive"
-    return format_http1_response(response.status, response.processed_headers)
+    return format_http1_response(response.status, encode(response))
 
 
 @pytest.mark.parametrize("headers", HEADER_SETS)
@@ -43,10 +55,13 @@ def test_headers_encode_as_sanic_encodes_them(
 ) -> None:
     ours = Response(b"{}", status=status, headers=headers, content_type=content_type)
     sanic = HTTPResponse(b"{}", status=status, headers=headers, content_type=content_type)
-    assert list(ours.processed_headers) == list(sanic.processed_headers)
+    assert list(ours.processed_headers) == sanics_own(sanic)
     ours = Response(b"{}", status=status, headers=headers, content_type=content_type)
     sanic = HTTPResponse(b"{}", status=status, headers=headers, content_type=content_type)
-    assert _wire(ours) == _wire(sanic)
+    assert _wire(ours) == _wire(sanic, SANICS_OWN.fget)
+    theirs = HTTPResponse(b"{}", status=status, headers=headers, content_type=content_type)
+    sanic = HTTPResponse(b"{}", status=status, headers=headers, content_type=content_type)
+    assert _wire(theirs) == _wire(sanic, SANICS_OWN.fget)  # any answer, once in place
 
 
 def test_injection_never_reaches_the_wire() -> None:
@@ -58,14 +73,14 @@ def test_injection_never_reaches_the_wire() -> None:
 
 def test_a_name_that_is_not_ascii_is_refused_as_sanic_refuses_it() -> None:
     with pytest.raises(UnicodeEncodeError):
-        list(HTTPResponse(b"", headers={"X-\u00e9": "v"}).processed_headers)
+        sanics_own(HTTPResponse(b"", headers={"X-\u00e9": "v"}))
     with pytest.raises(UnicodeEncodeError):
         list(Response(b"", headers={"X-\u00e9": "v"}).processed_headers)
 
 
 def test_the_known_headers_are_what_sanic_encodes_them_to() -> None:
     for (name, value), pair in ENCODED.items():
-        assert [pair] == list(HTTPResponse(headers={name: value}, status=204).processed_headers)
+        assert [pair] == sanics_own(HTTPResponse(headers={name: value}, status=204))
 
 
 def test_json_answers_use_it() -> None:
@@ -92,3 +107,12 @@ def _state(response: HTTPResponse) -> dict[str, Any]:
     """Every slot a response's classes declare, but its headers (compared apart)."""
     names = {n for cls in type(response).__mro__ for n in getattr(cls, "__slots__", ())}
     return {n: getattr(response, n, "unset") for n in sorted(names - {"headers"})}
+
+
+def test_it_takes_the_place_of_sanics_own_for_every_answer_idempotently() -> None:
+    quick_header_encoding()
+    quick_header_encoding()
+    response = HTTPResponse(b"{}", headers={"X-Injected": "a\r\nSet-Cookie: b\x00"})
+    assert type(response).processed_headers.fget is encoded_headers  # type: ignore[attr-defined]
+    assert list(response.processed_headers) == sanics_own(response)
+    assert (b"X-Injected", b"aSet-Cookie: b") in list(response.processed_headers)

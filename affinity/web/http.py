@@ -21,7 +21,6 @@ import orjson
 from multidict import istr
 from sanic import HTTPResponse, Request, Sanic
 from sanic.exceptions import SanicException
-from sanic.response import types as sanic_response_types
 
 from affinity.config import Config
 from affinity.errors import (
@@ -46,7 +45,7 @@ from affinity.models import HealthStatus, Rejection, RequestInfo, fast_construct
 from affinity.protocol import COOKIE, REASSIGN_HEADER, TOKEN_HEADER, ErrorCode
 from affinity.web.auth import BearerAuth
 from affinity.web.connection import AppConfig, apply_limits
-from affinity.web.response import Response, exact, sanitised
+from affinity.web.response import Response, quick_header_encoding
 
 log = logging.getLogger("affinity.web.http")
 _request_info = fast_constructor(RequestInfo)  # one per filtered request
@@ -310,27 +309,6 @@ def trust_proxies(
     app.ctx.trusted_proxy = bool(count or real_ip_header or forwarded_secret)
 
 
-def quick_header_sanitising() -> None:
-    """Let Sanic sanitise response headers without a translation per header; the same text.
-
-    Sanic strips CR, LF and NUL from every response header's name and value,
-    each time it sends it, with ``str.translate`` and a table that lists only
-    those three characters. ``translate`` looks every other character up in
-    that dict, fails and keeps it: thousands of instructions per header, on
-    every answer, the user's handlers' included (``bench/bench_instructions.py``).
-    This puts :func:`affinity.web.response.sanitised` in place of Sanic's
-    ``_sanitize_header_value``: a printable string, which holds none of the
-    three, is kept as it is, and any other is translated as Sanic does.
-    ``tests/test_http_headers.py`` holds the two side by side on every
-    character and on injection attempts. Process-wide and idempotent; with
-    another Sanic (no such method, or a table that changes a printable
-    character), nothing is done.
-    """
-    base = sanic_response_types.BaseHTTPResponse
-    if isinstance(vars(base).get("_sanitize_header_value"), staticmethod) and exact():
-        base._sanitize_header_value = staticmethod(sanitised)  # type: ignore[method-assign,assignment]
-
-
 def new_app(
     name: str,
     config: Config,
@@ -350,7 +328,7 @@ def new_app(
     the proxy settings and the admin token (``app.ctx.admin_auth``, read once)
     of the ``[referral]`` or ``[server]`` section, the memo of normalised
     paths :func:`request_info` reads (``app.ctx.paths``), and Sanic's header
-    sanitising without an exception per character (:func:`quick_header_sanitising`).
+    encoding without a translation per header (:func:`affinity.web.response.quick_header_encoding`).
     """
     app: Sanic[Any, Any] = Sanic(name, config=AppConfig(), configure_logging=False)
     app.config.ACCESS_LOG = False
@@ -369,7 +347,7 @@ def new_app(
     )
     app.ctx.admin_auth = BearerAuth.from_config(config, section)
     app.ctx.paths = PathMemo()
-    quick_header_sanitising()  # process-wide; the app server's workers do it again
+    quick_header_encoding()  # process-wide; the app server's workers do it again
     app.error_handler.add(Exception, on_error)
     return app
 
