@@ -55,6 +55,13 @@ class Holding(AppServer):
     async def whoami(self, request: Request) -> HTTPResponse:
         return json({"server": self.server_id, "client": request.ctx.client_id})
 
+    @route("/claims")
+    async def claims(self, request: Request) -> HTTPResponse:
+        """The verified claims the guard hands the app, or ``null`` without a valid token."""
+        claims = request.ctx.claims
+        seen = None if claims is None else {"sid": claims.sid, "cid": claims.cid, "svc": claims.svc}
+        return json({"claims": seen})
+
     @route("/count", methods=["POST"])
     async def count(self, request: Request) -> HTTPResponse:
         self.posts += 1

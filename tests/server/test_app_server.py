@@ -99,6 +99,13 @@ def test_forged_token_is_401(shared: Deployment) -> None:
     assert get(shared, "s1", "/whoami", forged).status_code == 401
 
 
+def test_the_app_sees_the_claims_of_a_valid_token_only(shared: Deployment) -> None:
+    token = issuer(shared).issue("s1", "client-5", "web")[0]
+    mine = get(shared, "s1", "/claims", token)
+    assert mine.json() == {"claims": {"sid": "s1", "cid": "client-5", "svc": "web"}}
+    assert get(shared, "s1", "/claims").json() == {"claims": None}
+
+
 def test_no_token_is_allowed_by_default(shared: Deployment) -> None:
     r = get(shared, "s1", "/whoami")
     assert r.status_code == 200 and r.json()["client"] is None
@@ -156,6 +163,8 @@ def test_a_request_no_route_takes_is_guarded_too(shared: Deployment) -> None:
     with shared.client() as c:
         r = c.delete(shared.server_urls["s1"] + "/whoami", headers={"Affinity-Token": "junk"})
     assert r.status_code == 401 and r.headers["affinity-server"] == "s1"
+    # The 404 let in was counted in flight, then out again.
+    assert get(shared, "s1", "/.well-known/affinity/health").json()["load"]["inflight"] == 0
 
 
 def test_a_failing_handler_answers_500_and_leaves_nothing_in_flight(shared: Deployment) -> None:
@@ -199,6 +208,31 @@ def test_a_critical_server_stops_being_assigned(running: Deployment) -> None:
     wait_until(lambda: running.assignable() == {"s2"}, 10, what="s1 unassignable")
     with running.client(base_url=running.referral_url) as c:
         assert {c.get("/v1/assign").json()["server"]["id"] for _ in range(10)} == {"s2"}
+
+
+def test_each_request_in_flight_counts(deployment: Deployment) -> None:
+    deployment.start_referral()
+    deployment.start_server("s1", app=APP)
+    held: list[httpx.Response] = []
+
+    def hold() -> None:
+        with deployment.client(timeout=30.0) as c:
+            held.append(c.get(deployment.server_urls["s1"] + "/hold"))
+
+    holders = [threading.Thread(target=hold) for _ in range(2)]
+    for holder in holders:
+        holder.start()
+
+    def inflight() -> int:
+        load = get(deployment, "s1", "/.well-known/affinity/health").json()["load"]
+        return int(load["inflight"])
+
+    wait_until(lambda: inflight() == 2, 10, what="two requests in flight")
+    deployment.servers["s1"].signal(signal.SIGUSR1)
+    for holder in holders:
+        holder.join(10)
+    assert [r.json() for r in held] == [{"server": "s1", "held": True}] * 2
+    assert inflight() == 0
 
 
 def test_sigterm_drains_then_deregisters_and_exits_0(running: Deployment) -> None:
@@ -375,6 +409,9 @@ def test_affinitys_own_endpoints_and_unknown_paths_pass_the_filter_too(
 
 
 def test_a_filter_that_fails_is_a_500_not_a_traceback(filtered: Deployment) -> None:
+    """The client gets a bare 500; the server's log gets the failure with its traceback."""
+    failure = "RuntimeError: the test filter failed"
+    logged = filtered.servers["s1"].output().count(failure)
     with filtered.client() as c:
         for path in ("/whoami", "/.well-known/affinity/health", "/no/such/path"):
             r = c.get(filtered.server_urls["s1"] + path, headers={"X-Test-Fail": "1"})
@@ -385,6 +422,8 @@ def test_a_filter_that_fails_is_a_500_not_a_traceback(filtered: Deployment) -> N
             assert r.json()["error"] == "internal_error", path
             assert "the test filter failed" not in r.text
             assert r.headers["affinity-server"] == "s1"
+            logged += 1
+            assert filtered.servers["s1"].output().count(failure) == logged, path
     assert call(filtered, "/.well-known/affinity/health").json()["load"]["inflight"] == 0
 
 

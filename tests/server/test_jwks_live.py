@@ -70,3 +70,63 @@ def test_with_jwks_the_server_verifies_with_the_token_settings_of_its_config(
     keys = {"AFFINITY_TOKENS_KEYS_FILE": "", "AFFINITY_TOKENS_JWKS_URL": jwks}
     deployment.start_server("s1", env={**keys, **token_settings.SETTINGS})
     token_settings.assert_the_token_settings_apply(deployment, deployment.server_urls["s1"] + "/")
+
+
+def test_a_token_of_a_new_key_makes_the_server_fetch_the_keys_once_the_interval_is_over(
+    deployment: Deployment,
+) -> None:
+    """A token naming a key the server does not know makes it fetch the referral's JWKS, at
+    most once every 30 s (the fetch at start counts): on a route (s1) and on a path no route
+    takes (s2) alike. The next poll of the JWKS is 300 s away, so only the token can have
+    made the fetch that lets it in."""
+    generate_keyfile(deployment.dir / "keys.json", "EdDSA", True)
+    referral = deployment.start_referral()
+    jwks = f"{deployment.referral_url}/.well-known/jwks.json"
+    env = {"AFFINITY_TOKENS_KEYS_FILE": "", "AFFINITY_TOKENS_JWKS_URL": jwks}
+    for sid in ("s1", "s2"):
+        deployment.start_server(sid, env=env, wait=False)
+    for sid in ("s1", "s2"):
+        health = deployment.server_urls[sid] + "/.well-known/affinity/health"
+        deployment.wait_http(health, deployment.servers[sid])
+    with deployment.client() as c:
+        s1, s2 = deployment.server_urls["s1"], deployment.server_urls["s2"]
+        known = {"Affinity-Token": deployment.token("s2")}
+        r = c.get(s2 + "/no/such/path", headers=known)
+        assert (r.status_code, r.json()["error"]) == (404, "not_found")
+        rotate_keyfile(deployment.dir / "keys.json", None, retire_after=None)
+        referral.signal(signal.SIGHUP)
+        wait_until(lambda: len(c.get(jwks).json()["keys"]) == 2, 20, what="the referral's reload")
+        on_route = {"Affinity-Token": deployment.token("s1")}
+        unmatched = {"Affinity-Token": deployment.token("s2")}
+        wait_until(
+            lambda: c.get(s1 + "/", headers=on_route).status_code == 200,
+            60,
+            interval=0.5,
+            what="s1 fetching the new key for a request to a route",
+        )
+        wait_until(
+            lambda: c.get(s2 + "/no/such/path", headers=unmatched).status_code == 404,
+            60,
+            interval=0.5,
+            what="s2 fetching the new key for a request no route takes",
+        )
+        r = c.get(s2 + "/no/such/path", headers=unmatched)
+        assert r.json()["error"] == "not_found" and r.headers["affinity-server"] == "s2"
+
+
+def test_a_referral_ca_that_cannot_be_loaded_is_a_config_error_naming_it(
+    deployment: Deployment,
+) -> None:
+    deployment.start_referral()
+    missing = deployment.dir / "no-such-ca.pem"
+    env = {
+        "AFFINITY_TOKENS_KEYS_FILE": "",
+        "AFFINITY_TOKENS_JWKS_URL": f"{deployment.referral_url}/.well-known/jwks.json",
+        "AFFINITY_SERVER_REFERRAL_CA": str(missing),
+    }
+    server = deployment.start_server("s1", env=env, wait=False)
+    assert server.wait(30) == 2
+    assert server.output().splitlines()[-1] == (
+        "affinity serve: error: environment variable AFFINITY_SERVER_REFERRAL_CA: "
+        f"server.referral_ca: cannot load CA file '{missing}': No such file or directory"
+    )

@@ -122,16 +122,21 @@ def durations(families: dict[str, Family], route: str, method: str = "GET") -> t
     )
 
 
-def test_every_answer_is_timed_refused_failed_or_streamed(servers: Deployment) -> None:
+def test_every_answer_is_timed_refused_failed_or_streamed(tmp_path: Path) -> None:
     """Each answer adds its duration to the histogram of its route: a refusal, a handler that
-    fails, a streamed answer, like any other. The sum grows by durations, not clock readings."""
-    before = scrape(servers, "s1")
-    assert call(servers, "s1", "/whoami", "garbage") == 401
-    assert call(servers, "s1", "/boom", servers.token("s1")) == 500
-    assert call(servers, "s1", "/stream") == 202
-    assert call(servers, "s1", "/whoami") == 200
-    assert call(servers, "s1", "/no/such/path") == 404
-    after = scrape(servers, "s1")
+    fails, a streamed answer, like any other. The sum grows by durations, not clock readings.
+
+    A server of its own: the guard's per-route set-up runs at its start, in this test."""
+    with Deployment(tmp_path, health="sources = []") as servers:
+        servers.start_referral()
+        servers.start_server("s1", app=APP)
+        before = scrape(servers, "s1")
+        assert call(servers, "s1", "/whoami", "garbage") == 401
+        assert call(servers, "s1", "/boom", servers.token("s1")) == 500
+        assert call(servers, "s1", "/stream") == 202
+        assert call(servers, "s1", "/whoami") == 200
+        assert call(servers, "s1", "/no/such/path") == 404
+        after = scrape(servers, "s1")
     for route, answers in (("/whoami", 2), ("/boom", 1), ("/stream", 1), ("unmatched", 1)):
         timed, total = durations(before, route)
         timed_after, total_after = durations(after, route)
