@@ -13,12 +13,14 @@ from affinity import AppServer, HealthStatus, route
 
 
 class Holding(AppServer):
-    """``/hold`` stays in flight until SIGUSR1; ``/status/<s>`` sets the app's own health."""
+    """``/hold`` stays in flight until SIGUSR1, ``/hold-too`` until SIGUSR2; ``/status/<s>`` sets
+    the app's own health."""
 
     name = "holding"
 
     def setup(self, app: Any) -> None:
         self.released = asyncio.Event()
+        self.released_too = asyncio.Event()
         self.own: HealthStatus | None = None
         self.posts = 0
         app.register_listener(self._listen_release, "after_server_start")
@@ -33,7 +35,9 @@ class Holding(AppServer):
 
     async def _listen_release(self, app: Any) -> None:
         # A signal, not a route: while draining, routes answer 503 to new requests.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.released.set)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, self.released.set)
+        loop.add_signal_handler(signal.SIGUSR2, self.released_too.set)
 
     def health(self) -> HealthStatus | None:
         return self.own
@@ -44,6 +48,12 @@ class Holding(AppServer):
     @route("/hold")
     async def hold(self, request: Request) -> HTTPResponse:
         await self.released.wait()
+        return json({"server": self.server_id, "held": True})
+
+    @route("/hold-too")
+    async def hold_too(self, request: Request) -> HTTPResponse:
+        """Like ``/hold``, until SIGUSR2."""
+        await self.released_too.wait()
         return json({"server": self.server_id, "held": True})
 
     @route("/status/<status>", methods=["POST"])

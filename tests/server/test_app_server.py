@@ -272,6 +272,41 @@ def test_sigterm_drains_then_deregisters_and_exits_0(running: Deployment) -> Non
     wait_until(lambda: running.registered() == {"s2"}, 5, what="deregistration")
 
 
+def test_the_last_request_out_ends_the_drain_and_not_before(deployment: Deployment) -> None:
+    """SIGTERM with two requests in flight: the server waits for both (``drain_timeout`` is an
+    hour here), the first out does not end the wait, the last one out ends it at once."""
+    deployment.start_referral()
+    env = {"AFFINITY_SERVER_DRAIN_GRACE": "0", "AFFINITY_SERVER_DRAIN_TIMEOUT": "3600"}
+    s1 = deployment.start_server("s1", app=APP, env=env)
+    wait_until(lambda: deployment.assignable() == {"s1"}, 10, what="s1 assignable")
+    held: dict[str, httpx.Response] = {}
+
+    def hold(path: str) -> None:
+        with deployment.client(timeout=60.0) as c:
+            held[path] = c.get(deployment.server_urls["s1"] + path)
+
+    holders = {path: threading.Thread(target=hold, args=(path,)) for path in ("/hold", "/hold-too")}
+    for holder in holders.values():
+        holder.start()
+    health = "/.well-known/affinity/health"
+    wait_until(
+        lambda: get(deployment, "s1", health).json()["load"]["inflight"] == 2, 10, what="in flight"
+    )
+    s1.signal(signal.SIGTERM)
+    wait_until(lambda: "s1" not in deployment.assignable(), 10, what="s1 draining")
+    assert get(deployment, "s1", "/whoami").status_code == 503
+    s1.signal(signal.SIGUSR1)
+    holders["/hold"].join(30)
+    assert held["/hold"].json() == {"server": "s1", "held": True}
+    assert get(deployment, "s1", health).json()["load"]["inflight"] == 1, "still waiting"
+    s1.signal(signal.SIGUSR2)
+    holders["/hold-too"].join(30)
+    assert held["/hold-too"].json() == {"server": "s1", "held": True}
+    assert s1.wait(30) == 0, "stopped when the last request was answered"
+    assert "still in flight" not in s1.output()
+    wait_until(lambda: deployment.registered() == set(), 5, what="deregistration")
+
+
 def test_a_draining_server_serves_its_clients_until_the_grace_has_passed(
     deployment: Deployment,
 ) -> None:

@@ -122,7 +122,7 @@ def durations(families: dict[str, Family], route: str, method: str = "GET") -> t
     )
 
 
-def test_every_answer_is_timed_refused_failed_or_streamed(tmp_path: Path) -> None:
+def test_every_answer_is_timed_refused_failed_or_streamed_too(tmp_path: Path) -> None:
     """Each answer adds its duration to the histogram of its route: a refusal, a handler that
     fails, a streamed answer, like any other. The sum grows by durations, not clock readings.
 
