@@ -144,11 +144,14 @@ def test_drain_and_resume_need_the_admin_token_read_at_start(running: Deployment
         assert c.get(base + "/health").status_code == 200
 
 
-def test_every_route_is_guarded_whoever_added_it(shared: Deployment) -> None:
+def test_every_route_is_guarded_whoever_added_it_from_the_start(deployment: Deployment) -> None:
+    """A server of its own: the routes are put behind the guard as it starts, in this test."""
+    deployment.start_referral()
+    deployment.start_server("s1", app=APP)
     # A blueprint route added in setup(), with a plain function as handler.
-    r = get(shared, "s1", "/bp/whoami", token_for(shared, "s2"))
+    r = get(deployment, "s1", "/bp/whoami", token_for(deployment, "s2"))
     assert r.status_code == 421 and r.headers["affinity-server"] == "s1"
-    r = get(shared, "s1", "/bp/whoami", issuer(shared).issue("s1", "client-7", "web")[0])
+    r = get(deployment, "s1", "/bp/whoami", issuer(deployment).issue("s1", "client-7", "web")[0])
     assert r.json() == {"server": "s1", "client": "client-7"}
     assert r.headers["affinity-server"] == "s1"
 
