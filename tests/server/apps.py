@@ -23,7 +23,7 @@ class Holding(AppServer):
         self.released_too = asyncio.Event()
         self.own: HealthStatus | None = None
         self.posts = 0
-        app.register_listener(self._listen_release, "after_server_start")
+        app.register_listener(self._listen_release, "before_server_start")
         extra = Blueprint("extra", url_prefix="/bp")
         extra.add_route(self.plain_whoami, "/whoami", name="bp_whoami")
         app.blueprint(extra)
@@ -34,7 +34,8 @@ class Holding(AppServer):
         return json({"server": self.server_id, "client": request.ctx.client_id})
 
     async def _listen_release(self, app: Any) -> None:
-        # A signal, not a route: while draining, routes answer 503 to new requests.
+        # A signal, not a route: while draining, routes answer 503 to new requests. Before
+        # the server starts, so that no request can be held before the signal releases it.
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, self.released.set)
         loop.add_signal_handler(signal.SIGUSR2, self.released_too.set)
