@@ -117,12 +117,16 @@ def test_a_token_of_a_new_key_makes_the_server_fetch_the_keys_once_the_interval_
 def test_a_referral_ca_that_cannot_be_loaded_is_a_config_error_naming_it(
     deployment: Deployment,
 ) -> None:
+    """With a registry of its own (Consul here, not the referral), the referral's CA still
+    serves the JWKS fetches: a file that cannot be loaded stops the server at start, and the
+    error names the variable and the key."""
     deployment.start_referral()
     missing = deployment.dir / "no-such-ca.pem"
     env = {
         "AFFINITY_TOKENS_KEYS_FILE": "",
         "AFFINITY_TOKENS_JWKS_URL": f"{deployment.referral_url}/.well-known/jwks.json",
         "AFFINITY_SERVER_REFERRAL_CA": str(missing),
+        "AFFINITY_REGISTRY_BACKEND": "consul",
     }
     server = deployment.start_server("s1", env=env, wait=False)
     assert server.wait(30) == 2
