@@ -114,7 +114,7 @@ def test_a_token_of_a_new_key_makes_the_server_fetch_the_keys_once_the_interval_
         assert r.json()["error"] == "not_found" and r.headers["affinity-server"] == "s2"
 
 
-def test_a_referral_ca_that_cannot_be_loaded_is_a_config_error_naming_it(
+def test_a_referral_ca_that_cannot_be_loaded_stops_the_server_naming_it(
     deployment: Deployment,
 ) -> None:
     """With a registry of its own (Consul here, not the referral), the referral's CA still
