@@ -26,12 +26,17 @@ class Holding(AppServer):
         app.register_listener(self._listen_release, "before_server_start")
         extra = Blueprint("extra", url_prefix="/bp")
         extra.add_route(self.plain_whoami, "/whoami", name="bp_whoami")
+        extra.add_route(self.plain_echo, "/echo/<word>", name="bp_echo")
         app.blueprint(extra)
         app.add_route(self.stream, "/stream", name="stream")
 
     def plain_whoami(self, request: Request) -> HTTPResponse:
         """A plain function (not a coroutine) on a blueprint: guarded like any route."""
         return json({"server": self.server_id, "client": request.ctx.client_id})
+
+    def plain_echo(self, request: Request, word: str) -> HTTPResponse:
+        """A plain function with a path parameter."""
+        return json({"server": self.server_id, "word": word})
 
     async def _listen_release(self, app: Any) -> None:
         # A signal, not a route: while draining, routes answer 503 to new requests. Before

@@ -154,6 +154,8 @@ def test_every_route_is_guarded_whoever_added_it_from_the_start(deployment: Depl
     r = get(deployment, "s1", "/bp/whoami", issuer(deployment).issue("s1", "client-7", "web")[0])
     assert r.json() == {"server": "s1", "client": "client-7"}
     assert r.headers["affinity-server"] == "s1"
+    r = get(deployment, "s1", "/bp/echo/hello", token_for(deployment, "s1"))
+    assert r.json() == {"server": "s1", "word": "hello"}
 
 
 def test_a_request_no_route_takes_is_guarded_too(shared: Deployment) -> None:
