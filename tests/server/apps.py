@@ -12,6 +12,16 @@ from sanic.response import json
 from affinity import AppServer, HealthStatus, route
 
 
+async def upload(request: Request) -> HTTPResponse:
+    """``/upload`` takes its body as a stream (``stream=True``): the bytes it read.
+
+    A function, not a method: Sanic marks a streaming handler with an attribute."""
+    received = 0
+    while (chunk := await request.stream.read()) is not None:  # type: ignore[union-attr]
+        received += len(chunk)
+    return json({"received": received})
+
+
 class Holding(AppServer):
     """``/hold`` stays in flight until SIGUSR1, ``/hold-too`` until SIGUSR2; ``/status/<s>`` sets
     the app's own health."""
@@ -29,6 +39,7 @@ class Holding(AppServer):
         extra.add_route(self.plain_echo, "/echo/<word>", name="bp_echo")
         app.blueprint(extra)
         app.add_route(self.stream, "/stream", name="stream")
+        app.add_route(upload, "/upload", methods=["POST"], stream=True, name="upload")
 
     def plain_whoami(self, request: Request) -> HTTPResponse:
         """A plain function (not a coroutine) on a blueprint: guarded like any route."""

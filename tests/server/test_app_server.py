@@ -156,6 +156,10 @@ def test_every_route_is_guarded_whoever_added_it_from_the_start(deployment: Depl
     assert r.headers["affinity-server"] == "s1"
     r = get(deployment, "s1", "/bp/echo/hello", token_for(deployment, "s1"))
     assert r.json() == {"server": "s1", "word": "hello"}
+    # A route that takes its body as a stream still does behind the guard.
+    with deployment.client() as c:
+        r = c.post(deployment.server_urls["s1"] + "/upload", content=b"x" * 100_000)
+    assert r.json() == {"received": 100_000} and r.headers["affinity-server"] == "s1"
 
 
 def test_a_request_no_route_takes_is_guarded_too(shared: Deployment) -> None:
