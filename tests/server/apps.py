@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable
 from typing import Any
 
 from sanic import Blueprint, HTTPResponse, Request
@@ -37,6 +38,7 @@ class Holding(AppServer):
         extra = Blueprint("extra", url_prefix="/bp")
         extra.add_route(self.plain_whoami, "/whoami", name="bp_whoami")
         extra.add_route(self.plain_echo, "/echo/<word>", name="bp_echo")
+        extra.add_route(self.plain_deferred, "/deferred", name="bp_deferred")
         app.blueprint(extra)
         app.add_route(self.stream, "/stream", name="stream")
         app.add_route(upload, "/upload", methods=["POST"], stream=True, name="upload")
@@ -48,6 +50,10 @@ class Holding(AppServer):
     def plain_echo(self, request: Request, word: str) -> HTTPResponse:
         """A plain function with a path parameter."""
         return json({"server": self.server_id, "word": word})
+
+    def plain_deferred(self, request: Request) -> Awaitable[HTTPResponse]:
+        """A plain function that returns an awaitable (here ``whoami``'s coroutine)."""
+        return self.whoami(request)
 
     async def _listen_release(self, app: Any) -> None:
         # A signal, not a route: while draining, routes answer 503 to new requests. Before

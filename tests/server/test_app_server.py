@@ -156,6 +156,8 @@ def test_every_route_is_guarded_whoever_added_it_from_the_start(deployment: Depl
     assert r.headers["affinity-server"] == "s1"
     r = get(deployment, "s1", "/bp/echo/hello", token_for(deployment, "s1"))
     assert r.json() == {"server": "s1", "word": "hello"}
+    r = get(deployment, "s1", "/bp/deferred", issuer(deployment).issue("s1", "client-6", "web")[0])
+    assert r.json() == {"server": "s1", "client": "client-6"}
     # A route that takes its body as a stream still does behind the guard.
     with deployment.client() as c:
         r = c.post(deployment.server_urls["s1"] + "/upload", content=b"x" * 100_000)
