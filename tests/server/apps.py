@@ -106,6 +106,11 @@ class Holding(AppServer):
         await response.send("streamed")
         await response.eof()
 
+    @route("/Xtra/", strict_slashes=True)
+    async def extra(self, request: Request) -> HTTPResponse:
+        """A path that starts with ``X`` and ends with ``/`` (kept: strict slashes)."""
+        return json({"server": self.server_id})
+
     @route("/boom")
     async def boom(self, request: Request) -> HTTPResponse:
         raise RuntimeError("the app failed")

@@ -136,8 +136,10 @@ def test_every_answer_is_timed_refused_failed_or_streamed_too(tmp_path: Path) ->
         assert call(servers, "s1", "/stream") == 202
         assert call(servers, "s1", "/whoami") == 200
         assert call(servers, "s1", "/no/such/path") == 404
+        assert call(servers, "s1", "/Xtra/") == 200
         after = scrape(servers, "s1")
-    for route, answers in (("/whoami", 2), ("/boom", 1), ("/stream", 1), ("unmatched", 1)):
+    counted = (("/whoami", 2), ("/boom", 1), ("/stream", 1), ("unmatched", 1), ("/Xtra/", 1))
+    for route, answers in counted:
         timed, total = durations(before, route)
         timed_after, total_after = durations(after, route)
         assert timed_after == timed + answers, route
