@@ -142,7 +142,11 @@ def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> C
                 if body:
                     state.sent_bytes += len(body)
         else:  # streamed with request.respond(): the header is the handler's to set
-            status = getattr(getattr(request.stream, "response", None), "status", 200)
+            streamed = getattr(request.stream, "response", None)
+            if streamed is None:  # no answer at all: Sanic's 500, which error_answer counts
+                request.ctx.started = started
+                return None
+            status = streamed.status
         answered(request.method, status, clock() - started)
         return response
 

@@ -115,6 +115,10 @@ class Holding(AppServer):
     async def boom(self, request: Request) -> HTTPResponse:
         raise RuntimeError("the app failed")
 
+    @route("/silent")
+    async def silent(self, request: Request) -> None:
+        """Returns nothing and does not answer either: Sanic answers 500 for it."""
+
     @route("/posts")
     async def posts_seen(self, request: Request) -> HTTPResponse:
         return json({"posts": self.posts})

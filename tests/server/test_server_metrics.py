@@ -137,15 +137,29 @@ def test_every_answer_is_timed_refused_failed_or_streamed_too(tmp_path: Path) ->
         assert call(servers, "s1", "/whoami") == 200
         assert call(servers, "s1", "/no/such/path") == 404
         assert call(servers, "s1", "/Xtra/") == 200
+        assert call(servers, "s1", "/silent") == 500
         after = scrape(servers, "s1")
-    counted = (("/whoami", 2), ("/boom", 1), ("/stream", 1), ("unmatched", 1), ("/Xtra/", 1))
+    counted = (
+        ("/whoami", 2),
+        ("/boom", 1),
+        ("/stream", 1),
+        ("unmatched", 1),
+        ("/Xtra/", 1),
+        ("/silent", 1),  # once, as the 500 Sanic makes of it
+    )
     for route, answers in counted:
         timed, total = durations(before, route)
         timed_after, total_after = durations(after, route)
         assert timed_after == timed + answers, route
         assert 0.0 <= total_after - total < 60.0, route
     requests = "affinity_app_requests_total"
-    for route, status in (("/boom", "500"), ("/stream", "202"), ("/whoami", "401")):
+    assert count(after, requests, route="/silent", method="GET", status="200") == 0
+    for route, status in (
+        ("/boom", "500"),
+        ("/stream", "202"),
+        ("/whoami", "401"),
+        ("/silent", "500"),
+    ):
         labels = {"route": route, "method": "GET", "status": status}
         assert count(after, requests, **labels) - count(before, requests, **labels) == 1
 
