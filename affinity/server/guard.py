@@ -141,12 +141,17 @@ def guarded(state: ServerState, handler: Callable[..., Any], *, route: str) -> C
                     body = None
                 if body:
                     state.sent_bytes += len(body)
-        else:  # streamed with request.respond(): the header is the handler's to set
-            streamed = getattr(request.stream, "response", None)
-            if streamed is None:  # no answer at all: Sanic's 500, which error_answer counts
+        else:  # streamed with request.respond() (the header is the handler's to set), a
+            # WebSocket session that ended, or no answer at all
+            http = request.stream
+            streamed = getattr(http, "response", None)
+            if streamed is not None:
+                status = streamed.status
+            elif getattr(http, "upgrade_websocket", False):
+                status = 101
+            else:  # Sanic answers 500 "no response", which error_answer counts
                 request.ctx.started = started
                 return None
-            status = streamed.status
         answered(request.method, status, clock() - started)
         return response
 

@@ -1,7 +1,8 @@
 """The HTTP/1.1 connection as affinity serves it: bounded in size and time, strict header names.
 
 Both roles are served with :class:`BoundedHttpProtocol` (Sanic's protocol,
-two things changed) and the limits of their section
+two things changed; :class:`BoundedWebSocketProtocol` for an app with a
+WebSocket route, :func:`bounded_protocol`) and the limits of their section
 (:func:`apply_limits`):
 
 * a request's head must arrive within ``request_timeout`` of its first
@@ -40,6 +41,7 @@ from sanic.config import Config
 from sanic.exceptions import BadRequest
 from sanic.http import Http, Stage
 from sanic.server.protocols.http_protocol import HttpProtocol
+from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 
 _NOT_A_TOKEN = re.compile(rb"\r\n(?![!#$%&'*+\-.^_`|~0-9A-Za-z]++:)")
 """A header line whose name (what comes before its first colon) is not an RFC 9110 token.
@@ -143,12 +145,15 @@ def bad_header_name(head: bytes) -> str | None:
     return line.split(b":", 1)[0].decode(errors="surrogateescape").lower()
 
 
-class BoundedHttpProtocol(HttpProtocol):
-    """Sanic's HTTP/1.1 protocol with :class:`CheckedHttp`, and the request timeout counted
-    from the request's first byte rather than from the last chunk received."""
+class _Bounded:
+    """What :class:`BoundedHttpProtocol` and :class:`BoundedWebSocketProtocol` change in
+    Sanic's protocols: :class:`CheckedHttp`, and the request timeout counted from the
+    request's first byte rather than from the last chunk received."""
 
     __slots__ = ()
     HTTP_CLASS = CheckedHttp
+    _http: CheckedHttp | None
+    _time: float
 
     def check_timeouts(self) -> None:
         # Sanic's check (25.12), run every half of the shortest timeout, counts a stage's time
@@ -156,5 +161,23 @@ class BoundedHttpProtocol(HttpProtocol):
         # it counts from the head's first byte instead. Nothing is added per request or chunk.
         http = self._http
         if http is not None and http.stage is Stage.REQUEST:
-            self._time = http.head_started
-        super().check_timeouts()  # type: ignore[no-untyped-call]
+            self._time = http.head_started  # type: ignore[misc]  # a slot of the protocol
+        super().check_timeouts()  # type: ignore[misc]
+
+
+class BoundedHttpProtocol(_Bounded, HttpProtocol):
+    """Sanic's HTTP/1.1 protocol, bounded (:class:`_Bounded`)."""
+
+    __slots__ = ()
+
+
+class BoundedWebSocketProtocol(_Bounded, WebSocketProtocol):
+    """Sanic's protocol for an app with WebSocket routes, bounded the same way."""
+
+    __slots__ = ()
+
+
+def bounded_protocol(app: Sanic[Any, Any]) -> type[HttpProtocol]:
+    """The protocol to serve ``app`` with: the WebSocket one if it has a WebSocket route,
+    as Sanic itself chooses."""
+    return BoundedWebSocketProtocol if app.websocket_enabled else BoundedHttpProtocol

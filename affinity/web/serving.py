@@ -5,7 +5,7 @@ it (this one, or each worker), and that process makes its own TLS context with
 :func:`affinity.web.tls.server_context` (TLS 1.2 or later, no renegotiation,
 ALPN) through Sanic's certificate-loader hook. Sanic is never handed
 certificate paths to build a context of its own. Every connection is served
-by :class:`affinity.web.connection.BoundedHttpProtocol`, its TLS handshake
+by :func:`affinity.web.connection.bounded_protocol`, its TLS handshake
 bounded by ``handshake_timeout``.
 """
 
@@ -32,7 +32,7 @@ from affinity.errors import ConfigError
 from affinity.logs import LogSettings, current, serving_line
 from affinity.logs import configure as configure_logging
 from affinity.web import reload, shutdown, systemd
-from affinity.web.connection import BoundedHttpProtocol, ConnectionSettings, handshake_limit
+from affinity.web.connection import ConnectionSettings, bounded_protocol, handshake_limit
 from affinity.web.tls import server_context
 
 _TITLES = {"referral": "referral", "server": "app server"}
@@ -192,7 +192,7 @@ def serve(
                 single_process=workers == 1,
                 access_log=logs is not None and logs.access_log,
                 motd=False,
-                protocol=BoundedHttpProtocol,
+                protocol=bounded_protocol(app),
             )
             if app.ctx.affinity_tls is not None:
                 handshake_limit(app, settings)

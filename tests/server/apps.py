@@ -122,3 +122,16 @@ class Holding(AppServer):
     @route("/posts")
     async def posts_seen(self, request: Request) -> HTTPResponse:
         return json({"posts": self.posts})
+
+
+class Chatty(AppServer):
+    """``/echo`` is a WebSocket route that sends back each message it gets, with the client id."""
+
+    name = "chatty"
+
+    def setup(self, app: Any) -> None:
+        app.add_websocket_route(self.echo, "/echo", name="echo")
+
+    async def echo(self, request: Request, ws: Any) -> None:
+        async for message in ws:
+            await ws.send(f"{request.ctx.client_id}: {message}")
