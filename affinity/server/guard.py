@@ -48,7 +48,6 @@ from affinity.web.http import (
     request_info,
     request_token,
 )
-from affinity.web.response import quick_header_encoding
 
 _SERVER = istr(SERVER_HEADER)
 """The ``Affinity-Server`` header's name as set on every answer: multidict folds the case of
@@ -81,7 +80,6 @@ def guard_routes(app: Sanic[Any, Any]) -> None:
     :func:`error_answer` instead, so nothing bypasses the filters.
     """
     state: ServerState = app.ctx.affinity
-    quick_header_encoding()  # every answer carries one header more: Affinity-Server
     for route in app.router.routes:
         if not getattr(route.handler, "__affinity_guarded__", False):
             route.handler = guarded(state, route.handler, route=_label(route.raw_path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,32 @@ def test_an_app_with_a_websocket_route_is_bounded_like_any_other(tmp_path: Path)
             answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
     assert b'"error":"bad_request"' in answer
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ("Upgrade: websocket\r\nConnection: Upgrade\r\n", 400),  # no key, no version
+        ("", 426),  # a plain GET of a WebSocket route
+        (
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: !!\r\n"
+            "Sec-WebSocket-Version: 13\r\n",
+            400,
+        ),
+    ],
+)
+def test_a_malformed_upgrade_is_a_clear_error(tmp_path: Path, headers: str, status: int) -> None:
+    with Deployment(tmp_path, health="sources = []") as d:
+        d.start_referral()
+        d.start_server("s1", app=APP)
+        request = (
+            f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nAffinity-Token: {d.token('s1')}\r\n"
+            f"{headers}Connection: close\r\n\r\n"
+        )
+        with tls_socket(d, d.server_urls["s1"]) as sock:
+            sock.sendall(request.encode())
+            answer = read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    assert b"affinity-server: s1" in head.lower()
+    assert json.loads(body)["error"] == "bad_request"
