@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from affinity.builtin.health_active import (
     status_of,
 )
 from affinity.config import Config, HealthSettings
+from affinity.errors import ConfigError
 from affinity.models import HealthStatus, Load, Server
 from affinity.testing import Deployment
 
@@ -466,6 +468,12 @@ def test_load_figures_left_out_count_as_zero() -> None:
     assert parse_answer(200, answer).load == Load(clients=2.5)
 
 
+def test_fractions_below_one_are_kept() -> None:
+    """A decayed client count or a rate below one is a figure, not noise."""
+    answer = b'{"load_format": 2, "load": {"clients": 0.5, "rps": 0.25, "bytes_per_s": 0.75}}'
+    assert parse_answer(200, answer).load == Load(clients=0.5, rps=0.25, bytes_per_s=0.75)
+
+
 class Clock:
     """A monotonic clock the test moves by hand (the module's ``time``)."""
 
@@ -596,6 +604,32 @@ async def test_a_check_asks_for_the_answer_uncompressed() -> None:
 def test_the_checker_client_times_out_after_the_setting() -> None:
     checker = ActiveHealthChecker(settings(timeout=0.75))
     assert checker._client.timeout == httpx.Timeout(0.75)
+
+
+def test_the_checker_client_keeps_a_connection_per_server_and_caps_none() -> None:
+    """Every server of a large fleet is checked at once, and keeps its connection between checks.
+
+    httpx's defaults (100 connections, 20 kept) would queue the checks of a fleet
+    of 150 behind each other and open most connections again every round.
+    """
+    checker = ActiveHealthChecker(settings())
+    pool = checker._client._transport._pool  # type: ignore[attr-defined]
+    assert (pool._max_connections, pool._max_keepalive_connections) == (sys.maxsize, 1000)
+
+
+@pytest.mark.parametrize("source", [None, "affinity.toml"])
+def test_a_ca_file_that_cannot_be_loaded_names_the_setting_and_its_file(
+    tmp_path: Path, source: str | None
+) -> None:
+    missing = tmp_path / "missing-ca.pem"
+    with pytest.raises(ConfigError) as raised:
+        if source is None:
+            ActiveHealthChecker(settings(ca_file=missing))
+        else:
+            ActiveHealthChecker(settings(ca_file=missing), source=source)
+    assert (raised.value.key, raised.value.source) == ("health.ca_file", source)
+    reason = "No such file or directory"
+    assert raised.value.message == f"cannot load CA file {str(missing)!r}: {reason}"
 
 
 def test_a_flip_is_logged_with_the_server_and_the_reason(caplog: pytest.LogCaptureFixture) -> None:
