@@ -517,6 +517,23 @@ def test_replacing_the_ring_forgets_tokens_verified_under_a_dropped_key() -> Non
     assert check.verify(issue(new_ring, clock)).kid == "k2"
 
 
+def test_an_issuer_given_a_new_ring_signs_with_its_active_key_or_refuses_it_unchanged() -> None:
+    clock = FakeClock()
+    issuer = TokenIssuer(hs_ring(), clock=clock)
+    rotated = hs_ring().rotate("EdDSA")
+    assert rotated.active is not None
+    issuer.replace_ring(rotated)
+    assert issuer.ring is rotated
+    token, _ = issuer.issue("s1", "c1", "web")
+    assert verifier(rotated, clock).verify(token).kid == rotated.active.kid
+    retired = KeyRing([Key("k9", "HS256", secret=SECRET, retire_at=NOW)], "k9")
+    with pytest.raises(ConfigError, match="'k9' is retired"):
+        issuer.replace_ring(retired)
+    assert issuer.ring is rotated
+    token, _ = issuer.issue("s1", "c1", "web")
+    assert verifier(rotated, clock).verify(token).kid == rotated.active.kid
+
+
 def test_rotation_to_another_algorithm() -> None:
     ring = hs_ring().rotate("EdDSA")
     assert ring.active is not None and ring.active.alg == "EdDSA"
