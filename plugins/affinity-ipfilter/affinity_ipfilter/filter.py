@@ -27,8 +27,6 @@ from affinity_ipfilter.rules import RuleSet, compile_rules
 class _InForce:
     """Everything the request path reads, swapped as one reference."""
 
-    file: RuleSet = field(default_factory=RuleSet)
-    shared: RuleSet = field(default_factory=RuleSet)
     active: tuple[RuleSet, ...] = ()
     """The rule sets that have a rule, in checking order (empty: admit without looking)."""
     decisions: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
@@ -37,8 +35,7 @@ class _InForce:
 
     @classmethod
     def of(cls, file: RuleSet, shared: RuleSet) -> _InForce:
-        active = tuple(rules for rules in (file, shared) if rules.active)
-        return cls(file=file, shared=shared, active=active)
+        return cls(active=tuple(rules for rules in (file, shared) if rules.active))
 
 
 class IPFilter(SettingsPlugin[IPFilterOptions, RuleSet]):

@@ -56,6 +56,22 @@ def test_mapped_client_matches_ipv4_rule_and_mapped_rule_matches_ipv4_client() -
     assert nets.match(_ip("11.0.0.1")) is None
 
 
+def test_the_whole_mapped_range_is_all_of_ipv4_and_nothing_else() -> None:
+    """``::ffff:0:0/96`` is IPv4 written as IPv6: one IPv4 network, no IPv6 one to probe."""
+    v4, v6 = ipaddress.IPv4Network, ipaddress.IPv6Network
+    assert parse_networks("::ffff:0.0.0.0/96") == [v4("0.0.0.0/0")]
+    assert parse_networks("::ffff:0:0/97") == [v4("0.0.0.0/1")]
+    assert parse_networks("::ffff:10.0.0.0/104") == [v4("10.0.0.0/8")]
+    assert parse_networks("::ffff:10.1.2.3") == [v4("10.1.2.3/32")]
+    # A range one bit wider holds IPv6 addresses too: it stays, and covers all of IPv4.
+    assert parse_networks("::fffe:0:0/95") == [v6("::fffe:0:0/95"), v4("0.0.0.0/0")]
+    nets = _set("::ffff:0.0.0.0/96")
+    assert (len(nets), nets.prefix_lengths) == (1, 1)
+    assert nets.match(_ip("203.0.113.9")) == "r0"
+    assert nets.match(_ip("::ffff:203.0.113.9")) == "r0"
+    assert nets.match(_ip("2001:db8::1")) is None
+
+
 def test_ipv6_everything_includes_mapped_ipv4() -> None:
     nets = _set("::/0")
     assert nets.match(_ip("1.2.3.4")) == "r0"

@@ -78,6 +78,38 @@ def test_path_rules_narrow_and_apply_under_their_prefix_only() -> None:
     assert rule(f, "172.16.0.1", "/public/x") == "ipfilter.allow"
 
 
+def test_every_path_rule_over_a_path_applies_and_the_first_listed_names_the_refusal() -> None:
+    f = make(
+        paths=[
+            {"prefix": "/api/admin", "allow": ["10.1.0.0/16"]},
+            {"prefix": "/api", "allow": ["10.0.0.0/8"], "deny": ["10.1.6.0/24"]},
+            {"prefix": "/api", "deny": ["10.1.7.0/24"]},
+            {"prefix": "/api/admin/keys", "allow": ["10.1.2.0/24"]},
+        ]
+    )
+    under_all = "/api/admin/keys/1"
+    assert rule(f, "10.1.2.3", under_all) is None
+    # Every deny list is read before any allow list; each names itself.
+    assert rule(f, "10.1.6.1", under_all) == "ipfilter.paths[1].deny[0]"
+    assert rule(f, "10.1.7.1", under_all) == "ipfilter.paths[2].deny[0]"
+    # Refused by three allow lists: the first in the document is named, not the longest prefix.
+    assert rule(f, "192.0.2.1", under_all) == "ipfilter.paths[0].allow"
+    assert rule(f, "10.2.0.1", under_all) == "ipfilter.paths[0].allow"
+    assert rule(f, "10.1.3.1", under_all) == "ipfilter.paths[3].allow"
+    assert rule(f, "10.2.0.1", "/api/admin") == "ipfilter.paths[0].allow"
+    assert rule(f, "10.2.0.1", "/api/other") is None
+    assert rule(f, "192.0.2.1", "/api/other") == "ipfilter.paths[1].allow"
+    assert rule(f, "10.1.7.1", "/api") == "ipfilter.paths[2].deny[0]"
+    assert rule(f, "192.0.2.1", "/other") is None
+    assert dict(f.counters()) == {
+        "ipfilter.paths[0].allow": 3,
+        "ipfilter.paths[1].allow": 1,
+        "ipfilter.paths[1].deny[0]": 1,
+        "ipfilter.paths[2].deny[0]": 2,
+        "ipfilter.paths[3].allow": 1,
+    }
+
+
 @pytest.mark.parametrize(
     "path",
     [

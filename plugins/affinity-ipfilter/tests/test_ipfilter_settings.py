@@ -11,7 +11,7 @@ from affinity_ipfilter.networks import parse_address
 from affinity_ipfilter.rules import RuleSet
 
 from affinity.errors import ConfigError
-from affinity.models import RequestInfo, SharedSettings
+from affinity.models import Rejection, RequestInfo, SharedSettings
 from affinity.web.paths import path_variants
 
 
@@ -60,6 +60,21 @@ def test_changed_applies_a_newer_version_layered_over_the_file() -> None:
     assert rule(f, "10.0.0.1") == "ipfilter.deny[0]"  # the file's rule still holds
     assert rule(f, "192.0.2.1") == "ipfilter.settings.deny[0]"
     assert rule(f, "198.51.100.1") is None
+
+
+def test_an_allow_list_refusal_names_the_file_or_the_document_that_refused() -> None:
+    f = make(allow=["10.0.0.0/8"])
+    assert f.apply_settings(doc(1, allow=["10.1.0.0/16"]))
+    assert rule(f, "10.1.0.1") is None
+    assert rule(f, "192.0.2.1") == "ipfilter.allow"  # the file's rules are read first
+    answer = f.reject(RequestInfo(role="server", method="GET", path="/", client_ip="10.2.0.1"))
+    assert answer == Rejection(
+        status=403,
+        error="forbidden",
+        detail="address 10.2.0.1 is not allowed",
+        rule="ipfilter.settings.allow",
+    )
+    assert dict(f.counters()) == {"ipfilter.allow": 1, "ipfilter.settings.allow": 1}
 
 
 def test_a_document_cannot_open_what_the_file_closes() -> None:
