@@ -37,7 +37,14 @@ from affinity.errors import (
 )
 from affinity.models import Claims
 from affinity.tokens.jws import MAX_TOKEN_LENGTH, TokenIssuer, TokenVerifier, new_client_id
-from affinity.tokens.keyring import Key, KeyRing, generate_keyfile, rotate_keyfile, write_keyring
+from affinity.tokens.keyring import (
+    Key,
+    KeyRing,
+    generate_admin_token,
+    generate_keyfile,
+    rotate_keyfile,
+    write_keyring,
+)
 
 NOW = 1_700_000_000
 SECRET = hashlib.sha256(b"affinity test secret").digest()
@@ -758,8 +765,14 @@ BAD_FILES = [
     pytest.param(key_doc({**HS, "secret": b64(SECRET[:31])}), "keys[0].secret", id="short-secret"),
     pytest.param(key_doc({**HS, "secret": "not base64!"}), "keys[0].secret", id="bad-base64"),
     pytest.param(key_doc({**HS, "secret": "A"}), "keys[0].secret", id="bad-base64-length"),
+    pytest.param(key_doc({**HS, "secret": "A" * 45}), "keys[0].secret", id="bad-base64-length-45"),
     pytest.param(key_doc({"kid": "k1", "alg": "HS256"}), "keys[0].secret", id="no-secret"),
     pytest.param(key_doc({**HS, "private": b64(ED_RAW)}), "keys[0].private", id="hs-with-private"),
+    pytest.param(
+        key_doc({**HS, "public": b64(ED_PRIVATE.public_key().public_bytes_raw())}),
+        "keys[0].public",
+        id="hs-with-public",
+    ),
     pytest.param(key_doc({**HS, "retire_at": "soon"}), "keys[0].retire_at", id="retire-str"),
     pytest.param(key_doc({**HS, "retire_at": True}), "keys[0].retire_at", id="retire-bool"),
     pytest.param(key_doc({**HS, "retire": 1}), "keys[0].retire", id="unknown-key-field"),
@@ -768,6 +781,11 @@ BAD_FILES = [
         key_doc({"kid": "k1", "alg": "EdDSA", "private": b64(ED_RAW[:31])}),
         "keys[0].private",
         id="ed-short",
+    ),
+    pytest.param(
+        key_doc({"kid": "k1", "alg": "EdDSA", "public": b64(bytes(31))}),
+        "keys[0].public",
+        id="ed-public-short",
     ),
     pytest.param(
         key_doc({"kid": "k1", "alg": "EdDSA", "secret": b64(SECRET)}),
@@ -1259,8 +1277,10 @@ BAD_FILE_MESSAGES: dict[str, str] = {
     "short-secret": "expected a secret of at least 32 bytes",
     "bad-base64": "expected base64url text",
     "bad-base64-length": "expected base64url text",
+    "bad-base64-length-45": "expected base64url text",
     "no-secret": "expected a secret of at least 32 bytes",
     "hs-with-private": "HS256 keys do not take this field",
+    "hs-with-public": "HS256 keys do not take this field",
     "retire-str": "expected a unix time (number) or null",
     "retire-bool": "expected a unix time (number) or null",
     "unknown-key-field": (
@@ -1268,6 +1288,7 @@ BAD_FILE_MESSAGES: dict[str, str] = {
     ),
     "ed-no-material": "an EdDSA key needs 'private' or 'public'",
     "ed-short": "expected 32 bytes, got 31",
+    "ed-public-short": "expected 32 bytes, got 31",
     "ed-with-secret": "EdDSA keys do not take this field",
     "ed-mismatch": "does not match the private key",
     "active-public-only": "key 'k1' holds no signing material",
@@ -1386,3 +1407,200 @@ def test_issued_tokens_are_byte_for_byte_what_pyjwt_writes(alg: str) -> None:
         claims |= {"iat": int(NOW), "exp": int(NOW) + life}
         kid = ring.active.kid  # type: ignore[union-attr]
         assert token == jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+
+
+# -- keys, rings and key files: what each refusal says, and the cases seldom met ---------------
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: Key("k", "HS256", secret=SECRET, private=ED_PRIVATE),
+            "an HS256 key needs a secret of 32+ bytes only",
+        ),
+        (
+            lambda: Key("k", "HS256", secret=SECRET, public=ED_PRIVATE.public_key()),
+            "an HS256 key needs a secret of 32+ bytes only",
+        ),
+        (lambda: Key("e", "EdDSA"), "an EdDSA key needs an Ed25519 private or public key"),
+        (
+            lambda: Key("e", "EdDSA", secret=SECRET, private=ED_PRIVATE),
+            "an EdDSA key needs an Ed25519 private or public key",
+        ),
+        (
+            lambda: Key("k", "RS256", secret=SECRET),
+            "unknown algorithm 'RS256'; expected 'HS256' or 'EdDSA'",
+        ),
+    ],
+)
+def test_a_key_takes_only_the_material_of_its_algorithm(
+    make: Callable[[], Key], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert (info.value.message, info.value.key, info.value.source) == (message, None, None)
+
+
+def test_retiring_a_public_only_key_keeps_its_public_key() -> None:
+    key = ed_ring().public().get("e1")
+    assert key is not None
+    retired = key.replace(retire_at=NOW + 60)
+    assert retired.retire_at == NOW + 60 and not retired.can_sign
+    public = retired.public_key
+    assert public is not None
+    assert public.public_bytes_raw() == ED_PRIVATE.public_key().public_bytes_raw()
+    assert retired.verify(b"x", ED_PRIVATE.sign(b"x"))
+
+
+def test_a_ring_contains_the_ids_of_its_keys() -> None:
+    ring = hs_ring().rotate(kid="k2")
+    assert "k1" in ring and "k2" in ring
+    assert "k3" not in ring and None not in ring
+
+
+def test_a_verify_only_ring_shows_no_active_key() -> None:
+    assert repr(ed_ring().public()) == (
+        "KeyRing(active=None, keys=[Key(kid='e1', alg='EdDSA', can_sign=False, retire_at=None)], "
+        "source='<memory>')"
+    )
+
+
+def test_rotating_a_verify_only_ring_adds_an_hs256_key() -> None:
+    rotated = ed_ring().public().rotate(kid="k2")
+    assert rotated.active is not None
+    assert (rotated.active.kid, rotated.active.alg, rotated.kids) == ("k2", "HS256", ("e1", "k2"))
+
+
+def test_the_jwks_leaves_out_keys_retired_before_the_current_time() -> None:
+    """``NOW`` is in 2023: a key retired then is retired at the current time."""
+    ring = KeyRing(
+        [
+            Key("old", "EdDSA", private=Ed25519PrivateKey.generate(), retire_at=NOW),
+            Key("e1", "EdDSA", private=ED_PRIVATE, retire_at=2**40),
+        ],
+        "e1",
+    )
+    assert [k["kid"] for k in ring.jwks()["keys"]] == ["e1"]
+
+
+def test_an_unset_or_blank_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_KEYS", "  ")
+    with pytest.raises(ConfigError) as info:
+        KeyRing.from_env("MY_KEYS")
+    assert (info.value.message, info.value.key, info.value.source) == (
+        "the environment variable is not set",
+        "MY_KEYS",
+        None,
+    )
+
+
+GOOD_JWK = ed_ring().jwks(now=NOW)["keys"][0]
+
+
+@pytest.mark.parametrize(
+    ("doc", "message", "key"),
+    [
+        ({"nokeys": []}, "expected a JWK set: an object with a 'keys' list", "keys"),
+        ({"keys": {}}, "expected a JWK set: an object with a 'keys' list", "keys"),
+        ([GOOD_JWK], "expected a JWK set: an object with a 'keys' list", "keys"),
+        ("keys", "expected a JWK set: an object with a 'keys' list", "keys"),
+        ({"keys": ["x"]}, "expected a JWK object", "keys[0]"),
+        (
+            {"keys": [GOOD_JWK, {**GOOD_JWK, "kid": ""}]},
+            "expected a non-empty key id",
+            "keys[1].kid",
+        ),
+        ({"keys": [{**GOOD_JWK, "kid": 5}]}, "expected a non-empty key id", "keys[0].kid"),
+        ({"keys": [{**GOOD_JWK, "kid": None}]}, "expected a non-empty key id", "keys[0].kid"),
+    ],
+)
+def test_bad_jwk_sets_say_what_is_wrong_and_name_the_jwks(doc: Any, message: str, key: str) -> None:
+    """A JWK set is downloaded JSON: any value may come. Its source is "jwks" unless named."""
+    with pytest.raises(ConfigError) as info:
+        KeyRing.from_jwks(doc)
+    assert (info.value.message, info.value.key, info.value.source) == (message, key, "jwks")
+
+
+def test_a_ring_from_a_jwk_set_is_named_jwks_by_default() -> None:
+    assert KeyRing.from_jwks({"keys": [GOOD_JWK]}).source == "jwks"
+
+
+def test_secrets_of_any_length_are_written_and_read_back_exactly() -> None:
+    """Every length from 32 to 64 bytes, so every padding and every length modulo 4 and 5;
+    the last byte makes the text of each length that is a multiple of 3 end in ``X``."""
+    for size in range(32, 65):
+        secret = hashlib.sha512(bytes([size])).digest()[: size - 1] + b"\x17"
+        ring = KeyRing([Key("k1", "HS256", secret=secret)], "k1")
+        assert orjson.loads(ring.to_json())["keys"][0]["secret"] == b64(secret)
+        back = KeyRing.from_json(ring.to_json(), "keys.json")
+        assert back.to_json() == ring.to_json()
+        signature = back.get("k1").sign(b"x")  # type: ignore[union-attr]
+        assert signature == hmac.new(secret, b"x", hashlib.sha256).digest()
+
+
+def test_eddsa_keys_keep_their_retirement_time_through_a_key_file() -> None:
+    public = ED_PRIVATE.public_key()
+    ring = KeyRing(
+        [
+            Key("e0", "EdDSA", private=Ed25519PrivateKey.generate(), retire_at=NOW + 10),
+            Key("e1", "EdDSA", public=public, retire_at=NOW + 20.5),
+            Key("e2", "EdDSA", private=ED_PRIVATE),
+        ],
+        "e2",
+    )
+    back = KeyRing.from_json(ring.to_json(), "keys.json")
+    retire = {kid: back.get(kid).retire_at for kid in back.kids}  # type: ignore[union-attr]
+    assert retire == {"e0": NOW + 10, "e1": NOW + 20.5, "e2": None}
+
+
+def test_key_file_write_errors_name_the_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text("precious")
+    with pytest.raises(ConfigError) as info:
+        write_keyring(path, hs_ring())
+    assert (info.value.message, info.value.key, info.value.source) == (
+        "the key file exists; pass force to overwrite it",
+        None,
+        str(path),
+    )
+    missing = tmp_path / "missing" / "keys.json"
+    with pytest.raises(ConfigError) as info:
+        write_keyring(missing, hs_ring())
+    assert (info.value.message, info.value.key, info.value.source) == (
+        "cannot write the key file: No such file or directory",
+        None,
+        str(missing),
+    )
+
+
+class _AppearsMeanwhile(type(Path())):  # type: ignore[misc]
+    """A path said not to exist when it does: another process made it after the check."""
+
+    def exists(self, *args: Any, **kwargs: Any) -> bool:
+        return False
+
+
+def test_a_secret_file_made_after_the_check_is_still_not_overwritten(tmp_path: Path) -> None:
+    path = _AppearsMeanwhile(tmp_path / "admin-token")
+    Path(path).write_text("precious\n")
+    with pytest.raises(ConfigError) as info:
+        generate_admin_token(path)
+    assert (info.value.message, info.value.key, info.value.source) == (
+        "the admin token file exists; pass force to overwrite it",
+        None,
+        str(path),
+    )
+    assert Path(path).read_text() == "precious\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["admin-token"]
+
+
+def test_rotating_a_key_file_without_a_retirement_leaves_the_old_key_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "keys.json"
+    write_keyring(path, hs_ring())
+    ring = rotate_keyfile(path, clock=FakeClock())
+    assert ring.active is not None and ring.active.kid != "k1" and ring.active.alg == "HS256"
+    assert ring.get("k1").retire_at is None  # type: ignore[union-attr]
+    assert KeyRing.load(path).kids == ring.kids
