@@ -178,13 +178,24 @@ class TokenSettings:
     jitter: float = 0.1
     leeway: float = 30.0
     cache_size: int = 10_000
+    jwks_refresh_interval: float = 300.0
+    jwks_min_refresh_interval: float = 30.0
 
     def __post_init__(self) -> None:
-        """Refuse lifetimes the token issuer and verifier cannot work with."""
+        """Refuse lifetimes the token issuer and verifier cannot work with, and a JWKS pacing
+        that would let tokens of made-up keys send the referral a fetch per request."""
         if not self.ttl > 0:
             raise ValueError(f"ttl must be more than 0 seconds, got {self.ttl!r}")
         if not 0 <= self.jitter < 1:
             raise ValueError(f"jitter must be from 0 to less than 1, got {self.jitter!r}")
+        least = self.jwks_min_refresh_interval
+        if not least >= 1:
+            raise ValueError(f"jwks_min_refresh_interval must be at least 1 second, got {least!r}")
+        if not self.jwks_refresh_interval >= least:
+            raise ValueError(
+                "jwks_refresh_interval must be at least jwks_min_refresh_interval "
+                f"({least!r}), got {self.jwks_refresh_interval!r}"
+            )
 
     @property
     def max_lifetime(self) -> float:

@@ -91,6 +91,37 @@ def test_token_lifetimes_are_checked_when_loaded(tmp_path: Path, line: str) -> N
     assert line.split()[0] in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            ["jwks_min_refresh_interval = 0.5"],
+            "jwks_min_refresh_interval must be at least 1 second, got 0.5",
+        ),
+        (
+            ["jwks_min_refresh_interval = 60.0", "jwks_refresh_interval = 30.0"],
+            "jwks_refresh_interval must be at least jwks_min_refresh_interval (60.0), got 30.0",
+        ),
+    ],
+)
+def test_a_jwks_pacing_that_would_fetch_too_often_is_refused(
+    tmp_path: Path, lines: list[str], message: str
+) -> None:
+    """Every token of a made-up key could otherwise send the referral a fetch."""
+    path = write(tmp_path, "[tokens]\n" + "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    assert (info.value.key, info.value.source, info.value.message) == ("tokens", str(path), message)
+
+
+def test_the_jwks_pacing_has_safe_defaults_and_can_be_set(tmp_path: Path) -> None:
+    tokens = load(write(tmp_path, ""), env={}).tokens
+    assert (tokens.jwks_min_refresh_interval, tokens.jwks_refresh_interval) == (30.0, 300.0)
+    text = "[tokens]\njwks_min_refresh_interval = 1\njwks_refresh_interval = 1\n"
+    tokens = load(write(tmp_path, text), env={}).tokens
+    assert (tokens.jwks_min_refresh_interval, tokens.jwks_refresh_interval) == (1.0, 1.0)
+
+
 def test_environment_errors_name_the_key_and_the_variable(tmp_path: Path) -> None:
     path = write(tmp_path, "")
     with pytest.raises(ConfigError, match="health.rise") as info:

@@ -26,7 +26,12 @@ class TokenCheck:
         if tokens.jwks_url:
             from affinity.tokens.jwks import JwksKeySource, JwksVerifier
 
-            source = JwksKeySource(tokens.jwks_url, verify=_ca(config))
+            source = JwksKeySource(
+                tokens.jwks_url,
+                verify=_ca(config),
+                min_refresh_interval=tokens.jwks_min_refresh_interval,
+                refresh_interval=tokens.jwks_refresh_interval,
+            )
             self.jwks = JwksVerifier(
                 source,
                 issuer=tokens.issuer,

@@ -92,6 +92,11 @@ class JwksKeySource:
         self._failures = Repeated(_log, "token keys not refreshed; keeping the ones known")
 
     @property
+    def pacing(self) -> tuple[float, float | None]:
+        """``min_refresh_interval`` and ``refresh_interval``, in seconds."""
+        return self._min_interval, self._interval
+
+    @property
     def ring(self) -> KeyRing:
         """The keys of the last successful fetch (empty before the first)."""
         return self._ring

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 
+from affinity.config import load
+from affinity.server.tokens import TokenCheck
 from affinity.testing import Deployment, wait_until
 from affinity.tokens.jws import TokenIssuer
 from affinity.tokens.keyring import KeyRing, generate_keyfile, rotate_keyfile
@@ -72,17 +74,35 @@ def test_with_jwks_the_server_verifies_with_the_token_settings_of_its_config(
     token_settings.assert_the_token_settings_apply(deployment, deployment.server_urls["s1"] + "/")
 
 
+def test_the_jwks_pacing_is_the_configs() -> None:
+    env = {
+        "AFFINITY_TOKENS_JWKS_URL": "https://referral.example.test/.well-known/jwks.json",
+        "AFFINITY_TOKENS_JWKS_MIN_REFRESH_INTERVAL": "2",
+        "AFFINITY_TOKENS_JWKS_REFRESH_INTERVAL": "45",
+    }
+    check = TokenCheck(load(None, env=env))
+    assert check.jwks is not None and check.jwks.source.pacing == (2.0, 45.0)
+    default = TokenCheck(
+        load(None, env={"AFFINITY_TOKENS_JWKS_URL": env["AFFINITY_TOKENS_JWKS_URL"]})
+    )
+    assert default.jwks is not None and default.jwks.source.pacing == (30.0, 300.0)
+
+
 def test_a_token_of_a_new_key_makes_the_server_fetch_the_keys_once_the_interval_is_over(
     deployment: Deployment,
 ) -> None:
     """A token naming a key the server does not know makes it fetch the referral's JWKS, at
-    most once every 30 s (the fetch at start counts): on a route (s1) and on a path no route
-    takes (s2) alike. The next poll of the JWKS is 300 s away, so only the token can have
-    made the fetch that lets it in."""
+    most once every ``tokens.jwks_min_refresh_interval`` (2 s here; the fetch at start counts):
+    on a route (s1) and on a path no route takes (s2) alike. The next poll of the JWKS is
+    300 s away, so only the token can have made the fetch that lets it in."""
     generate_keyfile(deployment.dir / "keys.json", "EdDSA", True)
     referral = deployment.start_referral()
     jwks = f"{deployment.referral_url}/.well-known/jwks.json"
-    env = {"AFFINITY_TOKENS_KEYS_FILE": "", "AFFINITY_TOKENS_JWKS_URL": jwks}
+    env = {
+        "AFFINITY_TOKENS_KEYS_FILE": "",
+        "AFFINITY_TOKENS_JWKS_URL": jwks,
+        "AFFINITY_TOKENS_JWKS_MIN_REFRESH_INTERVAL": "2",
+    }
     for sid in ("s1", "s2"):
         deployment.start_server(sid, env=env, wait=False)
     for sid in ("s1", "s2"):
