@@ -7,6 +7,12 @@ other processes: ``sitecustomize.py`` makes them write what they ran to
 the test's calls (``tryfirst``). A process that keeps running across tests
 (a module-scoped fixture) counts for the test during which it ran the function.
 
+mutmut hands pytest a mutant's tests in no particular order (a set), and pytest runs
+them in the order given: a module's tests interleaved with another's start its
+module-scoped servers again at each switch. They are put back together, each module's
+in their own order, the module whose tests took least time in the first run first:
+a mutant is mostly caught by a quick test, and pytest stops at the first failure.
+
 mutmut times each test by its call alone, and bounds the time of a mutant's run by
 those times. Here setting up is most of it (a referral and app servers start), so
 the set-up and tear-down times are added to the test's: otherwise a slow start on a
@@ -45,3 +51,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
     durations = state().duration_by_test
     durations[item.nodeid] = durations.get(item.nodeid, 0.0) + call.duration
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    from mutmut.state import state
+
+    took = state().duration_by_test
+    cost: dict[str, float] = {}
+    for item in items:
+        cost[item.location[0]] = cost.get(item.location[0], 0.0) + took.get(item.nodeid, 0.0)
+    items.sort(key=lambda item: (cost[item.location[0]], item.location[0], item.location[1] or 0))
