@@ -9,9 +9,10 @@ the test's calls (``tryfirst``). A process that keeps running across tests
 
 mutmut hands pytest a mutant's tests in no particular order (a set), and pytest runs
 them in the order given: a module's tests interleaved with another's start its
-module-scoped servers again at each switch. They are put back together, each module's
-in their own order, the module whose tests took least time in the first run first:
-a mutant is mostly caught by a quick test, and pytest stops at the first failure.
+module-scoped servers again at each switch. They are put back together, module by
+module, the quickest module and within it the quickest test first (by the times of the
+first run): a mutant is mostly caught by a quick test, and pytest stops at the first
+failure.
 
 mutmut times each test by its call alone, and bounds the time of a mutant's run by
 those times. Here setting up is most of it (a referral and app servers start), so
@@ -61,4 +62,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     cost: dict[str, float] = {}
     for item in items:
         cost[item.location[0]] = cost.get(item.location[0], 0.0) + took.get(item.nodeid, 0.0)
-    items.sort(key=lambda item: (cost[item.location[0]], item.location[0], item.location[1] or 0))
+    items.sort(
+        key=lambda item: (cost[item.location[0]], item.location[0], took.get(item.nodeid, 0.0))
+    )
