@@ -66,6 +66,7 @@ TARGETS: dict[str, Target] = {
             "tests/server/test_jwks_live.py",
             "tests/server/test_bye.py",
             "tests/server/test_server_metrics.py",
+            "tests/server/test_websocket.py",
         ),
         processes=True,
     ),
