@@ -145,8 +145,9 @@ def wait_answering(
 ) -> None:
     """Until ``url``, served by ``child``, answers with a status below 500.
 
-    Raises :class:`ChildFailed` as soon as ``child`` or one of ``also`` exits,
-    or when ``timeout`` seconds pass.
+    Raises :class:`ChildFailed` as soon as ``child`` or one of ``also`` exits, as soon
+    as ``url`` answers 500 (an error in the server, which waiting does not mend; a 503
+    is a server not ready yet), or when ``timeout`` seconds pass.
     """
     watched = [child, *also]
     deadline = time.monotonic() + timeout
@@ -156,10 +157,13 @@ def wait_answering(
                 if not one.alive():
                     raise one.failed(f"exited with code {one.returncode} before {url} answered")
             try:
-                if client.get(url).status_code < 500:
-                    return
+                status = client.get(url).status_code
             except httpx.HTTPError:
-                pass
+                status = None
+            if status == 500:
+                raise child.failed(f"is running, but {url} answered 500")
+            if status is not None and status < 500:
+                return
             if time.monotonic() > deadline:
                 raise child.failed(f"is running, but {url} did not answer within {timeout:g}s")
             time.sleep(interval)

@@ -183,10 +183,14 @@ def run(name: str, target: Target, jobs: int, mutants: list[str], again: bool) -
         mutants = [*mutants, *left_alive(work)]
         if not mutants:
             print(f"{name}: no survivors to test again")
+    kills = work / "mutation-kills.txt"  # the test that caught each mutant, this run
+    kills.unlink(missing_ok=True)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HITS), os.environ.get("PYTHONPATH")])),
         "MUTATION_HITS": str(work / "mutation-hits.txt"),
+        **({"MUTATION_ORDER": "1"} if target.processes else {}),
+        "MUTATION_KILLS": str(kills),
         # The property tests run 1000 examples each by default: most of a run's time for
         # a mutant they do not catch. 100 still find what a mutant breaks.
         "AFFINITY_HYPOTHESIS_EXAMPLES": os.environ.get("AFFINITY_HYPOTHESIS_EXAMPLES", "100"),

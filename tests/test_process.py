@@ -12,6 +12,8 @@ from affinity.process import TAIL_LINES, ChildProcess, stop, wait_answering
 from affinity.testing import Deployment, free_port
 from affinity.web.tls import client_context
 
+APP = str(Path(__file__).with_name("server") / "apps.py") + ":Holding"
+
 
 def test_a_child_that_exits_early_fails_the_wait_with_the_end_of_its_log(tmp_path: Path) -> None:
     missing = tmp_path / "missing.toml"
@@ -41,6 +43,18 @@ def test_a_child_that_runs_but_does_not_answer_fails_after_the_timeout(
     with pytest.raises(ChildFailed, match=r"is running, but .* did not answer within 0.3s"):
         wait_answering(nowhere, referral, verify=client_context(deployment.ca), timeout=0.3)
     assert referral.alive()
+
+
+def test_a_url_that_answers_500_fails_the_wait_at_once(deployment: Deployment) -> None:
+    """A 500 is an error in the server, which waiting does not mend: the wait ends on it
+    with its own message, well before a timeout of a minute."""
+    deployment.start_referral()
+    server = deployment.start_server("s1", app=APP)
+    boom = deployment.server_urls["s1"] + "/boom"
+    with pytest.raises(ChildFailed, match=r"is running, but .*/boom answered 500;") as info:
+        wait_answering(boom, server, verify=client_context(deployment.ca), timeout=60)
+    assert "did not answer" not in str(info.value)
+    assert server.alive()
 
 
 def test_stop_drains_within_the_grace_and_kills_without_one(deployment: Deployment) -> None:

@@ -120,13 +120,13 @@ def test_a_token_of_a_new_key_makes_the_server_fetch_the_keys_once_the_interval_
         unmatched = {"Affinity-Token": deployment.token("s2")}
         wait_until(
             lambda: c.get(s1 + "/", headers=on_route).status_code == 200,
-            60,
+            15,
             interval=0.5,
             what="s1 fetching the new key for a request to a route",
         )
         wait_until(
             lambda: c.get(s2 + "/no/such/path", headers=unmatched).status_code == 404,
-            60,
+            15,
             interval=0.5,
             what="s2 fetching the new key for a request no route takes",
         )
