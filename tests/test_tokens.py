@@ -75,6 +75,13 @@ def ed_ring() -> KeyRing:
 RINGS = {"HS256": hs_ring(), "EdDSA": ed_ring()}
 
 
+def refusal(call: Callable[[], object]) -> tuple[str, str | None, str | None]:
+    """The message, key and source of the ConfigError ``call`` raises: compared whole."""
+    with pytest.raises(ConfigError) as info:
+        call()
+    return info.value.message, info.value.key, info.value.source
+
+
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -976,9 +983,7 @@ def test_the_issuer_keeps_its_ring() -> None:
     ],
 )
 def test_an_unusable_active_key_names_the_setting_and_the_file(ring: KeyRing, message: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        TokenIssuer(ring, clock=FakeClock())
-    assert (info.value.message, info.value.key, info.value.source) == (
+    assert refusal(lambda: TokenIssuer(ring, clock=FakeClock())) == (
         message,
         "active",
         "keys.json",
@@ -1150,9 +1155,7 @@ def test_an_unsupported_algorithm_is_named() -> None:
 
 
 def test_an_empty_ring_names_the_setting_and_the_file() -> None:
-    with pytest.raises(ConfigError) as info:
-        TokenVerifier(KeyRing([], source="keys.json"))
-    assert (info.value.message, info.value.key, info.value.source) == (
+    assert refusal(lambda: TokenVerifier(KeyRing([], source="keys.json"))) == (
         "no algorithm to accept: the ring is empty",
         "algorithms",
         "keys.json",
@@ -1230,15 +1233,14 @@ def test_missing_token_keys_name_the_setting_and_the_way_out(
     monkeypatch.delenv("AFFINITY_TOKEN_KEYS", raising=False)
     path = tmp_path / "keys.json"
     tokens = TokenSettings(keys_file=path if configured else None)
-    with pytest.raises(ConfigError) as info:
-        load_keyring(Config(source="affinity.toml", tokens=tokens))
+    refused = refusal(lambda: load_keyring(Config(source="affinity.toml", tokens=tokens)))
     message = (
         f"key file {str(path)!r} does not exist; make one with 'affinity keys generate'"
         if configured
         else "no token keys: set tokens.keys_file (make one with 'affinity keys generate') "
         "or the environment variable AFFINITY_TOKEN_KEYS"
     )
-    assert (info.value.message, info.value.key, info.value.source) == (
+    assert refused == (
         message,
         "tokens.keys_file",
         "affinity.toml",
@@ -1437,9 +1439,7 @@ def test_issued_tokens_are_byte_for_byte_what_pyjwt_writes(alg: str) -> None:
 def test_a_key_takes_only_the_material_of_its_algorithm(
     make: Callable[[], Key], message: str
 ) -> None:
-    with pytest.raises(ConfigError) as info:
-        make()
-    assert (info.value.message, info.value.key, info.value.source) == (message, None, None)
+    assert refusal(make) == (message, None, None)
 
 
 def test_retiring_a_public_only_key_keeps_its_public_key() -> None:
@@ -1486,9 +1486,7 @@ def test_the_jwks_leaves_out_keys_retired_before_the_current_time() -> None:
 
 def test_an_unset_or_blank_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_KEYS", "  ")
-    with pytest.raises(ConfigError) as info:
-        KeyRing.from_env("MY_KEYS")
-    assert (info.value.message, info.value.key, info.value.source) == (
+    assert refusal(lambda: KeyRing.from_env("MY_KEYS")) == (
         "the environment variable is not set",
         "MY_KEYS",
         None,
@@ -1517,9 +1515,7 @@ GOOD_JWK = ed_ring().jwks(now=NOW)["keys"][0]
 )
 def test_bad_jwk_sets_say_what_is_wrong_and_name_the_jwks(doc: Any, message: str, key: str) -> None:
     """A JWK set is downloaded JSON: any value may come. Its source is "jwks" unless named."""
-    with pytest.raises(ConfigError) as info:
-        KeyRing.from_jwks(doc)
-    assert (info.value.message, info.value.key, info.value.source) == (message, key, "jwks")
+    assert refusal(lambda: KeyRing.from_jwks(doc)) == (message, key, "jwks")
 
 
 def test_a_ring_from_a_jwk_set_is_named_jwks_by_default() -> None:
@@ -1557,17 +1553,13 @@ def test_eddsa_keys_keep_their_retirement_time_through_a_key_file() -> None:
 def test_key_file_write_errors_name_the_key_file(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     path.write_text("precious")
-    with pytest.raises(ConfigError) as info:
-        write_keyring(path, hs_ring())
-    assert (info.value.message, info.value.key, info.value.source) == (
+    assert refusal(lambda: write_keyring(path, hs_ring())) == (
         "the key file exists; pass force to overwrite it",
         None,
         str(path),
     )
     missing = tmp_path / "missing" / "keys.json"
-    with pytest.raises(ConfigError) as info:
-        write_keyring(missing, hs_ring())
-    assert (info.value.message, info.value.key, info.value.source) == (
+    assert refusal(lambda: write_keyring(missing, hs_ring())) == (
         "cannot write the key file: No such file or directory",
         None,
         str(missing),
@@ -1584,9 +1576,7 @@ class _AppearsMeanwhile(type(Path())):  # type: ignore[misc]
 def test_a_secret_file_made_after_the_check_is_still_not_overwritten(tmp_path: Path) -> None:
     path = _AppearsMeanwhile(tmp_path / "admin-token")
     Path(path).write_text("precious\n")
-    with pytest.raises(ConfigError) as info:
-        generate_admin_token(path)
-    assert (info.value.message, info.value.key, info.value.source) == (
+    assert refusal(lambda: generate_admin_token(path)) == (
         "the admin token file exists; pass force to overwrite it",
         None,
         str(path),
