@@ -134,6 +134,43 @@ def test_a_token_of_a_new_key_makes_the_server_fetch_the_keys_once_the_interval_
         assert r.json()["error"] == "not_found" and r.headers["affinity-server"] == "s2"
 
 
+def test_affinitys_own_endpoints_never_fetch_the_keys(deployment: Deployment) -> None:
+    """affinity's own endpoints take no token, so a token of a key the server does not know
+    makes it fetch nothing there: not on a route of its own (health), not on a path of its own
+    that no route takes. Each fetch writes a log line; a request to the app's route, asked
+    after them each time, shows when the pacing (1 s) lets a fetch through."""
+    generate_keyfile(deployment.dir / "keys.json", "EdDSA", True)
+    referral = deployment.start_referral()
+    jwks = f"{deployment.referral_url}/.well-known/jwks.json"
+    env = {
+        "AFFINITY_TOKENS_KEYS_FILE": "",
+        "AFFINITY_TOKENS_JWKS_URL": jwks,
+        "AFFINITY_TOKENS_JWKS_MIN_REFRESH_INTERVAL": "1",
+    }
+    server = deployment.start_server("s1", env=env)
+    url = deployment.server_urls["s1"]
+
+    def fetches() -> int:
+        return server.output().count("INFO affinity.tokens.jwks: token keys from ")
+
+    with deployment.client() as c:
+        rotate_keyfile(deployment.dir / "keys.json", None, retire_after=None)
+        referral.signal(signal.SIGHUP)
+        wait_until(lambda: len(c.get(jwks).json()["keys"]) == 2, 20, what="the referral's reload")
+        new_key = {"Affinity-Token": deployment.token("s1")}
+        assert fetches() == 1, "the fetch at start"
+        own = ("/.well-known/affinity/health", "/.well-known/affinity/no-such-endpoint")
+
+        def a_route_fetched_the_new_key() -> bool:
+            for path in own:
+                status = c.get(url + path, headers=new_key).status_code
+                assert (path, fetches()) == (path, 1), f"{path} ({status}) fetched the keys"
+            return c.get(url + "/", headers=new_key).status_code == 200
+
+        wait_until(a_route_fetched_the_new_key, 15, interval=0.2, what="s1 fetching the new key")
+        assert fetches() == 2
+
+
 def test_a_referral_ca_that_cannot_be_loaded_stops_the_server_naming_it(
     deployment: Deployment,
 ) -> None:
