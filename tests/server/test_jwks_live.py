@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import signal
 
+import httpx
+
 from affinity.config import load
+from affinity.process import ChildProcess
 from affinity.server.tokens import TokenCheck
 from affinity.testing import Deployment, wait_until
 from affinity.tokens.jws import TokenIssuer
@@ -12,13 +15,31 @@ from affinity.tokens.keyring import KeyRing, generate_keyfile, rotate_keyfile
 from tests.server import token_settings
 
 
-def test_server_verifies_with_the_referrals_jwks(deployment: Deployment) -> None:
+def jwks_referral(deployment: Deployment) -> tuple[ChildProcess, str]:
+    """A referral that signs with EdDSA, and the URL of its JWKS."""
     generate_keyfile(deployment.dir / "keys.json", "EdDSA", True)
-    deployment.start_referral()
-    jwks = f"{deployment.referral_url}/.well-known/jwks.json"
-    deployment.start_server(
-        "s1", env={"AFFINITY_TOKENS_KEYS_FILE": "", "AFFINITY_TOKENS_JWKS_URL": jwks}
-    )
+    referral = deployment.start_referral()
+    return referral, f"{deployment.referral_url}/.well-known/jwks.json"
+
+
+def fetching(jwks: str, min_refresh_interval: str | None = None) -> dict[str, str]:
+    """The environment of an app server that holds no key and fetches those of ``jwks``."""
+    env = {"AFFINITY_TOKENS_KEYS_FILE": "", "AFFINITY_TOKENS_JWKS_URL": jwks}
+    if min_refresh_interval is not None:
+        env["AFFINITY_TOKENS_JWKS_MIN_REFRESH_INTERVAL"] = min_refresh_interval
+    return env
+
+
+def rotate(deployment: Deployment, referral: ChildProcess, client: httpx.Client, jwks: str) -> None:
+    """A new active key at the referral, once its JWKS publishes both."""
+    rotate_keyfile(deployment.dir / "keys.json", None, retire_after=None)
+    referral.signal(signal.SIGHUP)
+    wait_until(lambda: len(client.get(jwks).json()["keys"]) == 2, 20, what="the referral's reload")
+
+
+def test_server_verifies_with_the_referrals_jwks(deployment: Deployment) -> None:
+    _, jwks = jwks_referral(deployment)
+    deployment.start_server("s1", env=fetching(jwks))
     wait_until(lambda: deployment.assignable() == {"s1"}, 10, what="s1 assignable")
     with deployment.client() as c:
         published = c.get(jwks).json()["keys"]
@@ -39,18 +60,12 @@ def test_sighup_makes_an_app_server_fetch_the_referrals_keys_at_once(
 ) -> None:
     """A token signed with a key the server has not seen makes it fetch the JWKS at most once
     every 30 s; SIGHUP fetches at once."""
-    generate_keyfile(deployment.dir / "keys.json", "EdDSA", True)
-    referral = deployment.start_referral()
-    jwks = f"{deployment.referral_url}/.well-known/jwks.json"
-    server = deployment.start_server(
-        "s1", env={"AFFINITY_TOKENS_KEYS_FILE": "", "AFFINITY_TOKENS_JWKS_URL": jwks}
-    )
+    referral, jwks = jwks_referral(deployment)
+    server = deployment.start_server("s1", env=fetching(jwks))
     url = deployment.server_urls["s1"]
     with deployment.client() as c:
         assert c.get(url + "/", headers={"Affinity-Token": deployment.token("s1")}).is_success
-        rotate_keyfile(deployment.dir / "keys.json", None, retire_after=None)
-        referral.signal(signal.SIGHUP)
-        wait_until(lambda: len(c.get(jwks).json()["keys"]) == 2, 20, what="the referral's reload")
+        rotate(deployment, referral, c, jwks)
         newly_signed = {"Affinity-Token": deployment.token("s1")}
         assert c.get(url + "/", headers=newly_signed).status_code == 401, "fetched too recently"
         server.signal(signal.SIGHUP)
@@ -66,11 +81,8 @@ def test_with_jwks_the_server_verifies_with_the_token_settings_of_its_config(
 ) -> None:
     """In JWKS mode too, ``tokens.issuer``, ``tokens.leeway`` and the longest lifetime they
     allow (4560 s here) apply."""
-    generate_keyfile(deployment.dir / "keys.json", "EdDSA", True)
-    deployment.start_referral()
-    jwks = f"{deployment.referral_url}/.well-known/jwks.json"
-    keys = {"AFFINITY_TOKENS_KEYS_FILE": "", "AFFINITY_TOKENS_JWKS_URL": jwks}
-    deployment.start_server("s1", env={**keys, **token_settings.SETTINGS})
+    _, jwks = jwks_referral(deployment)
+    deployment.start_server("s1", env={**fetching(jwks), **token_settings.SETTINGS})
     token_settings.assert_the_token_settings_apply(deployment, deployment.server_urls["s1"] + "/")
 
 
@@ -95,14 +107,8 @@ def test_a_token_of_a_new_key_makes_the_server_fetch_the_keys_once_the_interval_
     most once every ``tokens.jwks_min_refresh_interval`` (2 s here; the fetch at start counts):
     on a route (s1) and on a path no route takes (s2) alike. The next poll of the JWKS is
     300 s away, so only the token can have made the fetch that lets it in."""
-    generate_keyfile(deployment.dir / "keys.json", "EdDSA", True)
-    referral = deployment.start_referral()
-    jwks = f"{deployment.referral_url}/.well-known/jwks.json"
-    env = {
-        "AFFINITY_TOKENS_KEYS_FILE": "",
-        "AFFINITY_TOKENS_JWKS_URL": jwks,
-        "AFFINITY_TOKENS_JWKS_MIN_REFRESH_INTERVAL": "2",
-    }
+    referral, jwks = jwks_referral(deployment)
+    env = fetching(jwks, min_refresh_interval="2")
     for sid in ("s1", "s2"):
         deployment.start_server(sid, env=env, wait=False)
     for sid in ("s1", "s2"):
@@ -113,9 +119,7 @@ def test_a_token_of_a_new_key_makes_the_server_fetch_the_keys_once_the_interval_
         known = {"Affinity-Token": deployment.token("s2")}
         r = c.get(s2 + "/no/such/path", headers=known)
         assert (r.status_code, r.json()["error"]) == (404, "not_found")
-        rotate_keyfile(deployment.dir / "keys.json", None, retire_after=None)
-        referral.signal(signal.SIGHUP)
-        wait_until(lambda: len(c.get(jwks).json()["keys"]) == 2, 20, what="the referral's reload")
+        rotate(deployment, referral, c, jwks)
         on_route = {"Affinity-Token": deployment.token("s1")}
         unmatched = {"Affinity-Token": deployment.token("s2")}
         wait_until(
@@ -139,14 +143,8 @@ def test_affinitys_own_endpoints_never_fetch_the_keys(deployment: Deployment) ->
     makes it fetch nothing there: not on a route of its own (health), not on a path of its own
     that no route takes. Each fetch writes a log line; a request to the app's route, asked
     after them each time, shows when the pacing (1 s) lets a fetch through."""
-    generate_keyfile(deployment.dir / "keys.json", "EdDSA", True)
-    referral = deployment.start_referral()
-    jwks = f"{deployment.referral_url}/.well-known/jwks.json"
-    env = {
-        "AFFINITY_TOKENS_KEYS_FILE": "",
-        "AFFINITY_TOKENS_JWKS_URL": jwks,
-        "AFFINITY_TOKENS_JWKS_MIN_REFRESH_INTERVAL": "1",
-    }
+    referral, jwks = jwks_referral(deployment)
+    env = fetching(jwks, min_refresh_interval="1")
     server = deployment.start_server("s1", env=env)
     url = deployment.server_urls["s1"]
 
@@ -154,9 +152,7 @@ def test_affinitys_own_endpoints_never_fetch_the_keys(deployment: Deployment) ->
         return server.output().count("INFO affinity.tokens.jwks: token keys from ")
 
     with deployment.client() as c:
-        rotate_keyfile(deployment.dir / "keys.json", None, retire_after=None)
-        referral.signal(signal.SIGHUP)
-        wait_until(lambda: len(c.get(jwks).json()["keys"]) == 2, 20, what="the referral's reload")
+        rotate(deployment, referral, c, jwks)
         new_key = {"Affinity-Token": deployment.token("s1")}
         assert fetches() == 1, "the fetch at start"
         own = ("/.well-known/affinity/health", "/.well-known/affinity/no-such-endpoint")
