@@ -11,8 +11,9 @@ from affinity.errors import ChildFailed
 from affinity.process import TAIL_LINES, ChildProcess, stop, wait_answering
 from affinity.testing import Deployment, free_port
 from affinity.web.tls import client_context
+from tests.server.apps import HOLDING
 
-APP = str(Path(__file__).with_name("server") / "apps.py") + ":Holding"
+APP = HOLDING
 
 
 def test_a_child_that_exits_early_fails_the_wait_with_the_end_of_its_log(tmp_path: Path) -> None:

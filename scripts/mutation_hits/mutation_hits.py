@@ -89,15 +89,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             kills[nodeid] = kills.get(nodeid, 0) + 1
     except OSError:
         pass
+    units = {item.nodeid: _unit(item) for item in items}
     cost: dict[str, float] = {}
     caught: dict[str, int] = {}
     for item in items:
-        unit = _unit(item)
+        unit = units[item.nodeid]
         cost[unit] = cost.get(unit, 0.0) + took.get(item.nodeid, 0.0)
         caught[unit] = caught.get(unit, 0) + kills.get(item.nodeid, 0)
 
     def order(item: pytest.Item) -> tuple[float, str, float]:
-        unit = _unit(item)
+        unit = units[item.nodeid]
         mine = took.get(item.nodeid, 0.0) / (1 + kills.get(item.nodeid, 0))
         return cost[unit] / (1 + caught[unit]), unit, mine
 

@@ -135,3 +135,8 @@ class Chatty(AppServer):
     async def echo(self, request: Request, ws: Any) -> None:
         async for message in ws:
             await ws.send(f"{request.ctx.client_id}: {message}")
+
+
+HOLDING = f"{__file__}:Holding"
+"""What ``Deployment.start_server(app=...)`` takes to serve :class:`Holding`; likewise below."""
+CHATTY = f"{__file__}:Chatty"

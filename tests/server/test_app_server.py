@@ -6,7 +6,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,8 +15,9 @@ from affinity.tokens.jws import TokenIssuer
 from affinity.tokens.keyring import KeyRing, rotate_keyfile
 from tests.record import loading
 from tests.server import token_settings
+from tests.server.apps import HOLDING
 
-APP = str(Path(__file__).with_name("apps.py")) + ":Holding"
+APP = HOLDING
 
 
 def start(d: Deployment) -> Deployment:

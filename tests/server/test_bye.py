@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,8 +14,9 @@ from affinity.testing import Deployment
 from affinity.tokens.jws import TokenIssuer
 from affinity.tokens.keyring import KeyRing
 from tests.promtext import parse
+from tests.server.apps import HOLDING
 
-APP = str(Path(__file__).with_name("apps.py")) + ":Holding"
+APP = HOLDING
 
 
 @pytest.fixture

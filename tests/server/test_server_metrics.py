@@ -9,8 +9,9 @@ import pytest
 
 from affinity.testing import Deployment
 from tests.promtext import Family, parse
+from tests.server.apps import HOLDING
 
-APP = str(Path(__file__).with_name("apps.py")) + ":Holding"
+APP = HOLDING
 METRICS = "/.well-known/affinity/metrics"
 
 

@@ -16,8 +16,9 @@ from affinity.tokens.jws import TokenVerifier
 from affinity.tokens.keyring import load_keyring
 from tests.promtext import parse
 from tests.security.conftest import read_until_closed, tls_socket
+from tests.server.apps import CHATTY
 
-APP = str(Path(__file__).with_name("apps.py")) + ":Chatty"
+APP = CHATTY
 METRICS = "/.well-known/affinity/metrics"
 
 
